@@ -33,3 +33,26 @@ def session_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt(session_runs: Path) -> dict:
+    """A tiny llama-preset GPT trained for 30 steps on the offline corpus, and its HF export.
+
+    Session-scoped: several test files use it (export, reference checks, vLLM).
+    """
+    from week1_gpt_kvcache import export, prepare, train
+
+    old = os.environ.get("IE_RUNS_DIR")
+    os.environ["IE_RUNS_DIR"] = str(session_runs)
+    try:
+        prepare.main(prepare.PrepareConfig(tokenizer="bpe", vocab_size=512, source="pydoc"))
+        res = train.main(train.make_train_config("tiny", run_name="tiny-llama"))
+        ckpt = session_runs / "week1" / "tiny-llama" / "checkpoint.pt"
+        hf_dir = export.export(ckpt, session_runs / "week1" / "hf-tiny")
+    finally:
+        if old is None:
+            os.environ.pop("IE_RUNS_DIR", None)
+        else:
+            os.environ["IE_RUNS_DIR"] = old
+    return {"runs": session_runs, "checkpoint": ckpt, "hf_dir": hf_dir, "results": res}
