@@ -14,7 +14,7 @@ help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md"
 	@echo "make test    - set up, ruff check + ruff format --check + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
-	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~15 min)"
+	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"

@@ -10,6 +10,7 @@ dies first, the error shows the tail of its log. Servers bind 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,8 +44,15 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 class ManagedServer:
-    def __init__(self, cmd: list[str], port: int, log_path: Path | str, env: dict[str, str] | None = None,
-                 ready_path: str = "/v1/models", timeout_s: float = 300.0):
+    def __init__(
+        self,
+        cmd: list[str],
+        port: int,
+        log_path: Path | str,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/v1/models",
+        timeout_s: float = 300.0,
+    ):
         self.cmd, self.port, self.log_path = cmd, port, Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.ready_path, self.timeout_s = ready_path, timeout_s
@@ -56,12 +64,17 @@ class ManagedServer:
 
     def start(self) -> ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self._log.write("$ " + " ".join(self.cmd) + "\n")
         self._log.flush()
         log.info("starting: %s (log: %s)", " ".join(self.cmd[:4]) + " ...", self.log_path)
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)  # its own process group
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )  # its own process group
         self.wait_ready()
         return self
 
@@ -70,8 +83,10 @@ class ManagedServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.stop()
-                raise ServerError(f"server exited with code {self.proc.returncode} before it was ready; "
-                                  f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                raise ServerError(
+                    f"server exited with code {self.proc.returncode} before it was ready; "
+                    f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                )
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200:
                     log.info("server ready at %s", self.url)
@@ -80,8 +95,10 @@ class ManagedServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise ServerError(f"server not ready after {self.timeout_s:.0f}s; last lines of {self.log_path}:\n"
-                          f"{log_tail(self.log_path)}")
+        raise ServerError(
+            f"server not ready after {self.timeout_s:.0f}s; last lines of {self.log_path}:\n"
+            f"{log_tail(self.log_path)}"
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -105,10 +122,8 @@ class ManagedServer:
                     time.sleep(0.1)
                 if not _group_alive(pgid):
                     break
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         if not self._log.closed:
             self._log.close()
 
@@ -133,18 +148,42 @@ def vllm_available() -> bool:
     return VLLM_PYTHON.exists()
 
 
-def vllm_server(model_dir: Path | str, port: int, log_path: Path | str, max_model_len: int,
-                extra_args: list[str] | None = None, kv_cache_gib: int = 2, timeout_s: float = 400.0,
-                served_name: str | None = None) -> ManagedServer:
+def vllm_server(
+    model_dir: Path | str,
+    port: int,
+    log_path: Path | str,
+    max_model_len: int,
+    extra_args: list[str] | None = None,
+    kv_cache_gib: int = 2,
+    timeout_s: float = 400.0,
+    served_name: str | None = None,
+) -> ManagedServer:
     """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm."""
     if not vllm_available():
         raise ServerError(f"{VLLM_PYTHON} not found; run `make setup-vllm` first")
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", str(max_model_len)]
+    cmd = [
+        str(VLLM_PYTHON),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(max_model_len),
+    ]
     if served_name:
         cmd += ["--served-model-name", served_name]
     cmd += extra_args or []
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
     return ManagedServer(cmd, port, log_path, env=env, timeout_s=timeout_s)

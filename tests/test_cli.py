@@ -15,6 +15,11 @@ ENTRY_POINTS = [
     "week0_pytorch.quantize",
     "week0_pytorch.micrograd.train",
     "common.report",
+    "week1_gpt_kvcache.prepare",
+    "week1_gpt_kvcache.train",
+    "week1_gpt_kvcache.generate",
+    "week1_gpt_kvcache.export",
+    "week1_gpt_kvcache.bench",
 ]
 
 

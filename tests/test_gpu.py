@@ -14,7 +14,10 @@ from week1_gpt_kvcache.export import to_hf_model
 from week1_gpt_kvcache.generate import SamplingParams, generate
 from week1_gpt_kvcache.model import GPT, make_config
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here"),
+]
 
 
 def test_auto_picks_cuda_and_bf16():

@@ -176,3 +176,32 @@ def test_export_gpt2_and_char_refusal(runs_dir):
 def test_export_of_missing_checkpoint_names_it(runs_dir):
     with pytest.raises(CheckpointError, match="nowhere.pt does not exist"):
         export.export(runs_dir / "nowhere.pt", runs_dir / "hf")
+
+
+def test_bench_on_the_tiny_model_and_report_section(tiny_gpt, monkeypatch):
+    from common.report import build_report
+    from week1_gpt_kvcache import bench
+
+    monkeypatch.setenv("IE_RUNS_DIR", str(tiny_gpt["runs"]))
+    res = bench.main(
+        bench.BenchConfig(
+            checkpoint=str(tiny_gpt["checkpoint"]),
+            hf_dir=str(tiny_gpt["hf_dir"]),
+            lengths=[8, 24],
+            prompt_len=8,
+            hf_new_tokens=8,
+            hf_batches=[1, 3],
+            repeats=1,
+        )
+    )
+    assert [r["new_tokens"] for r in res["cache_vs_no_cache"]] == [8, 24]
+    assert all(r["same_tokens"] for r in res["cache_vs_no_cache"])
+    assert res["memory"]["formula_matches_tensors"]
+    assert [r["token_agreement"] for r in res["vs_hf_generate"]] == [
+        1.0,
+        1.0,
+    ]  # same greedy tokens as HF
+    for plot in res["plots"]:
+        assert (tiny_gpt["runs"] / "week1" / "bench" / plot).exists()
+    text = build_report().read_text()
+    assert "**KV cache** (batch 1" in text and "hf-tiny" not in text

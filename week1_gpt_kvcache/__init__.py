@@ -1,1 +1,1 @@
-"""week1_gpt_kvcache: coming in a later release of the curriculum; see README.md in this folder."""
+"""Week 1: a GPT from scratch (GPT-2 and Llama presets), the KV cache, and the HF export."""

@@ -27,23 +27,61 @@ def section(runs: Path) -> str | None:
     bpath = week / "bench" / "results.json"
     if bpath.exists():
         b = read_json(bpath)
-        rows = [[r["new_tokens"], f"{r['cache']['tokens_per_s']:.0f}", f"{r['no_cache']['tokens_per_s']:.0f}",
-                 f"{r['speedup']:.1f}×", f"{r['cache']['prefill_ms']:.1f}", f"{r['cache']['decode_ms_per_token']:.2f}",
-                 "yes" if r["same_tokens"] else "NO"] for r in b["cache_vs_no_cache"]]
-        parts.append("**KV cache** (batch 1, greedy, CPU):\n\n" + md_table(
-            ["new tokens", "cache tok/s", "no-cache tok/s", "speedup", "prefill ms", "decode ms/token",
-             "same tokens"], rows))
-        hf_rows = [[r["batch"], f"{r['ours_tokens_per_s']:.0f}", f"{r['hf_tokens_per_s']:.0f}",
-                    f"{r['ratio_ours_over_hf']:.2f}", f"{100 * r['token_agreement']:.0f}%"] for r in b["vs_hf_generate"]]
-        parts.append("**Our cached decode vs Hugging Face `generate()`** on the exported weights:\n\n" + md_table(
-            ["batch", "ours tok/s", "HF tok/s", "ours / HF", "same tokens"], hf_rows))
+        rows = [
+            [
+                r["new_tokens"],
+                f"{r['cache']['tokens_per_s']:.0f}",
+                f"{r['no_cache']['tokens_per_s']:.0f}",
+                f"{r['speedup']:.1f}×",
+                f"{r['cache']['prefill_ms']:.1f}",
+                f"{r['cache']['decode_ms_per_token']:.2f}",
+                "yes" if r["same_tokens"] else "NO",
+            ]
+            for r in b["cache_vs_no_cache"]
+        ]
+        parts.append(
+            "**KV cache** (batch 1, greedy, CPU):\n\n"
+            + md_table(
+                [
+                    "new tokens",
+                    "cache tok/s",
+                    "no-cache tok/s",
+                    "speedup",
+                    "prefill ms",
+                    "decode ms/token",
+                    "same tokens",
+                ],
+                rows,
+            )
+        )
+        hf_rows = [
+            [
+                r["batch"],
+                f"{r['ours_tokens_per_s']:.0f}",
+                f"{r['hf_tokens_per_s']:.0f}",
+                f"{r['ratio_ours_over_hf']:.2f}",
+                f"{100 * r['token_agreement']:.0f}%",
+            ]
+            for r in b["vs_hf_generate"]
+        ]
+        parts.append(
+            "**Our cached decode vs Hugging Face `generate()`** on the exported weights:\n\n"
+            + md_table(["batch", "ours tok/s", "HF tok/s", "ours / HF", "same tokens"], hf_rows)
+        )
         m = b["memory"]
         longest = max((r for r in m["rows"] if r["batch"] == 8), key=lambda r: r["seq_len"])
-        parts.append(f"KV cache at batch 8 × {longest['seq_len']} tokens: {longest['tensor_bytes'] / 2**20:.1f} MiB "
-                     f"with GQA ({m['n_kv_head']} K/V heads) vs {longest['mha_bytes'] / 2**20:.1f} MiB with MHA "
-                     f"({m['n_head']}); formula = tensor bytes: {m['formula_matches_tensors']}.")
-        parts.append(" ".join(f"![{p}]({rel_link(week / 'bench' / p, report_dir)})" for p in b["plots"]))
+        parts.append(
+            f"KV cache at batch 8 × {longest['seq_len']} tokens: {longest['tensor_bytes'] / 2**20:.1f} MiB "
+            f"with GQA ({m['n_kv_head']} K/V heads) vs {longest['mha_bytes'] / 2**20:.1f} MiB with MHA "
+            f"({m['n_head']}); formula = tensor bytes: {m['formula_matches_tensors']}."
+        )
+        parts.append(
+            " ".join(f"![{p}]({rel_link(week / 'bench' / p, report_dir)})" for p in b["plots"])
+        )
     hf = week / "hf-model" / "config.json"
     if hf.exists():
-        parts.append(f"Exported Hugging Face folder: `{hf.parent}` (used by weeks 2 and 3).")
+        parts.append(
+            f"Exported Hugging Face folder: [`{rel_link(hf.parent, runs.parent)}`]"
+            f"({rel_link(hf.parent, report_dir)}) (served in week 2, fine-tuned in week 3)."
+        )
     return "\n\n".join(parts) if parts else None
