@@ -56,3 +56,17 @@ def tiny_gpt(session_runs: Path) -> dict:
         else:
             os.environ["IE_RUNS_DIR"] = old
     return {"runs": session_runs, "checkpoint": ckpt, "hf_dir": hf_dir, "results": res}
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny(tiny_gpt: dict, tmp_path_factory: pytest.TempPathFactory):
+    """Real vLLM (CPU build) serving the tiny export as model "tiny", once per session."""
+    from common.server import free_port, vllm_available, vllm_server
+
+    if not vllm_available():
+        pytest.skip("vLLM venv .venvs/vllm is absent (make setup-vllm)")
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with vllm_server(
+        tiny_gpt["hf_dir"], free_port(), log, max_model_len=128, served_name="tiny"
+    ) as srv:
+        yield srv

@@ -154,6 +154,10 @@ def test_export_reloads_with_auto_classes_and_reproduces_logits(tiny_gpt):
     text = "The object's attributes are looked up in its __dict__."
     ids = tok.encode(text)
     assert hf_tok(text)["input_ids"] == ids and hf_tok.decode(ids) == text
+    chat = hf_tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "user: hi\nassistant:"  # chat APIs work on the exported model
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x)[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from common.server import free_port, vllm_available, vllm_server
+from common.server import vllm_available
 from week1_gpt_kvcache.generate import SamplingParams, generate
 from week1_gpt_kvcache.train import load_model_and_tokenizer
 
@@ -18,35 +18,26 @@ pytestmark = [
 ]
 
 
-def test_vllm_serves_the_export_and_greedy_matches_ours(tiny_gpt, tmp_path):
+def test_vllm_serves_the_export_and_greedy_matches_ours(tiny_gpt, vllm_tiny):
     model, tok = load_model_and_tokenizer(tiny_gpt["checkpoint"])
     prompts = ["The ", "def __init__(self", "Operator precedence", "\n"]
     n = 24
     ours = generate(
         model, [tok.encode(p) for p in prompts], SamplingParams(max_new_tokens=n)
     ).tokens
-    with vllm_server(
-        tiny_gpt["hf_dir"],
-        free_port(),
-        tmp_path / "vllm.log",
-        max_model_len=128,
-        served_name="tiny",
-    ) as srv:
-        models = httpx.get(srv.url + "/v1/models", timeout=10).json()
-        assert [m["id"] for m in models["data"]] == ["tiny"]
-        for prompt, mine in zip(prompts, ours):
-            r = httpx.post(
-                srv.url + "/v1/completions",
-                timeout=60,
-                json={
-                    "model": "tiny",
-                    "prompt": tok.encode(prompt),
-                    "max_tokens": n,
-                    "temperature": 0.0,
-                    "ignore_eos": True,
-                    "logprobs": 1,
-                },
-            )
-            assert r.status_code == 200, r.text
-            choice = r.json()["choices"][0]
-            assert choice["text"] == tok.decode(mine), prompt
+    models = httpx.get(vllm_tiny.url + "/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+    for prompt, mine in zip(prompts, ours):
+        r = httpx.post(
+            vllm_tiny.url + "/v1/completions",
+            timeout=60,
+            json={
+                "model": "tiny",
+                "prompt": tok.encode(prompt),
+                "max_tokens": n,
+                "temperature": 0.0,
+                "ignore_eos": True,
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == tok.decode(mine), prompt

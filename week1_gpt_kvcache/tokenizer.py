@@ -14,6 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 EOS = "<|endoftext|>"
+# A plain-text chat format, so that chat APIs (vLLM's /v1/chat/completions, week 3's
+# conversational data) work with a model that was never trained on a special chat markup.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 class CharTokenizer:
@@ -102,13 +108,15 @@ class BPETokenizer:
         """A transformers PreTrainedTokenizerFast around the same tokenizer (for export)."""
         from transformers import PreTrainedTokenizerFast
 
-        return PreTrainedTokenizerFast(
+        hf = PreTrainedTokenizerFast(
             tokenizer_object=self.tk,
             eos_token=EOS,
             bos_token=EOS,
             unk_token=EOS,
             model_max_length=model_max_length,
         )
+        hf.chat_template = CHAT_TEMPLATE  # saved as chat_template.jinja
+        return hf
 
 
 def load_tokenizer(path: Path | str) -> CharTokenizer | BPETokenizer:

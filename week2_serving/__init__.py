@@ -1,1 +1,2 @@
-"""week2_serving: coming in a later release of the curriculum; see README.md in this folder."""
+"""Week 2: serving and benchmarking — a load-test harness for OpenAI-compatible servers (vLLM,
+SGLang), the launcher that starts them, and the metrics that describe them."""

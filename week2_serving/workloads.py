@@ -1,0 +1,138 @@
+"""Workloads: the requests a benchmark sends.
+
+- `random`: prompts of random token ids with input/output lengths drawn uniformly from
+  [len·(1−r), len·(1+r)]; sent as token ids, so the server sees exactly `input_len` tokens.
+- `file`: a local JSONL file, one request a line: {"prompt": "...", "output_len": 128}, or the
+  ShareGPT format ({"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]},
+  as JSON or JSONL): the first human turn is the prompt and the reply's token count the
+  output length.
+- `shared-prefix`: `num_prefixes` system-prompt-like prefixes of `prefix_len` tokens, each
+  followed by a unique suffix: the workload that prefix caching speeds up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from week2_serving.client import Request
+
+WORKLOADS = ("random", "file", "shared-prefix")
+
+
+def _lengths(rng: np.random.Generator, mean: int, ratio: float, n: int) -> np.ndarray:
+    if mean < 1:
+        raise ValueError(f"lengths must be >= 1, got {mean}")
+    if not 0 <= ratio < 1:
+        raise ValueError(f"range ratio must be in [0, 1), got {ratio}")
+    lo, hi = max(1, int(mean * (1 - ratio))), max(1, int(mean * (1 + ratio)))
+    return rng.integers(lo, hi + 1, size=n)
+
+
+def _special_ids(tokenizer) -> set[int]:
+    return set(getattr(tokenizer, "all_special_ids", []) or [])
+
+
+def _random_ids(rng: np.random.Generator, vocab: np.ndarray, n: int) -> list[int]:
+    return rng.choice(vocab, size=n).tolist()
+
+
+def random_requests(
+    tokenizer,
+    num: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: float = 0.0,
+    seed: int = 0,
+    ignore_eos: bool = True,
+) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    vocab = np.array(sorted(set(range(len(tokenizer))) - _special_ids(tokenizer)))
+    ins = _lengths(rng, input_len, range_ratio, num)
+    outs = _lengths(rng, output_len, range_ratio, num)
+    return [
+        Request(
+            prompt=_random_ids(rng, vocab, int(i)),
+            prompt_len=int(i),
+            output_len=int(o),
+            ignore_eos=ignore_eos,
+        )
+        for i, o in zip(ins, outs)
+    ]
+
+
+def shared_prefix_requests(
+    tokenizer,
+    num: int,
+    num_prefixes: int,
+    prefix_len: int,
+    suffix_len: int,
+    output_len: int,
+    seed: int = 0,
+    ignore_eos: bool = True,
+) -> list[Request]:
+    if num_prefixes < 1 or prefix_len < 1 or suffix_len < 1:
+        raise ValueError("num_prefixes, prefix_len and suffix_len must be >= 1")
+    rng = np.random.default_rng(seed)
+    vocab = np.array(sorted(set(range(len(tokenizer))) - _special_ids(tokenizer)))
+    prefixes = [_random_ids(rng, vocab, prefix_len) for _ in range(num_prefixes)]
+    reqs = []
+    for i in range(num):
+        ids = prefixes[i % num_prefixes] + _random_ids(rng, vocab, suffix_len)
+        reqs.append(
+            Request(prompt=ids, prompt_len=len(ids), output_len=output_len, ignore_eos=ignore_eos)
+        )
+    return reqs
+
+
+def file_requests(
+    path: Path | str,
+    tokenizer,
+    num: int | None = None,
+    default_output_len: int = 128,
+    max_input_len: int | None = None,
+    ignore_eos: bool = False,
+) -> list[Request]:
+    """Requests from a JSONL ({"prompt", "output_len"?}) or ShareGPT JSON/JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"workload file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text)
+        rows = rows if isinstance(rows, list) else [rows]
+    except json.JSONDecodeError:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not valid JSON ({e.msg})") from e
+    reqs = []
+    for n, row in enumerate(rows, 1):
+        if "conversations" in row:
+            turns = row["conversations"]
+            if len(turns) < 2:
+                continue  # ShareGPT rows without a reply carry no output length
+            prompt, reply = turns[0].get("value", ""), turns[1].get("value", "")
+            out_len = len(tokenizer(reply)["input_ids"])
+        elif "prompt" in row:
+            prompt, out_len = row["prompt"], int(row.get("output_len", default_output_len))
+        else:
+            raise ValueError(
+                f"{path} row {n} has neither 'prompt' nor 'conversations': {str(row)[:80]}"
+            )
+        ids = tokenizer(prompt)["input_ids"]
+        if not ids or out_len < 1 or (max_input_len and len(ids) > max_input_len):
+            continue
+        reqs.append(
+            Request(prompt=prompt, prompt_len=len(ids), output_len=out_len, ignore_eos=ignore_eos)
+        )
+        if num is not None and len(reqs) >= num:
+            break
+    if not reqs:
+        raise ValueError(f"{path} gave no usable requests")
+    return reqs
