@@ -8,10 +8,12 @@ import json
 import math
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 
+from common.server import free_port
 from week2_serving.bench import BenchConfig, arrival_intervals, parse_goodput
 from week2_serving.client import Request, StreamParser, build_payload, send_request
 from week2_serving.metrics import RequestRecord, compute_metrics
@@ -152,36 +154,57 @@ def test_file_workloads(tmp_path):
         file_requests(tmp_path / "nofield.jsonl", FakeTokenizer())
 
 
-# --- the client on recorded streams -------------------------------------------------------------
-def replay(path: Path, status: int = 200) -> httpx.MockTransport:
-    body = path.read_bytes()
+# --- the client on recorded streams, replayed by a local aiohttp server -------------------------------
+def run_client(
+    body: bytes | Path, backend: str, prompt="hello", status=200, count_tokens=None, port=None
+):
+    """Serve `body` (an SSE recording) from a throwaway local server and stream it with our client."""
+    body = body.read_bytes() if isinstance(body, Path) else body
+    seen: dict = {}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        handler.payload = json.loads(request.content)
-        handler.path = request.url.path
-        return httpx.Response(status, content=body, headers={"content-type": "text/event-stream"})
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen["path"], seen["payload"] = request.path, await request.json()
+        if status != 200:
+            return web.Response(status=status, body=body, content_type="application/json")
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in body.split(b"\n\n"):  # one write per event, as a server streams them
+            if event.strip():
+                await resp.write(event + b"\n\n")
+        await resp.write_eof()
+        return resp
 
-    return httpx.MockTransport(handler)
-
-
-def run_client(transport, backend, prompt="hello", count_tokens=None):
     async def go():
-        async with httpx.AsyncClient(transport=transport) as client:
-            return await send_request(
-                client,
-                "http://test",
-                backend,
-                "m",
-                Request(prompt=prompt, prompt_len=5, output_len=8),
-                count_tokens,
-            )
+        runner = None
+        if port is None:
+            app = web.Application()
+            app.router.add_post("/{tail:.*}", handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        else:
+            url = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                return await send_request(
+                    session,
+                    url,
+                    backend,
+                    "m",
+                    Request(prompt=prompt, prompt_len=5, output_len=8),
+                    count_tokens,
+                )
+        finally:
+            if runner is not None:
+                await runner.cleanup()
 
-    return asyncio.run(go())
+    return asyncio.run(go()), seen
 
 
 def test_openai_completions_stream_recorded_from_vllm():
-    t = replay(DATA / "vllm_completions_stream.txt")
-    r = run_client(t, "openai", prompt=[5, 6, 7])
+    r, seen = run_client(DATA / "vllm_completions_stream.txt", "openai", prompt=[5, 6, 7])
     assert r.success, r.error
     events = [
         json.loads(line[6:])
@@ -193,28 +216,26 @@ def test_openai_completions_stream_recorded_from_vllm():
     assert r.generated_text == text
     assert r.output_tokens == usage["completion_tokens"] and r.prompt_len == usage["prompt_tokens"]
     assert len(r.itl) == sum(1 for e in events if e.get("choices")) - 1
-    assert t.handler.path == "/v1/completions" and t.handler.payload["prompt"] == [5, 6, 7]
-    assert t.handler.payload["stream_options"] == {"include_usage": True}
+    assert seen["path"] == "/v1/completions" and seen["payload"]["prompt"] == [5, 6, 7]
+    assert seen["payload"]["stream_options"] == {"include_usage": True}
 
 
 def test_openai_chat_stream_recorded_from_vllm():
-    t = replay(DATA / "vllm_chat_stream.txt")
-    r = run_client(t, "openai-chat")
+    r, seen = run_client(DATA / "vllm_chat_stream.txt", "openai-chat")
     assert r.success, r.error
     assert r.generated_text and r.output_tokens > 0
-    assert t.handler.path == "/v1/chat/completions"
-    assert t.handler.payload["messages"] == [{"role": "user", "content": "hello"}]
+    assert seen["path"] == "/v1/chat/completions"
+    assert seen["payload"]["messages"] == [{"role": "user", "content": "hello"}]
 
 
 def test_sglang_native_stream_cumulative_text():
     # SGLang's /generate streams the whole text so far in each event (its documented format).
-    t = replay(DATA / "sglang_generate_stream.txt")
-    r = run_client(t, "sglang", prompt=[1, 2, 3])
+    r, seen = run_client(DATA / "sglang_generate_stream.txt", "sglang", prompt=[1, 2, 3])
     assert r.success, r.error
     assert r.generated_text == "Hello, world! How are you"
     assert r.output_tokens == 6 and len(r.itl) == 3
-    assert t.handler.path == "/generate" and t.handler.payload["input_ids"] == [1, 2, 3]
-    assert t.handler.payload["sampling_params"]["max_new_tokens"] == 8
+    assert seen["path"] == "/generate" and seen["payload"]["input_ids"] == [1, 2, 3]
+    assert seen["payload"]["sampling_params"]["max_new_tokens"] == 8
 
 
 def test_sglang_payload_for_text_and_openai_for_ids():
@@ -226,31 +247,26 @@ def test_sglang_payload_for_text_and_openai_for_ids():
         build_payload("openai-chat", "m", Request(prompt=[1], prompt_len=1, output_len=1))
 
 
-def test_http_error_and_broken_streams_are_recorded_not_raised(tmp_path):
-    (tmp_path / "err.txt").write_text('{"error": {"message": "max_tokens must be at least 1"}}')
-    r = run_client(replay(tmp_path / "err.txt", status=400), "openai")
-    assert not r.success and r.error.startswith("HTTP 400") and "max_tokens" in r.error
-    (tmp_path / "empty.txt").write_text("data: [DONE]\n\n")
-    r = run_client(replay(tmp_path / "empty.txt"), "openai")
-    assert not r.success and "without any content" in r.error
-    (tmp_path / "garbage.txt").write_text("data: {not json\n\n")
-    assert "JSONDecodeError" in run_client(replay(tmp_path / "garbage.txt"), "openai").error
-    (tmp_path / "midstream.txt").write_text('data: {"error": {"message": "engine died"}}\n\n')
-    assert "engine died" in run_client(replay(tmp_path / "midstream.txt"), "openai").error
-
-    def refuse(request):
-        raise httpx.ConnectError("connection refused")
-
-    r = run_client(httpx.MockTransport(refuse), "openai")
-    assert not r.success and "ConnectError" in r.error
-
-
-def test_token_count_falls_back_to_the_tokenizer(tmp_path):
-    lines = [{"choices": [{"text": " a b"}]}, {"choices": [{"text": " c"}]}]
-    (tmp_path / "s.txt").write_text(
-        "".join(f"data: {json.dumps(x)}\n\n" for x in lines) + "data: [DONE]\n\n"
+def test_http_error_and_broken_streams_are_recorded_not_raised():
+    r, _ = run_client(
+        b'{"error": {"message": "max_tokens must be at least 1"}}', "openai", status=400
     )
-    r = run_client(replay(tmp_path / "s.txt"), "openai", count_tokens=lambda s: len(s.split()))
+    assert not r.success and r.error.startswith("HTTP 400") and "max_tokens" in r.error
+    r, _ = run_client(b"data: [DONE]\n\n", "openai")
+    assert not r.success and "without any content" in r.error
+    assert "JSONDecodeError" in run_client(b"data: {not json\n\n", "openai")[0].error
+    assert (
+        "engine died"
+        in run_client(b'data: {"error": {"message": "engine died"}}\n\n', "openai")[0].error
+    )
+    r, _ = run_client(b"", "openai", port=free_port())  # nothing listens there
+    assert not r.success and "ClientConnectorError" in r.error
+
+
+def test_token_count_falls_back_to_the_tokenizer():
+    events = [{"choices": [{"text": " a b"}]}, {"choices": [{"text": " c"}]}]
+    body = "".join(f"data: {json.dumps(x)}\n\n" for x in events) + "data: [DONE]\n\n"
+    r, _ = run_client(body.encode(), "openai", count_tokens=lambda s: len(s.split()))
     assert r.output_tokens == 3 and r.generated_text == " a b c"
 
 

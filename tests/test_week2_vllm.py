@@ -98,5 +98,7 @@ def test_server_killed_mid_run_is_recorded_and_leaves_nothing_behind(tiny_gpt, t
     assert read_json(runs_dir / "week2" / "killed" / "results.json")["failed"] == res["failed"]
     time.sleep(0.5)
     assert not _group_alive(pgid)
-    alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    alive = [
+        pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+    ]
     assert alive == []

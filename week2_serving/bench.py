@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 from tqdm import tqdm
@@ -179,11 +181,11 @@ async def run_load(
 ) -> tuple[list[RequestRecord], float]:
     """Send `requests` with the configured arrival process and concurrency cap."""
     limit = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
-    timeout = httpx.Timeout(cfg.request_timeout_s, connect=10.0)
-    limits = httpx.Limits(
-        max_connections=cfg.max_concurrency or len(requests), max_keepalive_connections=None
-    )
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, connect=10.0)
+    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency or 0, force_close=False)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, read_bufsize=2**20
+    ) as client:
 
         async def one(req: Request) -> RequestRecord:
             if limit is None:
@@ -234,7 +236,15 @@ def main(cfg: BenchConfig) -> dict:
         cfg.max_concurrency or "unlimited",
         cfg.request_rate,
     )
-    records, duration = asyncio.run(run_load(cfg, requests, model, count))
+    # The client must not pause while streams arrive: a full garbage collection over the heap of
+    # torch + transformers takes long enough to delay chunks and inflate TTFT. Move everything
+    # alive now out of the collector's reach first (vLLM's benchmark does the same).
+    gc.collect()
+    gc.freeze()
+    try:
+        records, duration = asyncio.run(run_load(cfg, requests, model, count))
+    finally:
+        gc.unfreeze()
     metrics = compute_metrics(records, duration, cfg.percentiles, cfg.goodput)
     errors = sorted({r.error for r in records if not r.success})
     results = {

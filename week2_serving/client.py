@@ -12,12 +12,13 @@ status, timeout, reset connection, a malformed stream) is returned in the record
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from week2_serving.metrics import RequestRecord
 
@@ -115,7 +116,7 @@ class StreamParser:
 
 
 async def send_request(
-    client: httpx.AsyncClient,
+    session: aiohttp.ClientSession,
     base_url: str,
     backend: str,
     model: str,
@@ -134,15 +135,14 @@ async def send_request(
     first = False
     try:
         payload = build_payload(backend, model, req)
-        async with client.stream(
-            "POST", base_url.rstrip("/") + ENDPOINTS[backend], json=payload, headers=headers
-        ) as resp:
-            if resp.status_code != 200:
-                body = (await resp.aread()).decode(errors="replace")[:300]
-                rec.error = f"HTTP {resp.status_code}: {body}"
+        url = base_url.rstrip("/") + ENDPOINTS[backend]
+        async with session.post(url, json=payload, headers=headers) as resp:
+            if resp.status != 200:
+                body = (await resp.read()).decode(errors="replace")[:300]
+                rec.error = f"HTTP {resp.status}: {body}"
                 return rec
-            async for line in resp.aiter_lines():
-                line = line.strip()
+            async for raw in resp.content:  # one SSE line at a time
+                line = raw.decode().strip()
                 if not line or line.startswith(":"):
                     continue
                 data = line.removeprefix("data:").strip()
@@ -174,6 +174,13 @@ async def send_request(
         else:
             rec.output_tokens = len(rec.itl) + 1  # last resort: one token per event
         rec.success = True
-    except (httpx.HTTPError, json.JSONDecodeError, RuntimeError, ValueError, OSError) as e:
+    except (
+        aiohttp.ClientError,
+        asyncio.TimeoutError,
+        json.JSONDecodeError,
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as e:
         rec.error = f"{type(e).__name__}: {e}"[:300]
     return rec

@@ -1,0 +1,171 @@
+"""Check the harness against vLLM's own benchmark: same server, same workload, side by side.
+
+    python -m week2_serving.validate                    # serves runs/week1/hf-model on vLLM CPU
+
+Starts vLLM on the model, runs `vllm bench serve` (from vLLM's venv, through its Python API)
+and our harness with the same random workload, alternating, and compares mean TTFT, mean
+TPOT and output throughput, each as the median over rounds (on 2 shared cores a run now and
+then stalls at its start; the median is robust to that, and every round is kept). Writes runs/week2/validate/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common.results import get_logger, run_dir, runs_root, save_results
+from common.server import VLLM_PYTHON, free_port
+from common.timing import environment
+from week2_serving import bench
+from week2_serving.launch import launch
+
+log = get_logger("week2.validate")
+
+# `vllm bench serve` without the console script (it fails in the CPU build): build its parser
+# and call its main, as the CLI does.
+VLLM_BENCH = (
+    "import sys\n"
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+    "from vllm.benchmarks.serve import add_cli_args, main\n"
+    "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n"
+)
+COMPARED = ("mean_ttft_ms", "mean_tpot_ms", "output_throughput")
+
+
+@dataclass
+class ValidateConfig:
+    model: str | None = None  # HF folder (default runs/week1/hf-model)
+    num_prompts: int = 128
+    input_len: int = 16
+    output_len: int = 128
+    max_concurrency: int = 32
+    rounds: int = 5  # each tool runs this many times, alternating; the medians are compared
+    tolerance: float = 0.10
+
+
+def run_vllm_bench(
+    url: str, model: str, tokenizer: str, cfg: ValidateConfig, out_dir: Path
+) -> dict:
+    name = "vllm_bench.json"
+    cmd = [
+        str(VLLM_PYTHON),
+        "-c",
+        VLLM_BENCH,
+        "--backend",
+        "openai",
+        "--base-url",
+        url,
+        "--endpoint",
+        "/v1/completions",
+        "--model",
+        model,
+        "--tokenizer",
+        tokenizer,
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(cfg.input_len),
+        "--random-output-len",
+        str(cfg.output_len),
+        "--num-prompts",
+        str(cfg.num_prompts),
+        "--max-concurrency",
+        str(cfg.max_concurrency),
+        "--ignore-eos",
+        "--save-result",
+        "--result-dir",
+        str(out_dir),
+        "--result-filename",
+        name,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads((out_dir / name).read_text())
+
+
+def main(cfg: ValidateConfig) -> dict:
+    model_dir = cfg.model or str(runs_root() / "week1" / "hf-model")
+    out = run_dir("week2", "validate")
+    rows = []
+    with launch("vllm", model_dir, port=free_port(), served_name="week1", log_dir=out) as server:
+        for r in range(cfg.rounds):
+            with tempfile.TemporaryDirectory() as tmp:
+                theirs = run_vllm_bench(server.url, "week1", model_dir, cfg, Path(tmp))
+            ours = bench.main(
+                bench.BenchConfig(
+                    base_url=server.url,
+                    model="week1",
+                    tokenizer=model_dir,
+                    num_prompts=cfg.num_prompts,
+                    random_input_len=cfg.input_len,
+                    random_output_len=cfg.output_len,
+                    max_concurrency=cfg.max_concurrency,
+                    seed=r,
+                    save=False,
+                )
+            )
+            row = {
+                "round": r,
+                "vllm": {k: theirs[k] for k in COMPARED + ("completed",)},
+                "ours": {k: ours[k] for k in COMPARED + ("completed",)},
+            }
+            log.info(
+                "round %d: %s",
+                r,
+                {k: (round(row["vllm"][k], 2), round(row["ours"][k], 2)) for k in COMPARED},
+            )
+            rows.append(row)
+    summary = {}
+    for k in COMPARED:
+        v = statistics.median(r["vllm"][k] for r in rows)
+        o = statistics.median(r["ours"][k] for r in rows)
+        summary[k] = {
+            "vllm_bench": v,
+            "ours": o,
+            "relative_diff": (o - v) / v,
+            "within_tolerance": abs(o - v) / v <= cfg.tolerance,
+        }
+    results = {
+        "summary": summary,
+        "rounds": rows,
+        "all_within_tolerance": all(s["within_tolerance"] for s in summary.values()),
+        "config": asdict(cfg),
+        "model": model_dir,
+        "environment": environment(),
+    }
+    save_results("week2", "validate", results)
+    for k, s in summary.items():
+        log.info(
+            "%-18s vllm bench %9.2f  ours %9.2f  diff %+.1f%%",
+            k,
+            s["vllm_bench"],
+            s["ours"],
+            100 * s["relative_diff"],
+        )
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> ValidateConfig:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default=None)
+    p.add_argument("--num-prompts", type=int, default=128)
+    p.add_argument("--input-len", type=int, default=16)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--max-concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args(argv)
+    return ValidateConfig(
+        a.model, a.num_prompts, a.input_len, a.output_len, a.max_concurrency, a.rounds
+    )
+
+
+if __name__ == "__main__":
+    main(parse_args())
