@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup setup-vllm test lint format week0 week1 week2 week3 report clean help
+.PHONY: all setup setup-vllm setup-sglang test lint format week0 week1 week2 week3 report clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md"
@@ -16,6 +16,7 @@ help:
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
+	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
@@ -46,6 +47,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"
 	@touch $(STAMP)
+
+# SGLang ships CUDA-only wheels (flashinfer, sglang-kernel): no CPU build exists.
+setup-sglang:
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		test -x .venvs/sglang/bin/python || $(PYTHON) -m venv .venvs/sglang; \
+		.venvs/sglang/bin/python -m pip install --upgrade pip && .venvs/sglang/bin/python -m pip install sglang; \
+	else \
+		echo "setup-sglang: SGLang needs a CUDA GPU (it has no CPU build); this machine has none. Use vLLM here (make setup-vllm)."; \
+		exit 1; \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check .

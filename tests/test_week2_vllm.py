@@ -65,7 +65,9 @@ def test_harness_run_against_vllm(vllm_tiny, tiny_gpt, runs_dir):
     assert chat["completed"] == 4 and chat["total_output_tokens"] == 24
 
 
-def test_server_killed_mid_run_is_recorded_and_leaves_nothing_behind(tiny_gpt, tmp_path, runs_dir):
+def test_server_killed_mid_run_is_recorded_and_leaves_nothing_behind(
+    tiny_gpt, tmp_path, runs_dir, monkeypatch
+):
     srv = vllm_server(
         tiny_gpt["hf_dir"], free_port(), tmp_path / "vllm.log", max_model_len=128
     ).start()
@@ -82,18 +84,24 @@ def test_server_killed_mid_run_is_recorded_and_leaves_nothing_behind(tiny_gpt, t
         num_warmups=1,
         run_name="killed",
     )
-    done = threading.Event()
-    killer = threading.Timer(
-        4.0, lambda: (srv.stop(grace_s=0.0), done.set())
-    )  # SIGKILL-like: no grace
-    killer.start()
+    # Kill the server (no grace: like a crash) as soon as 5 requests of the run have completed.
+    real_send, finished, killed = bench.send_request, [], threading.Event()
+
+    async def send_then_maybe_kill(*args, **kwargs):
+        rec = await real_send(*args, **kwargs)
+        finished.append(rec)
+        if len(finished) == 1 + 5 and not killed.is_set():  # 1 warmup + 5 measured
+            killed.set()
+            threading.Thread(target=srv.stop, kwargs={"grace_s": 0.0}).start()
+        return rec
+
+    monkeypatch.setattr(bench, "send_request", send_then_maybe_kill)
     try:
         res = bench.main(cfg)
     finally:
-        killer.cancel()
         srv.stop()
-    assert done.is_set(), "the server was not killed during the run; make the run longer"
-    assert res["failed"] > 0 and res["completed"] + res["failed"] == 48
+    assert killed.is_set()
+    assert res["completed"] >= 5 and res["failed"] > 0 and res["completed"] + res["failed"] == 48
     assert res["errors"] and all(e for e in res["errors"])
     assert read_json(runs_dir / "week2" / "killed" / "results.json")["failed"] == res["failed"]
     time.sleep(0.5)
