@@ -20,6 +20,9 @@ ENTRY_POINTS = [
     "week1_gpt_kvcache.generate",
     "week1_gpt_kvcache.export",
     "week1_gpt_kvcache.bench",
+    "week2_serving.launch",
+    "week2_serving.bench",
+    "week2_serving.validate",
 ]
 
 
