@@ -23,6 +23,8 @@ ENTRY_POINTS = [
     "week2_serving.launch",
     "week2_serving.bench",
     "week2_serving.validate",
+    "week2_serving.sweep",
+    "week2_serving.report",
 ]
 
 

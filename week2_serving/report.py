@@ -1,0 +1,298 @@
+"""The one-page serving report of a sweep: plots, the lever table, cost, and the decode roofline.
+
+    python -m week2_serving.report runs/week2/sweep-cpu --gpu-hour-usd 2.0
+
+Writes SWEEP_DIR/report.md and PNGs beside it:
+- throughput vs concurrency, TTFT and TPOT (p50 / p99) vs concurrency, per server setting;
+- the latency–throughput Pareto front (median TPOT vs output throughput);
+- "which lever moved what": each server setting against the first (baseline) at equal load;
+- cost per 1M output tokens at the given price per machine-hour;
+- the decode roofline: a decode step reads the weights once plus every sequence's KV cache,
+  so tokens/s ≤ batch × bandwidth / (weight bytes + KV bytes); the measured fraction of that
+  ceiling is the memory-bandwidth utilisation (MBU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from common.plots import plt, save
+from common.report import md_table
+from common.results import atomic_write_bytes, get_logger, read_json
+
+log = get_logger("week2.report")
+
+
+def load_cells(sweep: Path) -> list[dict]:
+    cells = []
+    for path in sorted(sweep.glob("*/*/results.json")):
+        r = read_json(path)
+        r.setdefault("server_name", path.parent.parent.name)
+        r.setdefault("load_name", path.parent.name)
+        r.pop("requests", None)
+        cells.append(r)
+    return cells
+
+
+def errors(sweep: Path) -> list[dict]:
+    return [
+        {"server": p.parent.parent.name, "load": p.parent.name, **read_json(p)}
+        for p in sorted(sweep.glob("*/*/error.json"))
+    ]
+
+
+def measure_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth of this machine as torch sees it: bytes read + written by a copy / time."""
+    src = torch.empty(size_mb * 2**20 // 4, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best / 1e9
+
+
+def model_bytes(model_dir: str) -> dict | None:
+    """Weight bytes and per-token KV bytes of an HF folder (None for hub ids not on disk)."""
+    folder = Path(model_dir)
+    if not (folder / "config.json").is_file():
+        return None
+    cfg = json.loads((folder / "config.json").read_text())
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
+    heads = cfg.get("num_attention_heads") or cfg.get("n_head")
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    hidden = cfg.get("hidden_size") or cfg.get("n_embd")
+    head_dim = cfg.get("head_dim") or hidden // heads
+    elem = 4 if str(cfg.get("torch_dtype", cfg.get("dtype", "float32"))) == "float32" else 2
+    return {"weight_bytes": weights, "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * elem}
+
+
+def roofline(cell: dict, mb: dict, bandwidth_gbs: float) -> dict:
+    """Decode ceiling for this cell's batch and average context, and the measured fraction (MBU)."""
+    batch = cell.get("max_concurrency") or cell["num_prompts"]
+    in_len = cell["total_input_tokens"] / max(cell["completed"], 1)
+    out_len = cell["total_output_tokens"] / max(cell["completed"], 1)
+    context = in_len + out_len / 2  # average context seen during decode
+    step_bytes = mb["weight_bytes"] + batch * context * mb["kv_bytes_per_token"]
+    ceiling = batch * bandwidth_gbs * 1e9 / step_bytes
+    measured = cell["output_throughput"]
+    return {
+        "batch": batch,
+        "bytes_per_step": step_bytes,
+        "ceiling_tok_s": ceiling,
+        "mbu": measured / ceiling,
+    }
+
+
+def _series(cells, server, metric):
+    pts = sorted(
+        (c["max_concurrency"], c[metric])
+        for c in cells
+        if c["server_name"] == server
+        and c.get("max_concurrency")
+        and c["config"]["dataset_name"] == "random"
+    )
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """Points not dominated: lower latency (x) and higher throughput (y) are both better."""
+    front = []
+    for x, y, label in sorted(points):
+        if not front or y > front[-1][1]:
+            front.append((x, y, label))
+    return front
+
+
+def plots(cells: list[dict], servers: list[str], out: Path) -> list[str]:
+    names = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in servers:
+        ax.plot(*_series(cells, s, "output_throughput"), marker="o", label=s)
+    ax.set(
+        xscale="log",
+        xlabel="concurrency",
+        ylabel="output tokens/s",
+        title="Throughput vs concurrency",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    names.append(save(fig, out / "throughput_vs_concurrency.png").name)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("ttft", "tpot")):
+        for s in servers:
+            xs, p50 = _series(cells, s, f"median_{metric}_ms")
+            _, p99 = _series(cells, s, f"p99_{metric}_ms")
+            line = ax.plot(xs, p50, marker="o", label=f"{s} p50")[0]
+            ax.plot(xs, p99, marker="x", ls="--", color=line.get_color(), label=f"{s} p99")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrency",
+            ylabel="ms",
+            title=f"{metric.upper()} vs load",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    names.append(save(fig, out / "latency_vs_load.png").name)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = []
+    for s in servers:
+        sc = [c for c in cells if c["server_name"] == s and c["config"]["dataset_name"] == "random"]
+        xs, ys = [c["median_tpot_ms"] for c in sc], [c["output_throughput"] for c in sc]
+        ax.scatter(xs, ys, label=s)
+        pts += [(c["median_tpot_ms"], c["output_throughput"], f"{s}/{c['load_name']}") for c in sc]
+    front = pareto(pts)
+    ax.plot([p[0] for p in front], [p[1] for p in front], color="black", lw=1, label="Pareto front")
+    ax.set(
+        xlabel="median TPOT (ms) — lower is better",
+        ylabel="output tokens/s",
+        title="Latency–throughput",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    names.append(save(fig, out / "pareto.png").name)
+    return names
+
+
+def change(new: dict, old: dict, key: str) -> str:
+    return f"{100 * (new[key] - old[key]) / old[key]:+.0f}%" if old[key] else "n/a"
+
+
+def lever_table(cells: list[dict], servers: list[str]) -> str:
+    base = servers[0]
+    by = {(c["server_name"], c["load_name"]): c for c in cells}
+    rows = []
+    for s in servers[1:]:
+        for (srv, load), c in by.items():
+            b = by.get((base, load))
+            if srv != s or b is None:
+                continue
+            rows.append(
+                [
+                    s,
+                    load,
+                    change(c, b, "output_throughput"),
+                    change(c, b, "mean_ttft_ms"),
+                    change(c, b, "mean_tpot_ms"),
+                    change(c, b, "p99_ttft_ms"),
+                ]
+            )
+    if not rows:
+        return "(one server setting only: nothing to compare)"
+    return md_table(
+        [f"lever (vs {base})", "load", "output tok/s", "mean TTFT", "mean TPOT", "p99 TTFT"], rows
+    )
+
+
+def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = None) -> Path:
+    sweep = Path(sweep)
+    cells = load_cells(sweep)
+    if not cells:
+        raise FileNotFoundError(
+            f"{sweep} has no */*/results.json cells; run python -m week2_serving.sweep first"
+        )
+    meta = read_json(sweep / "sweep.json")["config"] if (sweep / "sweep.json").exists() else {}
+    servers = [s["name"] for s in meta.get("servers", [])] or sorted(
+        {c["server_name"] for c in cells}
+    )
+    servers = [s for s in servers if any(c["server_name"] == s for c in cells)]
+    imgs = plots(cells, servers, sweep)
+    bw = bandwidth_gbs or measure_bandwidth_gbs()
+    rows = []
+    for c in sorted(cells, key=lambda c: (servers.index(c["server_name"]), c["load_name"])):
+        cost = (
+            usd_per_hour / (c["output_throughput"] * 3600) * 1e6
+            if c["output_throughput"]
+            else math.inf
+        )
+        mb = model_bytes(c.get("server", {}).get("model") or c.get("tokenizer_id", ""))
+        roof = roofline(c, mb, bw) if mb else None
+        rows.append(
+            [
+                c["server_name"],
+                c["load_name"],
+                c["completed"],
+                c["failed"],
+                f"{c['output_throughput']:.0f}",
+                f"{c['mean_ttft_ms']:.0f} / {c['p99_ttft_ms']:.0f}",
+                f"{c['mean_tpot_ms']:.2f} / {c['p99_tpot_ms']:.2f}",
+                f"${cost:.2f}",
+                f"{roof['ceiling_tok_s']:.0f} ({100 * roof['mbu']:.0f}%)" if roof else "n/a",
+            ]
+        )
+    errs = errors(sweep)
+    text = [
+        f"# Serving report: `{sweep.name}`\n",
+        f"Engine: {meta.get('engine', '?')}, model: `{meta.get('model', '?')}`. Machine: "
+        f"{cells[0]['environment']['cpu_model']}, {cells[0]['environment']['cpu_count']} cores, "
+        f"GPU: {cells[0]['environment']['gpu_name'] or 'none'}. Memory bandwidth (torch copy): {bw:.1f} GB/s.\n",
+        md_table(
+            [
+                "server",
+                "load",
+                "ok",
+                "failed",
+                "output tok/s",
+                "TTFT mean / p99 (ms)",
+                "TPOT mean / p99 (ms)",
+                f"$ per 1M output tok (${usd_per_hour:g}/h)",
+                "decode ceiling tok/s (MBU)",
+            ],
+            rows,
+        ),
+        "\n## Which lever moved what\n",
+        lever_table(cells, servers),
+        "\n## Plots\n",
+        "\n".join(f"![{i}]({i})" for i in imgs),
+        "\n## The decode roofline\n",
+        "Each decode step reads every weight once and every running sequence's KV cache. With "
+        "B sequences of average context L: bytes/step = weights + B·L·(KV bytes per token), and "
+        "tokens/s ≤ B · bandwidth / bytes/step. MBU is the measured output tokens/s over that "
+        "ceiling. Low MBU at small batch means the step is bound by something other than memory "
+        "(Python and kernel-launch overhead on a small model).",
+    ]
+    if errs:
+        text += [
+            "\n## Failed cells\n",
+            md_table(
+                ["server", "load", "error"],
+                [[e["server"], e["load"], e["error"].splitlines()[0][:120]] for e in errs],
+            ),
+        ]
+    path = sweep / "report.md"
+    atomic_write_bytes(path, "\n".join(text).encode())
+    log.info("wrote %s", path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument(
+        "--gpu-hour-usd",
+        type=float,
+        default=2.0,
+        help="price of one machine-hour, for cost/1M tokens",
+    )
+    p.add_argument(
+        "--mem-bandwidth-gbs", type=float, default=None, help="default: measured with a tensor copy"
+    )
+    a = p.parse_args(argv)
+    return build(a.sweep_dir, a.gpu_hour_usd, a.mem_bandwidth_gbs)
+
+
+if __name__ == "__main__":
+    main()
