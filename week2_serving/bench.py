@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import math
 import time
@@ -188,11 +189,7 @@ async def run_load(
     ) as client:
 
         async def one(req: Request) -> RequestRecord:
-            if limit is None:
-                return await send_request(
-                    client, cfg.base_url, cfg.backend, model, req, count_tokens, cfg.api_key
-                )
-            async with limit:
+            async with limit or contextlib.nullcontext():
                 return await send_request(
                     client, cfg.base_url, cfg.backend, model, req, count_tokens, cfg.api_key
                 )

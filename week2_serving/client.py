@@ -43,28 +43,23 @@ class Request:
 
 
 def build_payload(backend: str, model: str, req: Request) -> dict:
-    if backend == "openai":
+    if backend in ("openai", "openai-chat"):
         payload = {
             "model": model,
-            "prompt": req.prompt,
-            "max_tokens": req.output_len,
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": req.temperature,
             "ignore_eos": req.ignore_eos,
         }
-    elif backend == "openai-chat":
-        if not isinstance(req.prompt, str):
+        if backend == "openai":
+            payload.update(prompt=req.prompt, max_tokens=req.output_len)
+        elif not isinstance(req.prompt, str):
             raise ValueError("the chat API takes text prompts, not token ids")
-        payload = {
-            "model": model,
-            "messages": [{"role": "user", "content": req.prompt}],
-            "max_completion_tokens": req.output_len,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "temperature": req.temperature,
-            "ignore_eos": req.ignore_eos,
-        }
+        else:
+            payload.update(
+                messages=[{"role": "user", "content": req.prompt}],
+                max_completion_tokens=req.output_len,
+            )
     elif backend == "sglang":
         payload = {
             "sampling_params": {
