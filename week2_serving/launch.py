@@ -3,6 +3,7 @@
     python -m week2_serving.launch vllm --model runs/week1/hf-model --port 8000
     python -m week2_serving.launch vllm --model DIR -- --max-num-seqs 8 --enable-prefix-caching
     python -m week2_serving.launch sglang --model Qwen/Qwen2.5-1.5B-Instruct    # CUDA machines only
+    python -m week2_serving.launch engine --model runs/week1/hf-model -- --scheduling static
 
 Flags after `--` go to the server unchanged. The server runs as a child process in its own
 process group, bound to 127.0.0.1, logging to runs/week2/servers/<engine>-<port>.log; Ctrl-C,
@@ -26,7 +27,7 @@ from common.results import REPO_ROOT, get_logger, runs_root
 from common.server import ManagedServer, ServerError, free_port, vllm_server
 
 log = get_logger("week2.launch")
-ENGINES = ("vllm", "sglang")
+ENGINES = ("vllm", "sglang", "engine")  # engine = our own (week2_serving/engine)
 SGLANG_PYTHON = REPO_ROOT / ".venvs" / "sglang" / "bin" / "python"
 
 
@@ -69,6 +70,25 @@ def sglang_server(
     return ManagedServer(cmd, port, log_path, ready_path="/health", timeout_s=timeout_s)
 
 
+def engine_server(
+    model: str | Path,
+    port: int,
+    log_path: Path,
+    extra: list[str],
+    max_model_len: int | None,
+    served_name: str | None,
+    timeout_s: float,
+) -> ManagedServer:
+    """Our engine (week2_serving/engine/server.py), run by this venv's Python."""
+    cmd = [sys.executable, "-m", "week2_serving.engine.server", "--model", str(model)]
+    cmd += ["--port", str(port)]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if served_name:
+        cmd += ["--served-model-name", served_name]
+    return ManagedServer([*cmd, *extra], port, log_path, ready_path="/health", timeout_s=timeout_s)
+
+
 def launch(
     engine: str,
     model: str | Path,
@@ -98,6 +118,8 @@ def launch(
             timeout_s=timeout_s,
             served_name=served_name,
         )
+    if engine == "engine":
+        return engine_server(model, port, log_path, extra, max_model_len, served_name, timeout_s)
     return sglang_server(model, port, log_path, extra, timeout_s)
 
 

@@ -1,0 +1,242 @@
+"""The engine: requests in, tokens out, one scheduler step + one forward pass at a time.
+
+    engine = LLMEngine(EngineConfig(model="runs/week1/hf-model"))
+    outs = engine.generate(["The list type", "A dict is"], SamplingParams(max_tokens=32))
+
+Online use (the HTTP server): `add_request`, then call `step()` in a loop; each step returns
+the new tokens of every sequence that produced one, and which requests finished. `abort`
+frees a request's blocks at once (a client that went away).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common.results import get_logger, runs_root
+from week2_serving.engine.block_manager import BlockManager
+from week2_serving.engine.model_runner import ModelRunner
+from week2_serving.engine.sampler import Sampler
+from week2_serving.engine.scheduler import Scheduler, SchedulerConfig
+from week2_serving.engine.sequence import SamplingParams, Sequence
+
+log = get_logger("week2.engine")
+
+
+@dataclass
+class EngineConfig:
+    model: str | Path = field(default_factory=lambda: runs_root() / "week1" / "hf-model")
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int | None = None  # KV pool size; None = from kv_cache_gib
+    kv_cache_gib: float = 0.5
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None  # None = the model's context length
+    enable_prefix_caching: bool = True
+    scheduling: str = "continuous"  # continuous | static | sequential
+    device: str = "cpu"
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    new_token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None, tokenizer=None):
+        self.config = cfg = config or EngineConfig()
+        model_dir = Path(cfg.model)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer = tokenizer
+        # the runner loads the weights; the pool size follows from the bytes per block
+        from week1_gpt_kvcache.export import from_hf_folder
+
+        model = from_hf_folder(model_dir, cfg.device)
+        self.max_model_len = min(cfg.max_model_len or model.cfg.block_size, model.cfg.block_size)
+        per_block = ModelRunner.bytes_per_block(model.cfg, cfg.block_size)
+        num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_gib * 2**30 // per_block))
+        self.runner = ModelRunner(model, num_blocks, cfg.block_size, cfg.device)
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
+            self.block_manager,
+        )
+        self.sampler = Sampler()
+        self.requests: dict[str, Sequence] = {}
+        self.eos_token_id = tokenizer.eos_token_id
+        self.num_generated = 0
+        self.num_prompt_tokens = 0
+        self.num_finished = 0
+        self.num_aborted = 0
+        self.num_steps = 0
+        log.info(
+            "engine: %s, %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, prefix caching=%s",
+            model_dir,
+            num_blocks,
+            cfg.block_size,
+            num_blocks * per_block / 2**20,
+            cfg.scheduling,
+            cfg.enable_prefix_caching,
+        )
+
+    # --- requests -------------------------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        vocab = self.runner.cfg.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        return ids
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> Sequence:
+        seq = self.make_sequence(prompt, params, request_id)
+        self.add_sequence(seq)
+        return seq
+
+    def make_sequence(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> Sequence:
+        """Validate a request and build its Sequence without touching the engine's state.
+
+        The server calls this on its event loop (so a bad request gets its 400 at once) and
+        hands the sequence to the engine thread, which calls `add_sequence`.
+        """
+        params = params or SamplingParams()
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty; send at least one token")
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise ValueError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the "
+                f"prompt has {len(ids)} and max_tokens is {params.max_tokens} "
+                f"({len(ids) + params.max_tokens} in all): shorten the prompt or lower max_tokens"
+            )
+        seq = Sequence(ids, params, request_id, self.eos_token_id)
+        self.scheduler.check_fits(seq)
+        return seq
+
+    def add_sequence(self, seq: Sequence) -> None:
+        if seq.request_id in self.requests:
+            raise ValueError(f"request id {seq.request_id!r} is already in use")
+        self.scheduler.add(seq)
+        self.requests[seq.request_id] = seq
+        self.num_prompt_tokens += seq.num_prompt_tokens
+
+    def abort(self, request_id: str) -> bool:
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.abort(seq)
+        self.sampler.forget(seq)
+        self.num_aborted += 1
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # --- one step -------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        sample = [s.num_computed + n == len(s) for s, n in zip(batch.seqs, batch.num_tokens)]
+        logits = self.runner.execute(batch, sample)
+        to_sample = [s for s, want in zip(batch.seqs, sample) if want]
+        tokens = self.sampler(logits, to_sample)
+        self.scheduler.update(batch, {s.seq_id: t for s, t in zip(to_sample, tokens)})
+        self.num_steps += 1
+        self.num_generated += len(tokens)
+        outs = []
+        for s in to_sample:
+            if s.is_finished:
+                self.requests.pop(s.request_id, None)
+                self.sampler.forget(s)
+                self.num_finished += 1
+            outs.append(
+                StepOutput(
+                    s.request_id,
+                    [s.tokens[-1]],
+                    s.is_finished,
+                    s.finish_reason,
+                    s.num_prompt_tokens,
+                    s.num_output_tokens,
+                )
+            )
+        return outs
+
+    # --- offline ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str | list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion (like vLLM's `LLM.generate`); outputs in input order."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"{len(params_list)} SamplingParams for {len(prompts)} prompts")
+        seqs = [self.add_request(p, sp) for p, sp in zip(prompts, params_list)]
+        bar = tqdm(total=len(seqs), desc="generate", disable=not use_tqdm)
+        while self.has_unfinished():
+            bar.update(sum(o.finished for o in self.step()))
+        bar.close()
+        return [
+            RequestOutput(
+                s.request_id,
+                s.tokens[: s.num_prompt_tokens],
+                s.output_token_ids,
+                self.tokenizer.decode(s.output_token_ids),
+                s.finish_reason,
+            )
+            for s in seqs
+        ]
+
+    # --- numbers for /metrics -------------------------------------------------------------------
+    def stats(self) -> dict:
+        bm = self.block_manager
+        return {
+            "num_requests_running": len(self.scheduler.running),
+            "num_requests_waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": bm.num_blocks,
+            "kv_blocks_used": bm.num_used_blocks,
+            "kv_blocks_free": bm.num_free_blocks,
+            "kv_blocks_cached_free": bm.num_cached_free_blocks,
+            "prefix_cache_queries_tokens": bm.prefix_queries,
+            "prefix_cache_hits_tokens": bm.prefix_hits,
+            "prefix_cache_hit_rate": bm.prefix_hit_rate,
+            "prompt_tokens": self.num_prompt_tokens,
+            "generation_tokens": self.num_generated,
+            "requests_finished": self.num_finished,
+            "requests_aborted": self.num_aborted,
+            "preemptions": self.scheduler.num_preemptions,
+            "steps": self.num_steps,
+            "time": time.time(),
+        }

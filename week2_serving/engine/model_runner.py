@@ -1,0 +1,186 @@
+"""One batched forward pass over a mix of prefill chunks and decodes, reading K/V by block table.
+
+The KV cache is a pool of token *slots*, per layer: `k_cache[layer]` has shape
+(num_blocks * block_size, Hkv, D); slot = block_id * block_size + offset. A token at position p
+of a sequence lives in slot `block_table[p // bs] * bs + p % bs`. Nothing about a sequence
+needs to be contiguous: that is what lets the block manager hand out memory one block at a
+time (PagedAttention, Kwon et al. 2023).
+
+A step packs every scheduled token of every sequence into one flat batch of N rows, so all the
+matrix multiplications (QKV, output projection, MLP, LM head) run once for the whole step. Only
+attention needs to know which rows belong to which sequence: each sequence's queries attend to
+its own keys, gathered from the pool through its block table.
+
+Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V vocab,
+B sequences in an attention group, T queries per sequence, L keys per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from week1_gpt_kvcache.export import from_hf_folder
+from week1_gpt_kvcache.model import GPT, apply_rope
+from week2_serving.engine.scheduler import ScheduledBatch
+
+
+# --- paged attention --------------------------------------------------------------------------
+def gather_slots(
+    block_tables: torch.Tensor,  # (B, M) physical block ids, padded with anything
+    ctx_lens: torch.Tensor,  # (B,) keys per sequence (past + this step's tokens)
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pool slot of every key position, and which positions are real: (B, L), (B, L)."""
+    L = int(ctx_lens.max())
+    pos = torch.arange(L, device=block_tables.device)  # (L,)
+    blocks = block_tables[:, pos // block_size]  # (B, L) block holding each position
+    slots = blocks * block_size + pos % block_size  # (B, L)
+    valid = pos[None, :] < ctx_lens[:, None]  # (B, L)
+    return slots.masked_fill(~valid, 0), valid
+
+
+@dataclass
+class AttnGroup:
+    """Sequences whose attention runs as one padded SDPA call (per layer)."""
+
+    rows: torch.Tensor  # (B*T,) row of each padded query in the step's flat batch (-1 = pad)
+    slots: torch.Tensor  # (B, L) pool slots of each sequence's keys
+    mask: torch.Tensor  # (B, 1, T, L) float: 0 where a query may see a key, -inf elsewhere
+    B: int
+    T: int
+    padded: bool  # some queries are padding (rows == -1)
+
+
+def make_group(
+    block_tables: list[list[int]],
+    ctx_lens: list[int],
+    q_lens: list[int],
+    row_starts: list[int],
+    block_size: int,
+    device: torch.device | str = "cpu",
+) -> AttnGroup:
+    B, T = len(ctx_lens), max(q_lens)
+    M = max(len(t) for t in block_tables)
+    bt = torch.tensor([t + [0] * (M - len(t)) for t in block_tables], device=device)  # (B, M)
+    ctx = torch.tensor(ctx_lens, device=device)  # (B,)
+    ql = torch.tensor(q_lens, device=device)  # (B,)
+    slots, valid = gather_slots(bt, ctx, block_size)  # (B, L)
+    L = slots.shape[1]
+    t = torch.arange(T, device=device)
+    q_pos = (ctx - ql)[:, None] + t[None, :]  # (B, T) absolute position of each query
+    causal = torch.arange(L, device=device)[None, None, :] <= q_pos[:, :, None]  # (B, T, L)
+    mask = causal & valid[:, None, :]
+    pad_q = t[None, :] >= ql[:, None]  # (B, T) padding queries: let them see all real keys
+    mask = torch.where(pad_q[:, :, None], valid[:, None, :], mask)
+    rows = torch.tensor(row_starts, device=device)[:, None] + t[None, :]  # (B, T)
+    rows = rows.masked_fill(pad_q, -1).flatten()
+    additive = torch.zeros(mask.shape, device=device).masked_fill(~mask, float("-inf"))
+    padded = bool(pad_q.any())
+    return AttnGroup(rows=rows, slots=slots, mask=additive[:, None], B=B, T=T, padded=padded)
+
+
+def paged_attention(
+    q: torch.Tensor,  # (B, T, H, D)
+    k_pool: torch.Tensor,  # (num_slots, Hkv, D)
+    v_pool: torch.Tensor,  # (num_slots, Hkv, D)
+    slots: torch.Tensor,  # (B, L)
+    mask: torch.Tensor,  # (B, 1, T, L) bool (True = may see) or float (added to the scores)
+) -> torch.Tensor:  # (B, T, H, D)
+    k = k_pool[slots].transpose(1, 2)  # (B, Hkv, L, D): gathered through the block tables
+    v = v_pool[slots].transpose(1, 2)  # (B, Hkv, L, D)
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True
+    )  # (B, H, T, D)
+    return y.transpose(1, 2)
+
+
+# --- the runner --------------------------------------------------------------------------------
+class ModelRunner:
+    def __init__(
+        self,
+        model: GPT | str | Path,
+        num_blocks: int,
+        block_size: int,
+        device: str | torch.device = "cpu",
+    ):
+        self.model = (from_hf_folder(model, device) if not isinstance(model, GPT) else model).eval()
+        self.cfg = self.model.cfg
+        self.device = torch.device(device)
+        self.num_blocks, self.block_size = num_blocks, block_size
+        dtype = self.model.lm_head.weight.dtype
+        shape = (self.cfg.n_layer, num_blocks * block_size, self.cfg.n_kv_head, self.cfg.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+
+    @staticmethod
+    def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
+        """2 (K and V) x layers x Hkv x D x bytes x block_size."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * itemsize * block_size
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        bs = self.block_size
+        for src, dst in copies:  # copy-on-write, every layer at once
+            self.k_cache[:, dst * bs : (dst + 1) * bs] = self.k_cache[:, src * bs : (src + 1) * bs]
+            self.v_cache[:, dst * bs : (dst + 1) * bs] = self.v_cache[:, src * bs : (src + 1) * bs]
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch, sample: list[bool]) -> torch.Tensor:
+        """Run one step; return the logits (S, V) of the last token of each sampled sequence."""
+        self.copy_blocks(batch.copies)
+        bs, dev = self.block_size, self.device
+        ids, positions, slot_mapping, sample_rows = [], [], [], []
+        decode, prefill = [], []  # (block_table, ctx_len, q_len, row_start)
+        for seq, n, want in zip(batch.seqs, batch.num_tokens, sample):
+            start, c = len(ids), seq.num_computed
+            ids += seq.tokens[c : c + n]
+            positions += range(c, c + n)
+            table = seq.block_table
+            slot_mapping += [table[p // bs] * bs + p % bs for p in range(c, c + n)]
+            (decode if n == 1 else prefill).append((table, c + n, n, start))
+            if want:
+                sample_rows.append(start + n - 1)
+        # decodes run as one padded group; each prefill chunk as its own group
+        groups = [make_group(*zip(*decode), bs, dev)] if decode else []
+        groups += [make_group(*zip(p), bs, dev) for p in prefill]
+
+        m, cfg = self.model, self.cfg
+        idx = torch.tensor(ids, device=dev)  # (N,)
+        pos = torch.tensor(positions, device=dev)  # (N,)
+        slot_t = torch.tensor(slot_mapping, device=dev)  # (N,)
+        N, H, Hkv, D = len(ids), cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        x = m.wte(idx)  # (N, C)
+        if m.wpe is not None:
+            x = x + m.wpe(pos)
+        rope = (m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]) if m.wpe is None else None
+        out = x.new_empty(N, H, D)
+        for layer, blk in enumerate(m.blocks):
+            a, h = blk.attn, blk.norm1(x)
+            q = a.wq(h).view(N, H, D)
+            k = a.wk(h).view(N, Hkv, D)
+            v = a.wv(h).view(N, Hkv, D)
+            if rope is not None:  # (N, 1, D) tables broadcast over heads
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            self.k_cache[layer].index_copy_(0, slot_t, k)  # write this step's K/V into the pool
+            self.v_cache[layer].index_copy_(0, slot_t, v)
+            kc, vc = self.k_cache[layer], self.v_cache[layer]
+            for g in groups:  # gather each group's queries, attend, scatter outputs back
+                if g.rows.numel() == N and not g.padded:  # one group holding every row in order
+                    attn = paged_attention(q.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
+                    out = attn.reshape(N, H, D)
+                    continue
+                real = g.rows >= 0 if g.padded else slice(None)
+                qg = q.new_zeros(g.B * g.T, H, D)
+                qg[real] = q[g.rows[real]]
+                y = paged_attention(qg.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
+                out[g.rows[real]] = y.reshape(g.B * g.T, H, D)[real]
+            x = x + a.wo(out.reshape(N, H * D))
+            x = x + blk.mlp(blk.norm2(x))
+        if not sample_rows:
+            return x.new_empty(0, cfg.vocab_size)
+        last = m.norm_f(x[torch.tensor(sample_rows, device=dev)])  # (S, C)
+        return m.lm_head(last)  # (S, V)
