@@ -80,7 +80,8 @@ class Scheduler:
 
     def check_fits(self, seq: Sequence) -> None:
         """A request that could not run even alone in an empty cache is refused up front."""
-        need = self.bm.blocks_needed(seq.num_prompt_tokens + seq.params.max_tokens)
+        # the last sampled token is never fed back, so it needs no K/V slot
+        need = self.bm.blocks_needed(seq.num_prompt_tokens + seq.params.max_tokens - 1)
         if need > self.bm.num_blocks:
             raise ValueError(
                 f"request {seq.request_id} needs up to {need} KV blocks (prompt "
