@@ -48,6 +48,16 @@ class SweepConfig:
             names = [i.get("name") for i in items]
             if None in names or len(set(names)) != len(names):
                 raise ValueError(f"every entry of {kind!r} needs a unique 'name', got {names}")
+        load_names = {load["name"] for load in self.loads}
+        for server in self.servers:  # a server setting may name its own engine and loads
+            unknown = set(server.get("loads") or []) - load_names
+            if unknown:
+                raise ValueError(f"server {server['name']!r} names unknown loads {sorted(unknown)}")
+            if server.get("engine", self.engine) not in ENGINES:
+                raise ValueError(
+                    f"server {server['name']!r}: engine {server['engine']!r}: use one of "
+                    f"{', '.join(ENGINES)}"
+                )
         fields = set(bench.BenchConfig.__dataclass_fields__)
         for load in self.loads:
             bad = set(load) - fields - {"name"}
@@ -90,14 +100,17 @@ def run_sweep(cfg: SweepConfig, launcher: Callable = launch, runner: Callable = 
     out = sweep_dir(cfg)
     write_json_atomic(out / "sweep.json", {"config": cfg.__dict__})
     for server in cfg.servers:
-        pending = [load for load in cfg.loads if not cell_done(out / server["name"] / load["name"])]
+        wanted = server.get("loads")  # a server setting may run only some of the loads
+        loads = [load for load in cfg.loads if wanted is None or load["name"] in wanted]
+        pending = [load for load in loads if not cell_done(out / server["name"] / load["name"])]
         if not pending:
-            log.info("server %s: all %d cells done, skipping", server["name"], len(cfg.loads))
+            log.info("server %s: all %d cells done, skipping", server["name"], len(loads))
             continue
         model = resolve_model(server.get("model", cfg.model))  # a server setting may swap the model
+        engine = server.get("engine", cfg.engine)  # ... or the engine (ours vs vLLM in one sweep)
         try:
             with launcher(
-                cfg.engine,
+                engine,
                 model,
                 extra=server.get("args", []),
                 max_model_len=cfg.max_model_len,
@@ -105,7 +118,7 @@ def run_sweep(cfg: SweepConfig, launcher: Callable = launch, runner: Callable = 
                 served_name=cfg.served_model_name,
             ) as srv:
                 info = {
-                    "engine": cfg.engine,
+                    "engine": engine,
                     "model": model,
                     "command": srv.cmd,
                     "args": server.get("args", []),

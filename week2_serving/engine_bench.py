@@ -1,0 +1,190 @@
+"""Our engine against itself and against vLLM: what paging, batching and prefix caching buy.
+
+    python -m week2_serving.engine_bench                       # sweep + analysis (~8 min, 2 cores)
+    python -m week2_serving.engine_bench --skip-sweep          # analysis of a finished sweep only
+
+1. Runs the sweep `configs/engine-cpu.yaml` with the week 2a harness, over HTTP: vLLM CPU and
+   our engine (continuous / static / sequential scheduling, prefix caching on / off) on the
+   same workloads, in one run (resumable like every sweep).
+2. Computes the ratios the lesson is about: continuous vs sequential and vs static batching,
+   ours vs vLLM at each concurrency, and the TTFT that prefix caching saves.
+3. Traces KV memory offline: blocks the paged engine actually holds, step by step, against
+   what a server reserving max-length KV per request would hold.
+
+Writes runs/week2/engine/results.json, throughput.png and kv_memory.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from common.plots import plt, save
+from common.results import REPO_ROOT, get_logger, read_json, runs_root, save_results
+from common.timing import environment
+from week2_serving import sweep
+
+log = get_logger("week2.engine_bench")
+CONFIG = REPO_ROOT / "week2_serving" / "configs" / "engine-cpu.yaml"
+
+
+def load_cells(sweep_dir: Path) -> dict[tuple[str, str], dict]:
+    cells = {}
+    for path in sorted(sweep_dir.glob("*/*/results.json")):
+        c = read_json(path)
+        cells[(c["server_name"], c["load_name"])] = {
+            k: c[k]
+            for k in (
+                "output_throughput",
+                "mean_ttft_ms",
+                "p99_ttft_ms",
+                "mean_tpot_ms",
+                "completed",
+                "failed",
+            )
+        }
+    return cells
+
+
+def ratio(cells: dict, a: tuple[str, str], b: tuple[str, str], key="output_throughput"):
+    if a not in cells or b not in cells or not cells[b][key]:
+        return None
+    return cells[a][key] / cells[b][key]
+
+
+def summarize(cells: dict) -> dict:
+    ttft_on = cells.get(("continuous", "shared-prefix-c8"), {}).get("mean_ttft_ms")
+    ttft_off = cells.get(("no-prefix-caching", "shared-prefix-c8"), {}).get("mean_ttft_ms")
+    return {
+        "continuous_vs_sequential_c32": ratio(cells, ("continuous", "c32"), ("sequential", "c32")),
+        "continuous_vs_static_mixed_c32": ratio(
+            cells, ("continuous", "mixed-c32"), ("static", "mixed-c32")
+        ),
+        "continuous_vs_static_c32": ratio(cells, ("continuous", "c32"), ("static", "c32")),
+        "ours_vs_vllm": {
+            load: ratio(cells, ("continuous", load), ("vllm", load))
+            for load in ("c1", "c8", "c32", "mixed-c32")
+        },
+        "prefix_caching_ttft_ms": {"on": ttft_on, "off": ttft_off},
+        "prefix_caching_ttft_cut": (1 - ttft_on / ttft_off) if ttft_on and ttft_off else None,
+        "failed_requests": sum(c["failed"] for c in cells.values()),
+    }
+
+
+def memory_trace(model: str, num_requests: int = 64, max_num_seqs: int = 32, seed: int = 0):
+    """Run a mixed workload offline and record, per step, the KV memory in tokens:
+    held by the paged engine (blocks x block size), actually filled (tokens of the running
+    sequences), and what per-request reservations would take: the model's max length
+    (a static cache) or prompt + max_tokens (knowing each request's budget)."""
+    from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
+    from week2_serving.engine.sequence import SamplingParams
+
+    eng = LLMEngine(EngineConfig(model=model, max_num_seqs=max_num_seqs, num_blocks=4096))
+    rng = random.Random(seed)
+    vocab = eng.runner.cfg.vocab_size
+    for _ in range(num_requests):
+        prompt = [rng.randrange(10, vocab) for _ in range(rng.randint(2, 30))]
+        eng.add_request(prompt, SamplingParams(max_tokens=rng.randint(13, 243), ignore_eos=True))
+    bs, max_len = eng.block_manager.block_size, eng.max_model_len
+    trace = {"paged_reserved": [], "filled": [], "naive_max_len": [], "naive_budget": []}
+    while eng.has_unfinished():
+        eng.step()
+        running = eng.scheduler.running
+        trace["paged_reserved"].append(eng.block_manager.num_used_blocks * bs)
+        trace["filled"].append(sum(s.num_computed for s in running))
+        trace["naive_max_len"].append(len(running) * max_len)
+        trace["naive_budget"].append(
+            sum(s.num_prompt_tokens + s.params.max_tokens for s in running)
+        )
+    total = {k: sum(v) for k, v in trace.items()}
+    per_token = eng.runner.bytes_per_block(eng.runner.cfg, 1)
+    summary = {
+        "steps": len(trace["filled"]),
+        "bytes_per_token": per_token,
+        "peak_tokens": {k: max(v) for k, v in trace.items()},
+        "utilization_paged": total["filled"] / total["paged_reserved"],
+        "utilization_naive_max_len": total["filled"] / total["naive_max_len"],
+        "utilization_naive_budget": total["filled"] / total["naive_budget"],
+    }
+    return trace, summary
+
+
+def plot_throughput(cells: dict, out: Path) -> Path:
+    loads = ["c1", "c8", "c32", "mixed-c32"]
+    servers = ["vllm", "continuous", "static", "sequential"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(servers)
+    for i, server in enumerate(servers):
+        ys = [cells.get((server, load), {}).get("output_throughput", 0) for load in loads]
+        ax.bar([x + i * width for x in range(len(loads))], ys, width, label=server)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(loads))], loads)
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Our engine vs vLLM CPU (same workload, same run)")
+    ax.legend()
+    return save(fig, out)
+
+
+def plot_memory(trace: dict, summary: dict, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = {
+        "naive_max_len": "reserve max_model_len per request",
+        "naive_budget": "reserve prompt + max_tokens per request",
+        "paged_reserved": "paged: blocks held",
+        "filled": "tokens actually in the cache",
+    }
+    for key, label in labels.items():
+        ax.plot(trace[key], label=label)
+    ax.set_xlabel("engine step")
+    ax.set_ylabel("KV cache size (tokens)")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"KV memory in use: paged {100 * summary['utilization_paged']:.0f}% filled, "
+        f"max-length reservation {100 * summary['utilization_naive_max_len']:.0f}%"
+    )
+    ax.legend(fontsize=8)
+    return save(fig, out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--skip-sweep", action="store_true", help="only analyse the sweep's results")
+    a = p.parse_args(argv)
+    cfg = sweep.SweepConfig.from_yaml(a.config)
+    sweep_dir = sweep.sweep_dir(cfg) if a.skip_sweep else sweep.run_sweep(cfg)
+    cells = load_cells(sweep_dir)
+    summary = summarize(cells)
+    out = runs_root() / "week2" / "engine"
+    trace, memory = memory_trace(sweep.resolve_model(cfg.model))
+    results = {
+        "summary": summary,
+        "memory": memory,
+        "memory_trace": trace,
+        "cells": {f"{s}/{load}": c for (s, load), c in cells.items()},
+        "sweep": str(sweep_dir),
+        "environment": environment(),
+    }
+    save_results("week2", "engine", results)
+    plot_throughput(cells, out / "throughput.png")
+    plot_memory(trace, memory, out / "kv_memory.png")
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"
+    log.info(
+        "continuous vs sequential (c32) %s, vs static (mixed) %s; ours/vLLM c1 %s c8 %s c32 %s; "
+        "prefix caching cuts TTFT by %s; KV filled: paged %.0f%% vs max-length %.0f%%",
+        fmt(summary["continuous_vs_sequential_c32"]),
+        fmt(summary["continuous_vs_static_mixed_c32"]),
+        *(fmt(summary["ours_vs_vllm"][k]) for k in ("c1", "c8", "c32")),
+        "n/a"
+        if summary["prefix_caching_ttft_cut"] is None
+        else f"{100 * summary['prefix_caching_ttft_cut']:.0f}%",
+        100 * memory["utilization_paged"],
+        100 * memory["utilization_naive_max_len"],
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()
