@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import queue
 import threading
 import time
@@ -415,7 +416,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scheduling", choices=("continuous", "static", "sequential"), default="continuous"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="torch threads for the forward pass (default: all cores but one, which the event "
+        "loop and, in a benchmark on the same machine, the client need)",
+    )
     return p.parse_args(argv)
 
 
@@ -424,8 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
     engine = LLMEngine(
         EngineConfig(
             model=a.model,
