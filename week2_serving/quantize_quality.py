@@ -1,0 +1,317 @@
+"""Quality of the quantized variants as vLLM serves them: held-out perplexity and greedy agreement.
+
+    python -m week2_serving.quantize_quality           # after week2_serving.quantize, ~5 min
+    python -m week2_serving.quantize_quality --variants fp32,int4-awq --num-prompts 8
+
+For each variant (fp32 = the week 1 export, a bf16 control = the same weights served in
+bfloat16, and the quantized folders from runs/week2/quantized/), start real vLLM on it and ask:
+- **perplexity** on the week 1 *val* split (the same windows of `eval_len` tokens for every
+  variant): vLLM's `prompt_logprobs` gives log p(token | the tokens before it) for every prompt
+  token; perplexity = exp(−mean of those log-probabilities) over all predicted tokens;
+- **greedy agreement**: `num_prompts` prompts (the first `prompt_len` tokens of val windows)
+  continued greedily for `max_tokens` tokens (ignore_eos); the fraction of positions where the
+  variant's token equals the fp32 model's, and how long the outputs stay identical. One early
+  difference changes the context of every later token, so this number compounds;
+- **teacher-forced top-1 agreement**: on the perplexity windows, how often the variant's most
+  likely next token equals the fp32 model's when both see the same true text (no compounding).
+
+The int4-awq variant runs in bfloat16 (vLLM's AWQ layers take fp16/bf16 activations), so its
+differences mix 4-bit weights with bf16 arithmetic; the bf16 control separates the two.
+Writes runs/week2/quant-quality/results.json; a variant that fails to load or answer is
+recorded with its error, and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from tqdm import tqdm
+
+from common.results import get_logger, read_json, runs_root, save_results
+from common.server import ServerError
+from common.timing import environment
+from week2_serving.launch import launch
+from week2_serving.quantize import token_windows
+
+log = get_logger("week2.quant_quality")
+
+REFERENCE = "fp32"
+# server flags per variant, beside the defaults of common.server (which serve in float32)
+SERVE_ARGS: dict[str, list[str]] = {
+    "fp32": [],
+    "bf16": ["--dtype", "bfloat16"],  # control: unquantized weights, bf16 arithmetic
+    "int8-w8a8": [],  # int8 matmuls, the rest in float32
+    "int4-awq": ["--dtype", "bfloat16"],  # vLLM's AWQ takes fp16/bf16 activations only
+}
+# Quality servers skip torch.compile (start-up ~30 s instead of ~60 s on 2 cores); the speed
+# numbers come from the sweep, whose servers are compiled as usual.
+EAGER = ["--enforce-eager"]
+
+
+# ---- the metrics (pure functions, unit-tested) ----
+
+
+def prompt_token_logprobs(prompt_ids: list[int], prompt_logprobs: list[dict | None]) -> list[float]:
+    """log p(prompt[i] | prompt[:i]) for i ≥ 1 from vLLM's `prompt_logprobs` field.
+
+    vLLM returns one entry per prompt token: None for the first (nothing predicts it), then a
+    dict {token id (str): {"logprob": float, ...}} holding the actual token (plus top-k ones).
+    """
+    if len(prompt_logprobs) != len(prompt_ids):
+        raise ValueError(
+            f"{len(prompt_logprobs)} prompt_logprobs entries for {len(prompt_ids)} prompt tokens"
+        )
+    out = []
+    for i, (tok, entry) in enumerate(zip(prompt_ids[1:], prompt_logprobs[1:]), start=1):
+        if not entry or str(tok) not in entry:
+            raise ValueError(f"prompt_logprobs[{i}] has no entry for the prompt token {tok}")
+        value = entry[str(tok)]
+        out.append(float(value["logprob"] if isinstance(value, dict) else value))
+    return out
+
+
+def prompt_top1(prompt_logprobs: list[dict | None]) -> list[int]:
+    """The model's most likely token at each prompt position i ≥ 1 (teacher forcing: every
+    position sees the true text before it), from `prompt_logprobs` requested with k ≥ 1."""
+    out = []
+    for i, entry in enumerate(prompt_logprobs[1:], start=1):
+        top = [int(t) for t, v in (entry or {}).items() if isinstance(v, dict) and v["rank"] == 1]
+        if not top:
+            raise ValueError(
+                f"prompt_logprobs[{i}] has no rank-1 token: request prompt_logprobs>=1"
+            )
+        out.append(top[0])
+    return out
+
+
+def perplexity(logprobs: list[list[float]]) -> dict:
+    """exp(−mean log p) over every predicted token of every sequence (natural log)."""
+    flat = [lp for seq in logprobs for lp in seq]
+    if not flat:
+        raise ValueError("perplexity needs at least one token log-probability, got none")
+    bad = [lp for lp in flat if not math.isfinite(lp) or lp > 0]
+    if bad:
+        raise ValueError(f"log-probabilities must be finite and <= 0, got e.g. {bad[0]}")
+    nll = -sum(flat) / len(flat)
+    return {"perplexity": math.exp(nll), "mean_nll": nll, "tokens": len(flat)}
+
+
+def greedy_agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
+    """How often `other`'s greedy tokens equal `reference`'s, position by position.
+
+    token_agreement: matching positions / all positions (N prompts × M tokens);
+    exact_match: fraction of prompts whose whole continuation is identical;
+    mean_prefix_match: mean fraction of a continuation that is identical before the first
+    difference (after one differing token the contexts differ, so later tokens often do too).
+    """
+    if len(reference) != len(other) or not reference:
+        raise ValueError(f"need the same number of outputs, got {len(reference)} vs {len(other)}")
+    matches = total = exact = 0
+    prefix = 0.0
+    for i, (ref, out) in enumerate(zip(reference, other)):
+        if len(ref) != len(out) or not ref:
+            raise ValueError(
+                f"output {i}: {len(out)} tokens vs {len(ref)} in the reference (use ignore_eos)"
+            )
+        same = [a == b for a, b in zip(ref, out)]
+        matches += sum(same)
+        total += len(ref)
+        exact += all(same)
+        first_diff = same.index(False) if False in same else len(same)
+        prefix += first_diff / len(ref)
+    return {
+        "token_agreement": matches / total,
+        "exact_match": exact / len(reference),
+        "mean_prefix_match": prefix / len(reference),
+        "prompts": len(reference),
+        "tokens_per_prompt": len(reference[0]),
+    }
+
+
+# ---- asking a server ----
+
+
+def completions(url: str, payload: dict, timeout_s: float = 600.0) -> list[dict]:
+    """One non-streaming /v1/completions call with a batch of prompts; choices in prompt order."""
+    r = httpx.post(url + "/v1/completions", json=payload, timeout=timeout_s)
+    if r.status_code != 200:
+        raise RuntimeError(f"/v1/completions returned HTTP {r.status_code}: {r.text[:500]}")
+    return sorted(r.json()["choices"], key=lambda c: c["index"])
+
+
+def evaluate_server(
+    url: str, model: str, eval_windows: list[list[int]], prompts: list[list[int]], max_tokens: int
+) -> dict:
+    """Per-window token log-probs and top-1 tokens of the eval windows, and the greedy
+    continuations of the prompts."""
+    choices = completions(
+        url,
+        {"model": model, "prompt": eval_windows, "max_tokens": 1, "prompt_logprobs": 1},
+    )
+    logprobs = [
+        prompt_token_logprobs(w, c["prompt_logprobs"])
+        for w, c in zip(eval_windows, choices, strict=True)
+    ]
+    top1 = [prompt_top1(c["prompt_logprobs"]) for c in choices]
+    choices = completions(
+        url,
+        {
+            "model": model,
+            "prompt": prompts,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "return_token_ids": True,
+        },
+    )
+    greedy = [c["token_ids"] for c in choices]
+    return {"logprobs": logprobs, "top1": top1, "greedy": greedy}
+
+
+# ---- the run ----
+
+
+@dataclass
+class QualityConfig:
+    variants: list[str] = field(default_factory=lambda: list(SERVE_ARGS))
+    model: str | None = None  # fp32 HF folder (default runs/week1/hf-model)
+    quantized: str | None = None  # default runs/week2/quantized
+    data: str | None = None  # token splits (default runs/week1/data-bpe)
+    eval_len: int = 256  # tokens per perplexity window
+    num_eval: int = 48  # perplexity windows (val split, consecutive from its start)
+    num_prompts: int = 32  # greedy prompts
+    prompt_len: int = 32
+    max_tokens: int = 64  # greedy tokens per prompt
+    name: str = "quant-quality"
+
+    def __post_init__(self) -> None:
+        if REFERENCE not in self.variants:
+            raise ValueError(f"variants {self.variants} must include the reference {REFERENCE!r}")
+        for k in ("eval_len", "num_eval", "num_prompts", "prompt_len", "max_tokens"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+
+
+def quantized_dir(cfg: QualityConfig) -> Path:
+    return Path(cfg.quantized) if cfg.quantized else runs_root() / "week2" / "quantized"
+
+
+def variant_dirs(cfg: QualityConfig) -> dict[str, Path]:
+    model = Path(cfg.model) if cfg.model else runs_root() / "week1" / "hf-model"
+    qdir = quantized_dir(cfg)
+    return {v: model if v in ("fp32", "bf16") else qdir / v for v in cfg.variants}
+
+
+def main(cfg: QualityConfig) -> dict:
+    dirs = variant_dirs(cfg)
+    data = Path(cfg.data) if cfg.data else runs_root() / "week1" / "data-bpe"
+    eval_windows = token_windows(data, "val", cfg.num_eval, cfg.eval_len)
+    prompts = [
+        w[: cfg.prompt_len] for w in token_windows(data, "val", cfg.num_prompts, cfg.eval_len)
+    ]
+    out_dir = runs_root() / "week2" / cfg.name
+    raw: dict[str, dict] = {}
+    rows: dict[str, dict] = {}
+    for name in tqdm(cfg.variants, desc="quality", unit="variant"):
+        folder = dirs[name]
+        rows[name] = {"model": str(folder), "serve_args": SERVE_ARGS.get(name, [])}
+        if not (folder / "config.json").is_file():
+            rows[name].update(
+                status="error",
+                error=f"{folder}/config.json not found: run python -m week2_serving.quantize",
+            )
+            log.error("%s: %s", name, rows[name]["error"])
+            continue
+        t0 = time.perf_counter()
+        try:
+            with launch(
+                "vllm",
+                folder,
+                extra=SERVE_ARGS.get(name, []) + EAGER,
+                log_dir=out_dir,
+                served_name=name,
+            ) as srv:
+                raw[name] = evaluate_server(srv.url, name, eval_windows, prompts, cfg.max_tokens)
+            rows[name].update(status="ok", **perplexity(raw[name]["logprobs"]))
+        except (ServerError, RuntimeError, httpx.HTTPError, ValueError, KeyError) as e:
+            rows[name].update(status="error", error=f"{type(e).__name__}: {e}")
+            log.error("%s failed: %s", name, str(e).splitlines()[0])
+        rows[name]["seconds"] = time.perf_counter() - t0
+    ref = raw.get(REFERENCE)
+    for name, row in rows.items():
+        if row["status"] == "ok" and ref is not None:
+            row["greedy"] = greedy_agreement(ref["greedy"], raw[name]["greedy"])
+            row["top1_agreement"] = greedy_agreement(ref["top1"], raw[name]["top1"])[
+                "token_agreement"
+            ]
+        if row["status"] == "ok":
+            row["greedy_tokens"] = raw[name]["greedy"]  # kept to inspect where outputs diverge
+        if row["status"] == "ok":
+            log.info(
+                "%-10s perplexity %.3f  greedy agreement %s  teacher-forced top-1 agreement %s",
+                name,
+                row["perplexity"],
+                f"{row['greedy']['token_agreement']:.3f}" if "greedy" in row else "n/a",
+                f"{row['top1_agreement']:.3f}" if "top1_agreement" in row else "n/a",
+            )
+    sizes = _sizes(dirs, quantized_dir(cfg))
+    for name, row in rows.items():
+        row.update(sizes.get(name, {}))
+    results = {
+        "reference": REFERENCE,
+        "variants": rows,
+        "config": asdict(cfg),
+        "eval": {"split": "val", "data": str(data), "windows": len(eval_windows)},
+        "environment": environment(),
+    }
+    save_results("week2", cfg.name, results)
+    return results
+
+
+def _sizes(dirs: dict[str, Path], qdir: Path) -> dict[str, dict]:
+    """Weight bytes per variant, and quantize time from runs/week2/quantized/results.json."""
+    out = {
+        n: {"weight_bytes": sum(f.stat().st_size for f in d.glob("*.safetensors"))}
+        for n, d in dirs.items()
+    }
+    if (qdir / "results.json").is_file():
+        for name, rec in read_json(qdir / "results.json").get("variants", {}).items():
+            if name in out and "quantize_seconds" in rec:
+                out[name]["quantize_seconds"] = rec["quantize_seconds"]
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> QualityConfig:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--variants", default=",".join(SERVE_ARGS), help="comma-separated")
+    p.add_argument("--model", default=None, help="fp32 HF folder (default runs/week1/hf-model)")
+    p.add_argument("--quantized", default=None, help="default runs/week2/quantized")
+    p.add_argument("--data", default=None, help="token splits (default runs/week1/data-bpe)")
+    p.add_argument("--eval-len", type=int, default=256)
+    p.add_argument("--num-eval", type=int, default=48)
+    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=64)
+    a = p.parse_args(argv)
+    return QualityConfig(
+        [v for v in a.variants.split(",") if v],
+        a.model,
+        a.quantized,
+        a.data,
+        a.eval_len,
+        a.num_eval,
+        a.num_prompts,
+        a.prompt_len,
+        a.max_tokens,
+    )
+
+
+if __name__ == "__main__":
+    main(parse_args())
