@@ -25,6 +25,8 @@ ENTRY_POINTS = [
     "week2_serving.validate",
     "week2_serving.sweep",
     "week2_serving.report",
+    "week2_serving.engine.server",
+    "week2_serving.engine_bench",
 ]
 
 
