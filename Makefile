@@ -15,7 +15,7 @@ help:
 	@echo "make test    - set up, ruff check + ruff format --check + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
-	@echo "make week2   - vLLM CPU sweep (concurrency, batch size, prefix caching), report, harness validation (~10 min)"
+	@echo "make week2   - vLLM CPU sweep (concurrency, batch size, prefix caching), report, harness validation, our engine vs vLLM (~20 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
@@ -87,6 +87,8 @@ week2: setup setup-vllm
 	$(PY) -m week2_serving.sweep week2_serving/configs/cpu.yaml
 	$(PY) -m week2_serving.report runs/week2/sweep-cpu
 	$(PY) -m week2_serving.validate
+	$(PY) -m week2_serving.engine_bench
+	$(PY) -m week2_serving.report runs/week2/sweep-engine-cpu
 
 week3:
 	@echo "$@: not built yet in this version of the curriculum (see $@ in README.md)"
