@@ -85,7 +85,8 @@ def memory_trace(model: str, num_requests: int = 64, max_num_seqs: int = 32, see
     vocab = eng.runner.cfg.vocab_size
     for _ in range(num_requests):
         prompt = [rng.randrange(10, vocab) for _ in range(rng.randint(2, 30))]
-        eng.add_request(prompt, SamplingParams(max_tokens=rng.randint(13, 243), ignore_eos=True))
+        max_tokens = min(rng.randint(13, 243), eng.max_model_len - len(prompt))
+        eng.add_request(prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     bs, max_len = eng.block_manager.block_size, eng.max_model_len
     trace = {"paged_reserved": [], "filled": [], "naive_max_len": [], "naive_budget": []}
     while eng.has_unfinished():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from common.report import md_table, rel_link
 from common.results import read_json
+from week2_serving import quantize_quality
 
 
 def section(runs: Path) -> str | None:
@@ -45,6 +46,9 @@ def section(runs: Path) -> str | None:
         for png in ("throughput_vs_concurrency.png", "pareto.png"):
             if (sweep / png).exists():
                 parts.append(f"![{png}]({rel_link(sweep / png, report_dir)})")
+    quality = quant_quality(week)
+    if quality:
+        parts.append("**Quantized variants of the week 1 model** (vLLM CPU):\n\n" + quality)
     vpath = week / "validate" / "results.json"
     if vpath.exists():
         v = read_json(vpath)
@@ -63,4 +67,55 @@ def section(runs: Path) -> str | None:
             f"{v['config']['rounds']} rounds):\n\n"
             + md_table(["metric", "vllm bench serve", "ours", "difference", "within 10%"], rows)
         )
+    engine = engine_section(week, report_dir)
+    if engine:
+        parts.append(engine)
     return "\n\n".join(parts) if parts else None
+
+
+def engine_section(week: Path, report_dir: Path) -> str | None:
+    """Our engine (week 2b) against itself and vLLM, from runs/week2/engine/results.json."""
+    path = week / "engine" / "results.json"
+    if not path.exists():
+        return None
+    r = read_json(path)
+    s, mem = r["summary"], r["memory"]
+    x = lambda v: "n/a" if v is None else f"{v:.2f}x"
+    rows = [
+        ["continuous vs sequential batching, concurrency 32", x(s["continuous_vs_sequential_c32"])],
+        [
+            "continuous vs static batching, mixed output lengths",
+            x(s["continuous_vs_static_mixed_c32"]),
+        ],
+        *[[f"ours / vLLM CPU, {k}", x(v)] for k, v in s["ours_vs_vllm"].items()],
+        [
+            "prefix caching: mean TTFT on shared prefixes",
+            "n/a"
+            if s["prefix_caching_ttft_cut"] is None
+            else f"-{100 * s['prefix_caching_ttft_cut']:.0f}% "
+            f"({s['prefix_caching_ttft_ms']['off']:.0f} -> {s['prefix_caching_ttft_ms']['on']:.0f} ms)",
+        ],
+        [
+            "KV cache filled: paged vs max-length reservation",
+            f"{100 * mem['utilization_paged']:.0f}% vs {100 * mem['utilization_naive_max_len']:.0f}%",
+        ],
+        ["failed requests", s["failed_requests"]],
+    ]
+    text = (
+        "**Our engine** (paged KV cache, continuous batching, prefix caching), output-token "
+        "throughput ratios from one run of `python -m week2_serving.engine_bench`:\n\n"
+    )
+    text += md_table(["comparison", "measured"], rows)
+    for png in ("throughput.png", "kv_memory.png"):
+        if (week / "engine" / png).exists():
+            text += f"\n\n![{png}]({rel_link(week / 'engine' / png, report_dir)})"
+    return text
+
+
+def quant_quality(week: Path) -> str | None:
+    """The quantization quality table, with speed from the CPU sweep when it ran."""
+    sweep = week / "sweep-cpu"
+    cells = [read_json(p) for p in sorted(sweep.glob("*/*/results.json"))]
+    meta = sweep / "sweep.json"
+    servers = read_json(meta)["config"]["servers"] if meta.is_file() else []
+    return quantize_quality.report_section(week, cells, servers[0]["name"] if servers else None)
