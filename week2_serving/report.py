@@ -25,6 +25,7 @@ import torch
 from common.plots import plt, save
 from common.report import md_table
 from common.results import atomic_write_bytes, get_logger, read_json
+from week2_serving import quantize_quality
 
 log = get_logger("week2.report")
 
@@ -195,6 +196,12 @@ def lever_table(cells: list[dict], servers: list[str]) -> str:
     )
 
 
+def quant_quality_part(sweep: Path, cells: list[dict], servers: list[str]) -> list[str]:
+    """Quality beside speed for the quantized variants, from runs/week2/quant-quality."""
+    table = quantize_quality.report_section(sweep.parent, cells, servers[0] if servers else None)
+    return ["\n## Quantization: quality beside speed\n", table] if table else []
+
+
 def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = None) -> Path:
     sweep = Path(sweep)
     cells = load_cells(sweep)
@@ -253,6 +260,7 @@ def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = 
         ),
         "\n## Which lever moved what\n",
         lever_table(cells, servers),
+        *quant_quality_part(sweep, cells, servers),
         "\n## Plots\n",
         "\n".join(f"![{i}]({i})" for i in imgs),
         "\n## The decode roofline\n",
