@@ -90,8 +90,10 @@ def paged_attention(
     slots: torch.Tensor,  # (B, L)
     mask: torch.Tensor,  # (B, 1, T, L) bool (True = may see) or float (added to the scores)
 ) -> torch.Tensor:  # (B, T, H, D)
-    k = k_pool[slots].transpose(1, 2)  # (B, Hkv, L, D): gathered through the block tables
-    v = v_pool[slots].transpose(1, 2)  # (B, Hkv, L, D)
+    B, L = slots.shape
+    flat = slots.flatten()  # index_select on a flat index: several times faster than pool[slots]
+    k = k_pool.index_select(0, flat).view(B, L, *k_pool.shape[1:]).transpose(1, 2)  # (B,Hkv,L,D)
+    v = v_pool.index_select(0, flat).view(B, L, *v_pool.shape[1:]).transpose(1, 2)  # (B,Hkv,L,D)
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True
     )  # (B, H, T, D)
