@@ -3,7 +3,7 @@
     python -m week2_serving.validate                    # serves runs/week1/hf-model on vLLM CPU
 
 Starts vLLM on the model, runs `vllm bench serve` (from vLLM's venv, through its Python API)
-and our harness with the same random workload, alternating, and compares mean TTFT, mean
+and our harness with the same random workload, alternating who goes first, and compares mean TTFT, mean
 TPOT and output throughput, each as the median over rounds (on 2 shared cores a run now and
 then stalls at its start; the median is robust to that, and every round is kept). Writes runs/week2/validate/results.json.
 """
@@ -95,25 +95,37 @@ def main(cfg: ValidateConfig) -> dict:
     rows = []
     with launch("vllm", model_dir, port=free_port(), served_name="week1", log_dir=out) as server:
         for r in range(cfg.rounds):
-            with tempfile.TemporaryDirectory() as tmp:
-                theirs = run_vllm_bench(server.url, "week1", model_dir, cfg, Path(tmp))
-            ours = bench.main(
-                bench.BenchConfig(
-                    base_url=server.url,
-                    model="week1",
-                    tokenizer=model_dir,
-                    num_prompts=cfg.num_prompts,
-                    random_input_len=cfg.input_len,
-                    random_output_len=cfg.output_len,
-                    max_concurrency=cfg.max_concurrency,
-                    seed=r,
-                    save=False,
+
+            def theirs_run():
+                with tempfile.TemporaryDirectory() as tmp:
+                    return run_vllm_bench(server.url, "week1", model_dir, cfg, Path(tmp))
+
+            def ours_run(r=r):
+                return bench.main(
+                    bench.BenchConfig(
+                        base_url=server.url,
+                        model="week1",
+                        tokenizer=model_dir,
+                        num_prompts=cfg.num_prompts,
+                        random_input_len=cfg.input_len,
+                        random_output_len=cfg.output_len,
+                        max_concurrency=cfg.max_concurrency,
+                        seed=r,
+                        save=False,
+                    )
                 )
-            )
+
+            # alternate who goes first, so neither tool always meets a freshly idle server
+            if r % 2 == 0:
+                theirs, ours = theirs_run(), ours_run()
+            else:
+                ours, theirs = ours_run(), theirs_run()
             row = {
                 "round": r,
+                "first": "vllm" if r % 2 == 0 else "ours",
                 "vllm": {k: theirs[k] for k in COMPARED + ("completed",)},
-                "ours": {k: ours[k] for k in COMPARED + ("completed",)},
+                "ours": {k: ours[k] for k in COMPARED + ("completed", "failed")},
+                "ours_errors": ours.get("errors", [])[:3],
             }
             log.info(
                 "round %d: %s",
