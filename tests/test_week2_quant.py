@@ -95,6 +95,15 @@ def test_group_size_divides_every_linear_input():
         pick_group_size({"hidden_size": 64})
 
 
+def test_awq_clip_search_only_where_output_widths_tile():
+    from week2_serving.quantize_awq import clip_supported
+
+    week1 = {"hidden_size": 256, "intermediate_size": 704, "num_attention_heads": 4}
+    assert clip_supported({**week1, "num_key_value_heads": 2, "head_dim": 64})  # v_proj 128
+    tiny = {"hidden_size": 64, "intermediate_size": 192, "num_attention_heads": 2}
+    assert not clip_supported({**tiny, "num_key_value_heads": 1})  # v_proj 32
+
+
 def test_token_windows(tmp_path):
     import numpy as np
 

@@ -12,12 +12,22 @@ protects the weights that meet large activations, then rounds weights to 4 bits 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from week2_serving.quantize import finish_variant, token_windows, worker_args
+
+
+def clip_supported(config: dict) -> bool:
+    """autoawq's weight-clipping search walks output channels in blocks of 64 (or 256) and
+    asserts that they tile every Linear's output width; the tiny test model's v_proj has 32."""
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    outs = [kv_heads * head_dim, config["hidden_size"], config["intermediate_size"]]
+    return all(n % 64 == 0 for n in outs)
 
 
 def quantize_awq(
@@ -31,6 +41,7 @@ def quantize_awq(
     awq_gemm.TRITON_AVAILABLE = False
     torch.manual_seed(seed)
     calib = token_windows(data, "train", num_calib, calib_len, seed=seed)
+    clip = clip_supported(json.loads((Path(model_dir) / "config.json").read_text()))
     t0 = time.perf_counter()
     model = AutoAWQForCausalLM.from_pretrained(model_dir, device_map="cpu")
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -42,11 +53,13 @@ def quantize_awq(
         max_calib_samples=len(calib),
         max_calib_seq_len=calib_len,
         n_parallel_calib_samples=16,
+        apply_clip=clip,  # also search a per-group clipping range (skipped where unsupported)
     )
     model.save_quantized(out)
     return {
         "method": "autoawq",
         "quant_config": quant_config,
+        "apply_clip": clip,
         "calibration": {"split": "train", "windows": len(calib), "tokens_per_window": calib_len},
         "quantize_seconds": time.perf_counter() - t0,
         "torch_version": torch.__version__,

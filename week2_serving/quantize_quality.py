@@ -13,7 +13,9 @@ bfloat16, and the quantized folders from runs/week2/quantized/), start real vLLM
   variant's token equals the fp32 model's, and how long the outputs stay identical. One early
   difference changes the context of every later token, so this number compounds;
 - **teacher-forced top-1 agreement**: on the perplexity windows, how often the variant's most
-  likely next token equals the fp32 model's when both see the same true text (no compounding).
+  likely next token equals the fp32 model's when both see the same true text (no compounding);
+- **greedy self-agreement**: the greedy request sent twice to the same server (the noise floor:
+  1.0 when the server decodes deterministically).
 
 The int4-awq variant runs in bfloat16 (vLLM's AWQ layers take fp16/bf16 activations), so its
 differences mix 4-bit weights with bf16 arithmetic; the bf16 control separates the two.
@@ -158,19 +160,18 @@ def evaluate_server(
         for w, c in zip(eval_windows, choices, strict=True)
     ]
     top1 = [prompt_top1(c["prompt_logprobs"]) for c in choices]
-    choices = completions(
-        url,
-        {
-            "model": model,
-            "prompt": prompts,
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "ignore_eos": True,
-            "return_token_ids": True,
-        },
-    )
-    greedy = [c["token_ids"] for c in choices]
-    return {"logprobs": logprobs, "top1": top1, "greedy": greedy}
+    greedy_payload = {
+        "model": model,
+        "prompt": prompts,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "return_token_ids": True,
+    }
+    greedy = [c["token_ids"] for c in completions(url, greedy_payload)]
+    # the same request again: how deterministic is greedy decoding on this server (noise floor)
+    repeat = [c["token_ids"] for c in completions(url, greedy_payload)]
+    return {"logprobs": logprobs, "top1": top1, "greedy": greedy, "greedy_repeat": repeat}
 
 
 # ---- the table for the reports ----
@@ -330,6 +331,9 @@ def main(cfg: QualityConfig) -> dict:
                 "token_agreement"
             ]
         if row["status"] == "ok":
+            row["greedy_self_agreement"] = greedy_agreement(
+                raw[name]["greedy"], raw[name]["greedy_repeat"]
+            )["token_agreement"]
             row["greedy_tokens"] = raw[name]["greedy"]  # kept to inspect where outputs diverge
         if row["status"] == "ok":
             log.info(
