@@ -200,7 +200,7 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
         secs = f"{v['quantize_seconds']:.0f}" if v.get("quantize_seconds") else "—"
         if v.get("status") != "ok":
             err = v.get("error", "unknown error").splitlines()[0][:100]
-            rows.append([name, mb, secs, f"failed: {err}", "", "", "", ""])
+            rows.append([name, mb, secs, f"failed: {err}", "", "", "", "", ""])
             continue
         g = v.get("greedy", {})
         d_ppl = (
@@ -217,6 +217,7 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
                 f"{g['token_agreement']:.3f}" if g else "n/a",
                 f"{g['mean_prefix_match']:.3f}" if g else "n/a",
                 f"{v['top1_agreement']:.3f}" if "top1_agreement" in v else "n/a",
+                f"{v['greedy_self_agreement']:.3f}" if "greedy_self_agreement" in v else "n/a",
                 " / ".join(f"{speed[name][lo]:.0f}" for lo in loads if lo in speed.get(name, {}))
                 or "—",
             ]
@@ -230,6 +231,7 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
             "greedy agreement",
             "identical prefix",
             "top-1 agreement (teacher-forced)",
+            "greedy self-agreement",
             f"output tok/s ({' / '.join(loads) or 'sweep'})",
         ],
         rows,
@@ -250,7 +252,8 @@ def report_section(week_dir: Path, cells: list[dict], baseline: str | None) -> s
         f"week 1 val split. Greedy agreement: {cfg.get('num_prompts')} prompts × "
         f"{cfg.get('max_tokens')} greedy tokens, fraction equal to fp32 position by position; "
         "identical prefix: mean fraction before the first difference. Top-1 agreement: same "
-        "most-likely next token as fp32 on the perplexity windows (no compounding). Quality "
+        "most-likely next token as fp32 on the perplexity windows (no compounding). Greedy "
+        "self-agreement: the greedy request twice on the same server (noise floor). Quality "
         "servers run with --enforce-eager; the speed columns come from this sweep. int4-awq "
         "and bf16 run in bfloat16 (vLLM's AWQ needs 16-bit activations).",
     ]
