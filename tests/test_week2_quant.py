@@ -200,8 +200,8 @@ def test_quality_table_in_the_sweep_report(tmp_path):
     write_json_atomic(week / "quant-quality" / "results.json", quality)
     text = report.build(sweep, bandwidth_gbs=10.0).read_text()
     assert "## Quantization: quality beside speed" in text
-    assert "| int4-awq | 1.0 | 42 | 11.00 (+10.0%) | 0.500 | 0.250 | 0.900 | 1.000 | 150 |" in text
-    assert "| fp32 | 4.0 | — | 10.00 (+0.0%)" in text and "| 100 |" in text
+    assert "| int4-awq | 1.0 | 42 | 11.00 (+10.00%) | 0.500 | 0.250 | 0.900 | 1.000 | 150 |" in text
+    assert "| fp32 | 4.0 | — | 10.00 (+0.00%)" in text and "| 100 |" in text
     assert "failed: not produced: boom |" in text
     assert "| int4-awq | c1 | +50% |" in text  # the variant is a lever in the lever table
 

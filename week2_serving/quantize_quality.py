@@ -181,6 +181,15 @@ def speed_by_variant(cells: list[dict], baseline: str | None) -> dict[str, dict[
     """Output tok/s per load for each variant's sweep server: a server named like the variant,
     and for fp32 the sweep's baseline server (the first one, serving the unquantized model)."""
     out: dict[str, dict[str, float]] = {}
+    # loads in a readable order: random workloads by concurrency, then the others
+    cells = sorted(
+        cells,
+        key=lambda c: (
+            c.get("config", {}).get("dataset_name", "random") != "random",
+            c.get("max_concurrency") or 0,
+            c["load_name"],
+        ),
+    )
     for c in cells:
         name = REFERENCE if c.get("server_name") == baseline else c.get("server_name")
         out.setdefault(name, {})[c["load_name"]] = c["output_throughput"]
@@ -192,7 +201,7 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
     from common.report import md_table
 
     speed = speed or {}
-    loads = sorted({load for v in speed.values() for load in v})
+    loads = list(dict.fromkeys(load for v in speed.values() for load in v))
     rows = []
     ref = results["variants"].get(results.get("reference", REFERENCE), {})
     for name, v in results["variants"].items():
@@ -204,7 +213,7 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
             continue
         g = v.get("greedy", {})
         d_ppl = (
-            f"{100 * (v['perplexity'] / ref['perplexity'] - 1):+.1f}%"
+            f"{100 * (v['perplexity'] / ref['perplexity'] - 1):+.2f}%"
             if ref.get("perplexity")
             else "n/a"
         )
