@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from week1_gpt_kvcache.export import from_hf_folder
-from week1_gpt_kvcache.model import GPT, apply_rope
+from week1_gpt_kvcache.model import GPT, RMSNorm
 from week2_serving.engine.scheduler import ScheduledBatch
 
 
@@ -116,6 +116,13 @@ class FusedLayer:
     gate_up_w: torch.Tensor | None  # (2 hidden, C), llama only
 
 
+def norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's norm; RMSNorm as one fused op instead of week 1's readable six."""
+    if isinstance(module, RMSNorm):
+        return F.rms_norm(x, (x.shape[-1],), module.weight, module.eps)
+    return module(x)
+
+
 def fuse(blk: torch.nn.Module) -> FusedLayer:
     a = blk.attn
     cat_b = None if a.wq.bias is None else torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
@@ -190,15 +197,21 @@ class ModelRunner:
         x = m.wte(idx)  # (N, C)
         if m.wpe is not None:
             x = x + m.wpe(pos)
-        rope = (m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]) if m.wpe is None else None
+        rope = None
+        if m.wpe is None:  # RoPE tables for this step's positions, shared by all layers
+            cos, sin = m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]  # (N, 1, D)
+            half = D // 2  # rotate_half(x) = roll(x, D/2) with the first half negated
+            sign = torch.cat([-torch.ones(half, device=dev), torch.ones(half, device=dev)])
+            rope = (cos, sin * sign)
         for layer, fl in enumerate(self.layers):
             blk = fl.block
-            h = blk.norm1(x)
+            h = norm(blk.norm1, x)
             qkv = F.linear(h, fl.qkv_w, fl.qkv_b)  # (N, (H + 2 Hkv) D)
-            q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
-            q, k, v = q.view(N, H, D), k.view(N, Hkv, D), v.view(N, Hkv, D)
-            if rope is not None:  # (N, 1, D) tables broadcast over heads
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
+            v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
+            if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
+                qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
+            q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
             self.k_cache[layer].index_copy_(0, slot_t, k)  # write this step's K/V into the pool
             self.v_cache[layer].index_copy_(0, slot_t, v)
             kc, vc = self.k_cache[layer], self.v_cache[layer]
@@ -214,7 +227,7 @@ class ModelRunner:
                     y = paged_attention(qg.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
                     attn[g.rows[real]] = y.reshape(g.B * g.T, H, D)[real]
             x = x + F.linear(attn.reshape(N, H * D), fl.o_w, fl.o_b)
-            h = blk.norm2(x)
+            h = norm(blk.norm2, x)
             if fl.gate_up_w is not None:  # SwiGLU: down(silu(gate) * up), gate and up in one go
                 gate, up = F.linear(h, fl.gate_up_w).chunk(2, dim=-1)
                 x = x + blk.mlp.down(F.silu(gate) * up)
@@ -222,5 +235,5 @@ class ModelRunner:
                 x = x + blk.mlp(h)
         if not sample_rows:
             return x.new_empty(0, cfg.vocab_size)
-        last = m.norm_f(x[torch.tensor(sample_rows, device=dev)])  # (S, C)
+        last = norm(m.norm_f, x[torch.tensor(sample_rows, device=dev)])  # (S, C)
         return m.lm_head(last)  # (S, V)
