@@ -285,3 +285,26 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
     assert ppl == pytest.approx(ppl_ref, rel=0.05)
     assert top1 >= 0.85
     assert greedy["token_agreement"] >= 0.5
+
+
+@pytest.mark.parametrize(
+    "module, python",
+    [
+        ("week2_serving.quantize", Path(sys.executable)),
+        ("week2_serving.quantize_quality", Path(sys.executable)),
+        ("week2_serving.quantize_w8a8", QUANT_PYTHON),
+        ("week2_serving.quantize_awq", VLLM_PYTHON),
+    ],
+)
+def test_help(module, python):
+    import subprocess
+
+    from tests.conftest import REPO
+
+    if not python.exists():
+        pytest.skip(f"{python} is absent (make setup-quant / setup-vllm)")
+    out = subprocess.run(
+        [str(python), "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
