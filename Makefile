@@ -16,6 +16,7 @@ help:
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
 	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, report, harness validation, our engine vs vLLM (~20 min)"
+	@echo "make week3   - LoRA per task, QLoRA, DPO, multi-LoRA serving on vLLM CPU, evals (~30 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
 	@echo "make setup-quant - .venvs/quant: llm-compressor (INT8 W8A8), its pins clash with vLLM's"
@@ -127,8 +128,18 @@ week2: setup setup-vllm setup-awq setup-quant
 	$(PY) -m week2_serving.engine_bench
 	$(PY) -m week2_serving.report runs/week2/sweep-engine-cpu
 
-week3:
-	@echo "$@: not built yet in this version of the curriculum (see $@ in README.md)"
+# Week 3: data -> one LoRA adapter per task -> QLoRA (4-bit base) on one task -> DPO on top of
+# an SFT adapter -> all adapters served at once by vLLM CPU, scored served vs local, and
+# benchmarked -> the week's summary table and plots.
+week3: setup setup-vllm
+	$(PY) -m week3_finetune_lora.data
+	$(PY) -m week3_finetune_lora.sft --task reverse
+	$(PY) -m week3_finetune_lora.sft --task sort
+	$(PY) -m week3_finetune_lora.sft --task shift
+	$(PY) -m week3_finetune_lora.sft --task sort --quant nf4
+	$(PY) -m week3_finetune_lora.dpo --task reverse
+	$(PY) -m week3_finetune_lora.serve
+	$(PY) -m week3_finetune_lora.summary
 
 report: setup
 	$(PY) -m common.report

@@ -1,0 +1,334 @@
+"""Supervised fine-tuning with LoRA (peft + trl's SFTTrainer), or QLoRA on a 4-bit NF4 base.
+
+    python -m week3_finetune_lora.sft --task reverse                    # LoRA, CPU preset
+    python -m week3_finetune_lora.sft --task reverse --quant nf4        # QLoRA (bitsandbytes)
+    python -m week3_finetune_lora.sft --task sort --rank 16 --alpha 32 --dropout 0.0
+    python -m week3_finetune_lora.sft --dataset my.jsonl --model Qwen/Qwen2.5-0.5B  # online
+
+The base (week 1's export by default) stays frozen; only the LoRA matrices A and B of the
+attention and MLP projections train. B starts at zero, so step 0 is exactly the base model.
+After training the adapter is scored on the task's held-out test set (exact match) next to
+the base model, and saved to runs/week3/<run>/adapter/ with a fingerprint of its base.
+
+QLoRA: the frozen base is stored in 4-bit NF4 with double quantization (the absmax scales are
+themselves quantized), the LoRA matrices stay fp32. On CPUs with AVX512-BF16, bitsandbytes
+0.50's fast inference path breaks the next backward, so it is switched off on every
+Linear4bit (see ../shared/ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from common.plots import plot_curves
+from common.results import get_logger, run_dir, runs_root, write_json_atomic
+from common.timing import environment
+from week3_finetune_lora.adapters import (
+    LORA_TARGETS,
+    base_fingerprint,
+    base_weight_bytes,
+    count_parameters,
+    save_fingerprint,
+)
+from week3_finetune_lora.data import TASKS, load_dataset_rows, read_jsonl
+from week3_finetune_lora.evaluate import evaluate_rows, generate_local
+
+log = get_logger("week3.sft")
+DEFAULT_MODEL = str(runs_root() / "week1" / "hf-model")
+
+
+@dataclass
+class SFTRunConfig:
+    task: str = "reverse"  # one of data.TASKS; picks runs/week3/data/<task>/
+    dataset: str | None = None  # JSONL file/folder or hub id instead of the task's train split
+    model: str = DEFAULT_MODEL  # base: HF folder or hub id
+    data_dir: str = str(runs_root() / "week3" / "data")
+    quant: str = "none"  # none = LoRA on an fp32 base; nf4 = QLoRA (4-bit NF4 + double quant)
+    rank: int = 8  # r: the inner size of B·A
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the LoRA branch input (little data noise here: off)
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    learning_rate: float = 2e-3  # LoRA likes ~10x the full fine-tuning rate
+    max_steps: int = 1200
+    batch_size: int = 32
+    warmup_steps: int = 30
+    max_length: int = 32  # tokens per example (prompt + completion + EOS)
+    eval_limit: int | None = None  # test rows scored (None = all)
+    eval_base: bool = True  # also score the base model (the "before")
+    seed: int = 0
+    logging_steps: int = 25
+    run_name: str | None = None
+    threads: int | None = None  # torch threads (None = leave as is)
+
+    def __post_init__(self) -> None:
+        if self.quant not in ("none", "nf4"):
+            raise ValueError(f"quant={self.quant!r}: use 'none' (LoRA) or 'nf4' (QLoRA)")
+        if self.dataset is None and self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose from {sorted(TASKS)}")
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(
+                f"need rank >= 1, alpha > 0, 0 <= dropout < 1; got {self.rank}, {self.alpha}, "
+                f"{self.dropout}"
+            )
+        bad = [m for m in self.target_modules if m not in LORA_TARGETS]
+        if bad:
+            raise ValueError(
+                f"target module(s) {bad} cannot be served with LoRA by vLLM; use some of "
+                f"{list(LORA_TARGETS)}"
+            )
+        self.target_modules = tuple(self.target_modules)
+        if self.run_name is None:
+            self.run_name = f"{'qlora' if self.quant == 'nf4' else 'sft'}-{self.task}"
+
+
+PRESETS = {
+    # tiny: for tests on the tiny export (seconds); cpu: the default run on week 1's model.
+    "tiny": dict(max_steps=20, batch_size=8, eval_limit=16, logging_steps=5, warmup_steps=2),
+    "cpu": {},
+}
+
+
+def make_config(preset: str = "cpu", **overrides) -> SFTRunConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return SFTRunConfig(**{**PRESETS[preset], **overrides})
+
+
+# ---- model loading -------------------------------------------------------------------------
+
+
+def load_base(model: str, quant: str = "none"):
+    """(model, tokenizer). quant='nf4' stores every Linear in 4-bit NF4 with double quant."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if quant == "none":
+        return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32), tok
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # 16 levels placed at normal-distribution quantiles
+        bnb_4bit_use_double_quant=True,  # quantize the per-64-weight absmax scales too
+        bnb_4bit_compute_dtype=torch.float32,  # dequantize to fp32 for each matmul
+    )
+    m = AutoModelForCausalLM.from_pretrained(
+        model, quantization_config=bnb, dtype=torch.float32, device_map="cpu"
+    )
+    fix_bnb_cpu_backward(m)
+    return m, tok
+
+
+def fix_bnb_cpu_backward(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' AVX512-BF16 inference path on every Linear4bit.
+
+    Without this, on CPUs with AVX512-BF16 a no-grad forward (eval, generate) makes the next
+    backward fail with "a view of a leaf Variable that requires grad is being used in an
+    in-place operation". Returns how many layers were changed.
+    """
+    import bitsandbytes as bnb
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def add_lora(model, cfg: SFTRunConfig):
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.quant == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base and casts norms to fp32; no gradient checkpointing (tiny model).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+class LossHistory(TrainerCallback):
+    """Keeps every logged row (loss, learning rate, step) for results.json and the plot."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.rows.append({"step": state.global_step, **logs})
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def train_rows(cfg: SFTRunConfig) -> list[dict]:
+    if cfg.dataset:
+        return load_dataset_rows(cfg.dataset, "train")
+    return read_jsonl(Path(cfg.data_dir) / cfg.task / "train.jsonl")
+
+
+def test_rows(cfg: SFTRunConfig) -> list[dict]:
+    if cfg.dataset:
+        return load_dataset_rows(cfg.dataset, "test")[: cfg.eval_limit]
+    return read_jsonl(Path(cfg.data_dir) / cfg.task / "test.jsonl")[: cfg.eval_limit]
+
+
+def max_new_tokens_for(tok, rows: list[dict]) -> int:
+    """Room for the longest expected answer plus EOS and a little slack."""
+    return max(len(tok(r["completion"])["input_ids"]) for r in rows) + 2
+
+
+def main(cfg: SFTRunConfig) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = run_dir("week3", cfg.run_name)
+    rows, test = train_rows(cfg), test_rows(cfg)
+    model, tok = load_base(cfg.model, cfg.quant)
+    fingerprint = base_fingerprint(model, cfg.model)
+    base_bytes = base_weight_bytes(model)
+    n_new = max_new_tokens_for(tok, test)
+
+    def gen(m):
+        return lambda prompts: generate_local(m, tok, prompts, n_new)
+
+    before = evaluate_rows(test, gen(model)) if cfg.eval_base else None
+    if before is not None:
+        log.info("base model exact match on %s: %.1f%%", cfg.task, 100 * before["exact_match"])
+
+    model = add_lora(model, cfg)
+    trainable, total = count_parameters(model)
+    log.info(
+        "LoRA r=%d on %s: %d trainable of %d (%.2f%%)",
+        cfg.rank,
+        ",".join(cfg.target_modules),
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    args = SFTConfig(
+        output_dir=str(out / "trainer"),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=0.0,
+        max_length=cfg.max_length,
+        completion_only_loss=True,  # loss on the answer tokens only, not on the prompt
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available() or cfg.quant == "nf4",
+        bf16=False,
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    history = LossHistory()
+    train_ds = Dataset.from_list(
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_ds, processing_class=tok, callbacks=[history]
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    after = evaluate_rows(test, gen(model))
+    log.info(
+        "%s adapter exact match: %.1f%% (base %s) after %.0f s of training",
+        cfg.run_name,
+        100 * after["exact_match"],
+        f"{100 * before['exact_match']:.1f}%" if before else "not scored",
+        train_s,
+    )
+    adapter_dir = out / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    save_fingerprint(adapter_dir, fingerprint)
+    losses = [r for r in history.rows if "loss" in r]
+    plot_curves(losses, "step", ["loss"], out / "loss_curve.png", title=f"{cfg.run_name}: SFT loss")
+    for r in (before, after):
+        if r is not None:
+            r.pop("per_row")
+    results = {
+        "config": asdict(cfg),
+        "task": cfg.task,
+        "quant": cfg.quant,
+        "adapter_dir": str(adapter_dir),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / total,
+        "base_weight_bytes": base_bytes,
+        "base_weight_bytes_fp32": sum(
+            p.numel() for p in model.get_base_model().parameters() if not p.requires_grad
+        )
+        * 4
+        if cfg.quant == "none"
+        else None,
+        "train_seconds": train_s,
+        "seconds_per_step": train_s / max(cfg.max_steps, 1),
+        "train_rows": len(rows),
+        "base": before,
+        "adapter": after,
+        "loss_history": history.rows,
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "environment": environment(),
+        "threads": torch.get_num_threads(),
+    }
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> SFTRunConfig:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    d = SFTRunConfig()
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--task", default=d.task, choices=sorted(TASKS))
+    p.add_argument("--dataset", default=None, help="JSONL file/folder or HF dataset id")
+    p.add_argument("--model", default=d.model, help="base model: HF folder or hub id")
+    p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--quant", default=d.quant, choices=("none", "nf4"))
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--target-modules", nargs="+", default=None, choices=LORA_TARGETS)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--eval-limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = vars(p.parse_args(argv))
+    preset = a.pop("preset")
+    return make_config(preset, **{k: v for k, v in a.items() if v is not None})
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    r = main(parse_args())
+    print(json.dumps({k: r[k] for k in ("task", "quant", "trainable_fraction", "train_seconds")}))
