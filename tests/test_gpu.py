@@ -64,3 +64,29 @@ def test_hf_reference_on_gpu(arch):
     x = torch.randint(0, 97, (2, 40), device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], hf(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_engine_on_gpu_equals_hf_generate(tiny_gpt):
+    """Our serving engine (week 2b) on CUDA: paged attention, batched steps, same tokens as HF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
+    from week2_serving.engine.sequence import SamplingParams as EngineParams
+
+    d = tiny_gpt["hf_dir"]
+    tok = AutoTokenizer.from_pretrained(d)
+    hf = AutoModelForCausalLM.from_pretrained(d).cuda().eval()
+    prompts = ["The list type", "x", "A dictionary is a mapping object that", "import"]
+    max_tokens = [20, 7, 33, 12]
+    eng = LLMEngine(EngineConfig(model=d, device="cuda", num_blocks=64, block_size=8), tok)
+    params = [EngineParams(max_tokens=m, ignore_eos=True) for m in max_tokens]
+    outs = eng.generate(prompts, params, use_tqdm=False)
+    for p, m, out in zip(prompts, max_tokens, outs):
+        ids = tok(p, return_tensors="pt").input_ids.cuda()
+        with torch.no_grad():
+            ref = hf.generate(ids, max_new_tokens=m, min_new_tokens=m, do_sample=False)
+        assert out.token_ids == ref[0, ids.shape[1] :].tolist()
+    seeded = EngineParams(max_tokens=8, temperature=1.0, seed=3, ignore_eos=True)
+    first = eng.generate(["The"], seeded, use_tqdm=False)[0].token_ids
+    assert eng.generate(["The"], seeded, use_tqdm=False)[0].token_ids == first
+    assert eng.block_manager.num_used_blocks == 0

@@ -53,7 +53,8 @@ class Sampler:
             p = seq.params
             if p.greedy:
                 continue
-            row = filter_logits(logits[i].float() / p.temperature, p.top_k, p.top_p)
+            row = logits[i].float().cpu() / p.temperature  # the generators live on the CPU
+            row = filter_logits(row, p.top_k, p.top_p)
             probs = row.softmax(-1)
             out[i] = int(torch.multinomial(probs, 1, generator=self._generator(seq)))
         return out
