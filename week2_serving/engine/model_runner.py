@@ -221,7 +221,12 @@ class ModelRunner:
             else:
                 attn = x.new_empty(N, H, D)
                 for g in groups:  # gather each group's queries, attend, scatter outputs back
-                    real = g.rows >= 0 if g.padded else slice(None)
+                    if not g.padded:
+                        qg = q.index_select(0, g.rows).view(g.B, g.T, H, D)
+                        y = paged_attention(qg, kc, vc, g.slots, g.mask)
+                        attn.index_copy_(0, g.rows, y.reshape(g.B * g.T, H, D))
+                        continue
+                    real = g.rows >= 0
                     qg = q.new_zeros(g.B * g.T, H, D)
                     qg[real] = q[g.rows[real]]
                     y = paged_attention(qg.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
