@@ -161,6 +161,30 @@ def test_failed_variants_are_recorded_not_raised(tmp_path, monkeypatch):
     assert saved["variants"]["int4-awq"]["status"] == "error"
 
 
+def test_bad_awq_group_size_is_recorded_with_the_widths(tmp_path, monkeypatch):
+    model = fake_model(tmp_path / "model")
+    monkeypatch.setitem(
+        quantize.VARIANTS, "int4-awq", (Path(sys.executable), "unused", "setup-awq")
+    )
+    cfg = QuantizeConfig(
+        model=str(model), data=str(tmp_path), out=str(tmp_path / "q"), variants=["int4-awq"]
+    )
+    cfg.group_size = 128
+    err = quantize.main(cfg)["variants"]["int4-awq"]["error"]
+    assert "group size 128" in err and "[64, 192]" in err
+
+
+def test_finished_variant_is_kept_until_the_source_changes(tmp_path):
+    model = fake_model(tmp_path / "model")
+    folder = tmp_path / "q" / "int8-w8a8"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    quantize.finish_variant(folder, model, {"quantize_seconds": 1.0})
+    assert quantize.is_done(folder, model)
+    (model / "model.safetensors").write_bytes(b"\1" * 2000)  # week 1 retrained
+    assert not quantize.is_done(folder, model)
+
+
 # ---- the report ----
 
 

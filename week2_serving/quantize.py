@@ -170,14 +170,27 @@ def worker_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def source_signature(model: Path | str) -> list[list]:
+    """Name, size and mtime of the source weights: a retrained week 1 model changes it."""
+    files = sorted(Path(model).glob("*.safetensors"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def finish_variant(out: Path, src: Path, info: dict) -> None:
     """Copy the tokenizer files and write the done marker (last, so a crash leaves none)."""
     copy_tokenizer_files(src, out)
-    write_json_atomic(out / DONE_FILE, {**info, **folder_bytes(out)})
+    write_json_atomic(
+        out / DONE_FILE, {**info, **folder_bytes(out), "source": source_signature(src)}
+    )
 
 
-def is_done(folder: Path) -> bool:
-    return (folder / DONE_FILE).is_file() and (folder / "config.json").is_file()
+def is_done(folder: Path, model: Path | None = None) -> bool:
+    """The worker finished (and, given `model`, from the same source weights as now)."""
+    if not ((folder / DONE_FILE).is_file() and (folder / "config.json").is_file()):
+        return False
+    if model is None:
+        return True
+    return json.loads((folder / DONE_FILE).read_text()).get("source") == source_signature(model)
 
 
 def run_variant(name: str, model: Path, data: Path, out: Path, cfg: QuantizeConfig) -> dict:
@@ -211,7 +224,15 @@ def run_variant(name: str, model: Path, data: Path, out: Path, cfg: QuantizeConf
     ]
     if name == "int4-awq":
         config = json.loads((model / "config.json").read_text())
-        cmd += ["--group-size", str(cfg.group_size or pick_group_size(config))]
+        group = cfg.group_size or pick_group_size(config)
+        widths = linear_in_features(config)
+        if any(w % group for w in widths):
+            return {
+                "status": "error",
+                "error": f"AWQ group size {group} does not divide the Linear input widths "
+                f"{widths}; use a divisor of all of them (e.g. {pick_group_size(config)})",
+            }
+        cmd += ["--group-size", str(group)]
     log_path = out / f"{name}.log"
     log.info("%s: %s (log: %s)", name, " ".join(cmd[:3]), log_path)
     env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -256,7 +277,7 @@ def main(cfg: QuantizeConfig) -> dict:
     variants["fp32"] = {"status": "ok", "path": str(model), **folder_bytes(model)}
     for name in tqdm(cfg.variants, desc="quantize", unit="variant"):
         folder = out / name
-        if is_done(folder) and not cfg.force:
+        if is_done(folder, model) and not cfg.force:
             log.info("%s: already in %s (use --force to redo)", name, folder)
             rec = json.loads((folder / DONE_FILE).read_text())
             variants[name] = {**variants.get(name, {}), "status": "ok", "path": str(folder), **rec}
