@@ -151,6 +151,8 @@ def load_local(model_dir: str | Path, adapter: str | Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter is not None:
         from week3_finetune_lora.adapters import load_adapter
@@ -165,9 +167,9 @@ def load_local(model_dir: str | Path, adapter: str | Path | None = None):
 @dataclass
 class EvalConfig:
     task: str = "reverse"
-    model: str = str(runs_root() / "week1" / "hf-model")
+    model: str | None = None  # default: runs/week1/hf-model
     adapter: str | None = None
-    data_dir: str = str(runs_root() / "week3" / "data")
+    data_dir: str | None = None  # default: runs/week3/data
     base_url: str | None = None  # set -> score the endpoint instead of a local model
     served_model: str | None = None
     max_new_tokens: int = 12
@@ -176,6 +178,8 @@ class EvalConfig:
 
 
 def main(cfg: EvalConfig) -> dict:
+    cfg.model = cfg.model or str(runs_root() / "week1" / "hf-model")
+    cfg.data_dir = cfg.data_dir or str(runs_root() / "week3" / "data")
     rows = read_jsonl(Path(cfg.data_dir) / cfg.task / "test.jsonl")[: cfg.limit]
     if cfg.base_url:
         name = cfg.served_model or cfg.task

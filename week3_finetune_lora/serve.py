@@ -45,7 +45,7 @@ from week2_serving.workloads import random_requests
 from week3_finetune_lora.adapters import AdapterError, adapter_rank, check_adapter_base
 from week3_finetune_lora.data import TASKS, read_jsonl
 from week3_finetune_lora.evaluate import evaluate_rows, generate_local, generate_served
-from week3_finetune_lora.sft import DEFAULT_MODEL, max_new_tokens_for
+from week3_finetune_lora.sft import default_data_dir, default_model, max_new_tokens_for
 
 log = get_logger("week3.serve")
 # vLLM accepts only these values for --max-lora-rank.
@@ -54,11 +54,11 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 @dataclass
 class ServeConfig:
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # default: runs/week1/hf-model (week 1's export)
     adapters: dict[str, str] = field(default_factory=dict)  # name -> folder; empty: discover
     runtime_adapter: str | None = None  # name=DIR loaded after start-up (default: a DPO adapter)
     max_lora_rank: int | None = None  # None: the smallest value vLLM accepts that fits all
-    data_dir: str = str(runs_root() / "week3" / "data")
+    data_dir: str | None = None  # default: runs/week3/data
     eval_limit: int | None = None
     skip_bench: bool = False
     bench_prompts: int = 64
@@ -70,6 +70,8 @@ class ServeConfig:
     run_name: str = "serve"
 
     def __post_init__(self) -> None:
+        self.model = self.model or default_model()
+        self.data_dir = self.data_dir or default_data_dir()
         if self.max_lora_rank is not None and self.max_lora_rank not in VLLM_LORA_RANKS:
             raise ValueError(
                 f"max_lora_rank={self.max_lora_rank}: vLLM accepts one of {VLLM_LORA_RANKS}"
