@@ -47,7 +47,8 @@ $(VLLM_STAMP):
 	@touch $(VLLM_STAMP)
 
 # autoawq (INT4 AWQ) goes into vLLM's venv, installed in one command with that venv's own torch
-# and transformers versions so that neither moves.
+# and transformers versions so that neither moves (torch without its local label: ==2.13.0 is
+# met by the installed 2.13.0+cpu, and the PyPI wheels of CUDA builds carry no label).
 AWQ_STAMP := $(VLLM_VENV)/.awq-stamp
 AUTOAWQ_VERSION ?= 0.2.9
 
@@ -55,7 +56,7 @@ setup-awq: $(AWQ_STAMP)
 
 $(AWQ_STAMP): $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pip install autoawq==$(AUTOAWQ_VERSION) $$($(VLLM_VENV)/bin/python -c \
-		"import torch, transformers; print(f'torch=={torch.__version__} transformers=={transformers.__version__}')")
+		"import torch, transformers; print(f\"torch=={torch.__version__.split('+')[0]} transformers=={transformers.__version__}\")")
 	$(VLLM_VENV)/bin/python -c "import awq, vllm.entrypoints.openai.api_server"
 	@touch $(AWQ_STAMP)
 
