@@ -98,3 +98,23 @@ def test_scorer_exact_match_and_checks():
     assert task_checks("reverse", "4819", "9148") == {"is_digits": True, "same_digits": True}
     with pytest.raises(ValueError, match="4 rows but 3 outputs"):
         score(rows, outs[:3])
+
+
+@pytest.mark.parametrize(
+    "module", ["data", "sft", "dpo", "evaluate", "serve", "summary"], ids=lambda m: m
+)
+def test_week3_help(module):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-m", f"week3_finetune_lora.{module}", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
