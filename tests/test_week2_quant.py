@@ -122,6 +122,10 @@ def test_token_windows(tmp_path):
 def test_unknown_variant_is_rejected():
     with pytest.raises(ValueError, match="int3"):
         QuantizeConfig(variants=["int3"])
+    with pytest.raises(ValueError, match="int3"):
+        quantize_quality.QualityConfig(variants=["fp32", "int3"])
+    with pytest.raises(ValueError, match="reference 'fp32'"):
+        quantize_quality.QualityConfig(variants=["int4-awq"])
 
 
 def fake_model(folder):
@@ -183,6 +187,32 @@ def test_finished_variant_is_kept_until_the_source_changes(tmp_path):
     assert quantize.is_done(folder, model)
     (model / "model.safetensors").write_bytes(b"\1" * 2000)  # week 1 retrained
     assert not quantize.is_done(folder, model)
+
+
+def test_quality_records_servers_that_fail_and_variants_never_made(tmp_path, monkeypatch):
+    import numpy as np
+
+    from common.server import ServerError
+
+    model = fake_model(tmp_path / "model")
+    np.arange(2000, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    qdir = tmp_path / "q"
+    write_json_atomic(
+        qdir / "results.json",
+        {"variants": {"int4-awq": {"status": "error", "error": "AWQ exploded"}}},
+    )
+
+    def failing_launch(*args, **kwargs):
+        raise ServerError("server exited with code 1 before it was ready")
+
+    monkeypatch.setattr(quantize_quality, "launch", failing_launch)
+    cfg = quantize_quality.QualityConfig(
+        variants=["fp32", "int4-awq"], model=str(model), quantized=str(qdir), data=str(tmp_path)
+    )
+    rows = quantize_quality.main(cfg)["variants"]
+    assert rows["fp32"]["status"] == "error" and "before it was ready" in rows["fp32"]["error"]
+    assert rows["int4-awq"]["error"] == "not produced: AWQ exploded"
+    assert (tmp_path / "runs" / "week2" / "quant-quality" / "results.json").is_file()
 
 
 # ---- the report ----

@@ -286,6 +286,9 @@ class QualityConfig:
     name: str = "quant-quality"
 
     def __post_init__(self) -> None:
+        bad = [v for v in self.variants if v not in SERVE_ARGS]
+        if bad:
+            raise ValueError(f"unknown variant(s) {bad}; choose from {list(SERVE_ARGS)}")
         if REFERENCE not in self.variants:
             raise ValueError(f"variants {self.variants} must include the reference {REFERENCE!r}")
         for k in ("eval_len", "num_eval", "num_prompts", "prompt_len", "max_tokens"):
@@ -347,7 +350,6 @@ def main(cfg: QualityConfig) -> dict:
                 raw[name]["greedy"], raw[name]["greedy_repeat"]
             )["token_agreement"]
             row["greedy_tokens"] = raw[name]["greedy"]  # kept to inspect where outputs diverge
-        if row["status"] == "ok":
             log.info(
                 "%-10s perplexity %.3f  greedy agreement %s  teacher-forced top-1 agreement %s",
                 name,
