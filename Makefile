@@ -8,14 +8,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup setup-vllm setup-awq setup-quant setup-sglang test lint format week0 week1 week2 week3 report clean help
+.PHONY: all setup setup-vllm setup-awq setup-quant setup-sglang test lint format week0 week1 week2 week2-engine week3 report clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md"
 	@echo "make test    - set up, ruff check + ruff format --check + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
-	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, report, harness validation, our engine vs vLLM (~20 min)"
+	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, report, harness validation (~20 min)"
+	@echo "make week2-engine - our own engine (paged KV, continuous batching) vs itself and vLLM CPU (~9 min)"
 	@echo "make week3   - LoRA per task, QLoRA, DPO, multi-LoRA serving on vLLM CPU, evals (~30 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
@@ -107,7 +108,7 @@ format: setup
 test: setup setup-vllm setup-awq setup-quant lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-all: setup week0 week1 week2 week3 report
+all: setup week0 week1 week2 week2-engine week3 report
 
 week0: setup
 	$(PY) -m week0_pytorch.train --preset cpu
@@ -126,6 +127,10 @@ week2: setup setup-vllm setup-awq setup-quant
 	$(PY) -m week2_serving.quantize_quality
 	$(PY) -m week2_serving.report runs/week2/sweep-cpu
 	$(PY) -m week2_serving.validate
+
+# Week 2b: our own engine against itself (continuous / static / sequential, prefix caching on /
+# off) and against vLLM CPU, over HTTP with the same harness, then the KV-memory trace.
+week2-engine: setup setup-vllm
 	$(PY) -m week2_serving.engine_bench
 	$(PY) -m week2_serving.report runs/week2/sweep-engine-cpu
 
