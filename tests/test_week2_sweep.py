@@ -99,3 +99,25 @@ def test_shipped_configs_parse():
     for path in (REPO / "week2_serving" / "configs").glob("*.yaml"):
         cfg = SweepConfig.from_yaml(path)
         assert cfg.servers and cfg.loads, path
+
+
+def test_a_server_may_name_its_engine_and_its_loads(runs_dir):
+    engines, ran = [], []
+
+    @contextlib.contextmanager
+    def launch(engine, model, extra=None, **kw):
+        engines.append(engine)
+        yield FakeServer()
+
+    servers = [
+        {"name": "vllm", "args": []},
+        {"name": "ours", "engine": "engine", "args": [], "loads": ["c32"]},
+    ]
+    sweep.run_sweep(
+        config(servers=servers), launch, lambda cfg: ran.append(cfg.max_concurrency) or {}
+    )
+    assert engines == ["vllm", "engine"] and ran == [1, 8, 32, 32]
+    with pytest.raises(ValueError, match="unknown loads \\['c64'\\]"):
+        config(servers=[{"name": "x", "loads": ["c64"]}])
+    with pytest.raises(ValueError, match="engine 'tgi'"):
+        config(servers=[{"name": "x", "engine": "tgi"}])
