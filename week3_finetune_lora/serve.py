@@ -64,7 +64,7 @@ class ServeConfig:
     bench_prompts: int = 64
     bench_concurrency: int = 16
     bench_input_len: int = 16
-    bench_output_len: int = 32
+    bench_output_len: int = 64
     max_model_len: int = 256
     port: int | None = None
     run_name: str = "serve"
