@@ -65,6 +65,7 @@ class DPORunConfig:
     seed: int = 0
     logging_steps: int = 10
     run_name: str | None = None
+    threads: int | None = 1  # torch threads; see SFTRunConfig.threads for why 1
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()
@@ -170,6 +171,8 @@ def main(cfg: DPORunConfig) -> dict:
     from peft import PeftModel
     from trl import DPOConfig, DPOTrainer
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = run_dir("week3", cfg.run_name)
     d = Path(cfg.data_dir) / cfg.task
@@ -291,6 +294,7 @@ if __name__ == "__main__":
     p.add_argument("--train-pairs", type=int, default=None)
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--run-name", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     a = vars(p.parse_args())
     preset = a.pop("preset")
     main(make_config(preset, **{k: v for k, v in a.items() if v is not None}))

@@ -289,6 +289,7 @@ def merge_to_folder(model_dir: str, adapter_dir: str, out: Path) -> Path:
 
 
 def main(cfg: ServeConfig) -> dict:
+    torch.set_num_threads(1)  # the local evals share the 2 cores with the vLLM server
     week = runs_root() / "week3"
     out = run_dir("week3", cfg.run_name)
     adapters = dict(cfg.adapters) or discover_adapters(week)
