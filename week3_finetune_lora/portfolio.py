@@ -24,7 +24,7 @@ def section(runs: Path) -> str | None:
         "the last column); exact match on held-out prompts, greedy decoding, scored the same "
         "way locally (HF + peft) and through vLLM CPU serving every adapter at once.\n\n"
         + md_table(
-            ["task", "base", "LoRA (local)", "LoRA (vLLM)", "train time", "trainable"],
+            ["task", "base", "LoRA (local)", "LoRA (vLLM)", "train time", "trainable / base"],
             [
                 [
                     t["task"],

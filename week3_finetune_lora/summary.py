@@ -35,7 +35,9 @@ def collect(week: Path) -> dict:
                 "steps": r["config"]["max_steps"],
                 "trainable_params": r["trainable_params"],
                 "total_params": r["total_params"],
-                "trainable_fraction": r["trainable_fraction"],
+                # share of the *base* (total counts the LoRA matrices too)
+                "trainable_fraction": r["trainable_params"]
+                / (r["total_params"] - r["trainable_params"]),
                 "base_weight_bytes": r["base_weight_bytes"],
             }
         )
