@@ -53,7 +53,9 @@ def section(runs: Path) -> str | None:
     for d in s["dpo"]:
         parts.append(
             f"**DPO** on `{d['task']}` from its SFT adapter: held-out reward accuracy "
-            f"{d['reward_accuracy']:.3f} (margin {d['reward_margin']:.2f}); near-miss answers "
+            f"{d['reward_accuracy']:.3f} (reward margin {d['reward_margin']:.2f}); mean "
+            f"log π(chosen) − log π(rejected) {d['sft']['margin_mean']:.1f} → "
+            f"{d['dpo']['margin_mean']:.1f}; near-miss answers "
             f"{_pct(d['sft']['near_miss_rate'])} → {_pct(d['dpo']['near_miss_rate'])}, exact match "
             f"{_pct(d['sft']['exact_match'])} → {_pct(d['dpo']['exact_match'])}."
         )

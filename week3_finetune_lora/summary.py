@@ -111,9 +111,9 @@ def plot_before_after(s: dict, path: Path) -> Path:
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("exact match on held-out prompts (%)")
-    ax.set_ylim(0, 110)
+    ax.set_ylim(0, 125)
     ax.set_title("Week 1's 3.5M model before and after one LoRA per task")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", ncol=3, fontsize=8)
     return save(fig, path)
 
 
