@@ -166,3 +166,22 @@ def test_qlora_trains_on_cpu(tiny_gpt, tiny_sft, monkeypatch):
     assert r["trainable_tensors_changed"] == r["trainable_tensors"] > 0
     assert r["frozen_tensors_changed"] == []
     assert r["base_weight_bytes"] < tiny_sft["res"]["base_weight_bytes"]
+
+
+def test_summary_and_portfolio_from_results(tiny_sft):
+    """The week's summary and portfolio section are built from the results files alone."""
+    from week3_finetune_lora import portfolio, summary
+
+    s = summary.main(tiny_sft["runs"])
+    sort = next(t for t in s["tasks"] if t["task"] == "sort")
+    assert sort["adapter_exact"] == tiny_sft["res"]["adapter"]["exact_match"]
+    a = s["acceptance"]["sft-sort"]
+    assert a["pass"] == (
+        a["adapter_exact"] >= 0.9
+        and a["base_exact"] < 0.1
+        and a["train_seconds"] <= 600
+        and a["trainable_fraction"] <= 0.05
+    )
+    assert (tiny_sft["runs"] / "week3" / "summary" / "before_after.png").is_file()
+    text = portfolio.section(tiny_sft["runs"])
+    assert "| sort |" in text and "before_after.png" in text
