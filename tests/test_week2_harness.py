@@ -120,6 +120,17 @@ def test_random_workload_is_token_exact_and_seeded():
     ]
 
 
+def test_exponential_output_lengths_have_the_mean_and_a_capped_long_tail():
+    reqs = random_requests(FakeTokenizer(), 4000, 16, 128, seed=1, output_dist="exponential")
+    outs = np.array([r.output_len for r in reqs])
+    assert outs.min() >= 1 and outs.max() <= 6 * 128
+    assert abs(outs.mean() - 128) < 8  # the cap trims the mean by 128 * e^-6, under 1%
+    assert np.median(outs) < 0.8 * outs.mean()  # long-tailed: most requests are short
+    assert (outs > 3 * 128).mean() > 0.03  # ... and a few are many times longer
+    with pytest.raises(ValueError, match="output_dist='zipf'"):
+        random_requests(FakeTokenizer(), 4, 16, 128, output_dist="zipf")
+
+
 def test_shared_prefix_workload():
     reqs = shared_prefix_requests(
         FakeTokenizer(), 8, num_prefixes=2, prefix_len=30, suffix_len=5, output_len=4

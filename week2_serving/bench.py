@@ -56,6 +56,9 @@ class BenchConfig:
     random_input_len: int = 64
     random_output_len: int = 64
     random_range_ratio: float = 0.0
+    random_output_dist: str = (
+        "uniform"  # uniform | exponential (long-tailed, mean random_output_len)
+    )
     prefix_len: int = 256  # shared-prefix workload
     suffix_len: int = 32
     num_prefixes: int = 4
@@ -150,6 +153,7 @@ def build_requests(cfg: BenchConfig, tokenizer) -> list[Request]:
             cfg.random_range_ratio,
             cfg.seed,
             cfg.ignore_eos,
+            cfg.random_output_dist,
         )
     elif cfg.dataset_name == "shared-prefix":
         reqs = shared_prefix_requests(
@@ -305,6 +309,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--random-input-len", type=int, default=64)
     p.add_argument("--random-output-len", type=int, default=64)
     p.add_argument("--random-range-ratio", type=float, default=0.0)
+    p.add_argument(
+        "--random-output-dist",
+        choices=("uniform", "exponential"),
+        default="uniform",
+        help="output lengths: uniform (vLLM's) or exponential with a long tail (capped at 6x)",
+    )
     p.add_argument("--prefix-len", type=int, default=256)
     p.add_argument("--suffix-len", type=int, default=32)
     p.add_argument("--num-prefixes", type=int, default=4)
@@ -331,6 +341,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         random_input_len=a.random_input_len,
         random_output_len=a.random_output_len,
         random_range_ratio=a.random_range_ratio,
+        random_output_dist=a.random_output_dist,
         prefix_len=a.prefix_len,
         suffix_len=a.suffix_len,
         num_prefixes=a.num_prefixes,

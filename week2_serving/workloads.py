@@ -39,6 +39,17 @@ def _random_ids(rng: np.random.Generator, vocab: np.ndarray, n: int) -> list[int
     return rng.choice(vocab, size=n).tolist()
 
 
+OUTPUT_DISTS = ("uniform", "exponential")
+EXP_CAP = 6  # exponential output lengths are capped at 6x their mean
+
+
+def _exponential_lengths(rng: np.random.Generator, mean: int, n: int) -> np.ndarray:
+    """Long-tailed lengths, like real chat replies: most short, a few many times the mean."""
+    if mean < 1:
+        raise ValueError(f"lengths must be >= 1, got {mean}")
+    return np.clip(np.rint(rng.exponential(mean, size=n)), 1, EXP_CAP * mean).astype(int)
+
+
 def random_requests(
     tokenizer,
     num: int,
@@ -47,11 +58,20 @@ def random_requests(
     range_ratio: float = 0.0,
     seed: int = 0,
     ignore_eos: bool = True,
+    output_dist: str = "uniform",
 ) -> list[Request]:
+    """Random token-id prompts. Input lengths are uniform in [mean(1-r), mean(1+r)]; output
+    lengths too (`uniform`, vLLM's random dataset) or exponential with the same mean, capped at
+    6x (`exponential`: the long tail that makes static batching wait for its longest member)."""
+    if output_dist not in OUTPUT_DISTS:
+        raise ValueError(f"output_dist={output_dist!r}: use one of {', '.join(OUTPUT_DISTS)}")
     rng = np.random.default_rng(seed)
     vocab = np.array(sorted(set(range(len(tokenizer))) - _special_ids(tokenizer)))
     ins = _lengths(rng, input_len, range_ratio, num)
-    outs = _lengths(rng, output_len, range_ratio, num)
+    if output_dist == "uniform":
+        outs = _lengths(rng, output_len, range_ratio, num)
+    else:
+        outs = _exponential_lengths(rng, output_len, num)
     return [
         Request(
             prompt=_random_ids(rng, vocab, int(i)),
