@@ -187,7 +187,12 @@ async def run_load(
     """Send `requests` with the configured arrival process and concurrency cap."""
     limit = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, connect=10.0)
-    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency or 0, force_close=False)
+    # Keep-alive connections are reused, but never after 3 s idle: uvicorn (vLLM's and our
+    # engine's server) closes idle connections after 5 s, and a request sent on a connection the
+    # server is closing fails with "Server disconnected" before it ever reached the server.
+    connector = aiohttp.TCPConnector(
+        limit=cfg.max_concurrency or 0, force_close=False, keepalive_timeout=3.0
+    )
     async with aiohttp.ClientSession(
         timeout=timeout, connector=connector, read_bufsize=2**20
     ) as client:
