@@ -17,7 +17,7 @@ help:
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
 	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, report, harness validation (~20 min)"
 	@echo "make week2-engine - our own engine (paged KV, continuous batching) vs itself and vLLM CPU (~9 min)"
-	@echo "make week3   - LoRA per task, QLoRA, DPO, multi-LoRA serving on vLLM CPU, evals (~30 min)"
+	@echo "make week3   - LoRA per task, QLoRA, DPO, multi-LoRA serving on vLLM CPU, evals (~15 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
 	@echo "make setup-quant - .venvs/quant: llm-compressor (INT8 W8A8), its pins clash with vLLM's"
