@@ -145,7 +145,10 @@ def load_base(model: str, quant: str = "none"):
         bnb_4bit_compute_dtype=torch.float32,  # dequantize to fp32 for each matmul
     )
     m = AutoModelForCausalLM.from_pretrained(
-        model, quantization_config=bnb, dtype=torch.float32, device_map="cpu"
+        model,
+        quantization_config=bnb,
+        dtype=torch.float32,
+        device_map={"": 0} if torch.cuda.is_available() else "cpu",
     )
     fix_bnb_cpu_backward(m)
     return m, tok
@@ -278,7 +281,7 @@ def main(cfg: SFTRunConfig) -> dict:
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         report_to="none",
-        use_cpu=not torch.cuda.is_available() or cfg.quant == "nf4",
+        use_cpu=not torch.cuda.is_available(),
         bf16=False,
         gradient_checkpointing=False,  # trl turns it on by default; a 3.5M model needs no
         # memory saving, and recomputing activations costs ~30% more time per step
