@@ -185,8 +185,13 @@ class ModelRunner:
             (decode if n == 1 else prefill).append((table, c + n, n, start))
             if want:
                 sample_rows.append(start + n - 1)
-        # decodes run as one padded group; each prefill chunk as its own group
-        groups = [make_group(*zip(*decode), bs, dev)] if decode else []
+        # Decodes run as padded groups of similar context length (padding every decode to the
+        # longest context would make one long request slow down the whole batch); each prefill
+        # chunk is a group of its own.
+        buckets: dict[int, list] = {}
+        for d in decode:  # bucket by the power of two of the context length: <= 2x padding
+            buckets.setdefault(d[1].bit_length(), []).append(d)
+        groups = [make_group(*zip(*b), bs, dev) for _, b in sorted(buckets.items())]
         groups += [make_group(*zip(p), bs, dev) for p in prefill]
 
         m, cfg = self.model, self.cfg

@@ -189,6 +189,22 @@ class Detokenizer:
         return full[len(done) :]
 
 
+class APIKeyMiddleware:
+    """401 for /v1/* requests without `Authorization: Bearer <key>`; /health and /metrics open."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.wanted = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            auth = dict(scope["headers"]).get(b"authorization")
+            if auth != self.wanted:
+                body = error_body(401, "missing or wrong API key", "AuthenticationError")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # --- the app ----------------------------------------------------------------------------------
 def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None) -> FastAPI:
     aeng = AsyncEngine(engine)
@@ -220,19 +236,8 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None) 
             error_body(exc.status, exc.message, exc.type, exc.param), status_code=exc.status
         )
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        wanted = f"Bearer {api_key}"
-        if (
-            api_key
-            and request.url.path.startswith("/v1")
-            and request.headers.get("authorization") != wanted
-        ):
-            return JSONResponse(
-                error_body(401, "missing or wrong API key", "AuthenticationError"),
-                status_code=401,
-            )
-        return await call_next(request)
+    if api_key:  # a plain ASGI wrapper: Starlette's BaseHTTPMiddleware slows every stream
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
 
     @app.get("/health")
     async def health():
@@ -326,11 +331,6 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None) 
         head = {"id": rid, "created": created, "model": served_name}
         detok = Detokenizer(engine.tokenizer)
 
-        def choice(text: str, finish: str | None) -> dict:
-            if chat:
-                return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
         if not body.stream:
             last = None
             async for out in results(q, rid):
@@ -351,6 +351,15 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None) 
         def sse(data: dict) -> str:
             return f"data: {json.dumps(data)}\n\n"
 
+        # The per-token event is the hot path (one per token per stream): its constant part is
+        # serialized once, only the new text and the finish reason are encoded per token.
+        prefix = "data: " + json.dumps({**head, "object": obj})[:-1] + ', "choices": [{"index": 0, '
+        text_key = '"delta": {"content": ' if chat else '"text": '
+        text_end = "}" if chat else ', "logprobs": null'
+
+        def token_event(text: str, finish: str | None) -> str:
+            return f'{prefix}{text_key}{json.dumps(text)}{text_end}, "finish_reason": {json.dumps(finish)}}}]}}\n\n'
+
         async def events() -> AsyncIterator[str]:
             if chat:
                 first = {"index": 0, "delta": {"role": "assistant", "content": ""}}
@@ -362,7 +371,7 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None) 
                     last = out
                     finish = out.finish_reason if out.finished else None
                     if text or finish:
-                        yield sse({**head, "object": obj, "choices": [choice(text, finish)]})
+                        yield token_event(text, finish)
             except APIError as e:  # the engine died mid-stream: say so in the stream
                 yield sse(error_body(e.status, e.message, e.type))
                 return
