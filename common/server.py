@@ -118,7 +118,9 @@ class ManagedServer:
                 except ProcessLookupError:
                     break
                 deadline = time.monotonic() + wait
-                while time.monotonic() < deadline and _group_alive(pgid):
+                # poll() reaps the leader once it exits: an unreaped (zombie) leader still
+                # counts as a member of its group, and the wait would run out its full grace
+                while time.monotonic() < deadline and (self.proc.poll(), _group_alive(pgid))[1]:
                     time.sleep(0.1)
                 if not _group_alive(pgid):
                     break
