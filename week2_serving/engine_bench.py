@@ -21,30 +21,28 @@ import random
 from pathlib import Path
 
 from common.plots import plt, save
-from common.results import REPO_ROOT, get_logger, read_json, runs_root, save_results
+from common.results import REPO_ROOT, get_logger, runs_root, save_results
 from common.timing import environment
-from week2_serving import sweep
+from week2_serving import report, sweep
 
 log = get_logger("week2.engine_bench")
 CONFIG = REPO_ROOT / "week2_serving" / "configs" / "engine-cpu.yaml"
 
 
 def load_cells(sweep_dir: Path) -> dict[tuple[str, str], dict]:
-    cells = {}
-    for path in sorted(sweep_dir.glob("*/*/results.json")):
-        c = read_json(path)
-        cells[(c["server_name"], c["load_name"])] = {
-            k: c[k]
-            for k in (
-                "output_throughput",
-                "mean_ttft_ms",
-                "p99_ttft_ms",
-                "mean_tpot_ms",
-                "completed",
-                "failed",
-            )
-        }
-    return cells
+    """The sweep's cells (week 2a's report reader), keyed by (server, load)."""
+    keep = (
+        "output_throughput",
+        "mean_ttft_ms",
+        "p99_ttft_ms",
+        "mean_tpot_ms",
+        "completed",
+        "failed",
+    )
+    return {
+        (c["server_name"], c["load_name"]): {k: c[k] for k in keep}
+        for c in report.load_cells(sweep_dir)
+    }
 
 
 def ratio(cells: dict, a: tuple[str, str], b: tuple[str, str], key="output_throughput"):

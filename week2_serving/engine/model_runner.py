@@ -156,6 +156,9 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.layers = [fuse(blk) for blk in self.model.blocks]
+        # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
+        half = self.cfg.head_dim // 2
+        self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device)
 
     @staticmethod
     def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
@@ -205,9 +208,7 @@ class ModelRunner:
         rope = None
         if m.wpe is None:  # RoPE tables for this step's positions, shared by all layers
             cos, sin = m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]  # (N, 1, D)
-            half = D // 2  # rotate_half(x) = roll(x, D/2) with the first half negated
-            sign = torch.cat([-torch.ones(half, device=dev), torch.ones(half, device=dev)])
-            rope = (cos, sin * sign)
+            rope = (cos, sin * self.rope_sign)
         for layer, fl in enumerate(self.layers):
             blk = fl.block
             h = norm(blk.norm1, x)

@@ -332,11 +332,11 @@ def create_app(engine: LLMEngine, served_name: str, api_key: str | None = None) 
         detok = Detokenizer(engine.tokenizer)
 
         if not body.stream:
-            last = None
+            last, ids = None, []
             async for out in results(q, rid):
-                detok.add(out.new_token_ids)
+                ids += out.new_token_ids
                 last = out
-            text = engine.tokenizer.decode(detok.ids)
+            text = engine.tokenizer.decode(ids)  # once, at the end: no incremental decoding
             if chat:
                 c = {"index": 0, "message": {"role": "assistant", "content": text}}
             else:
