@@ -3,8 +3,8 @@
     with ManagedServer(cmd, port=8011, log_path=Path("runs/x/server.log")) as srv:
         httpx.get(srv.url + "/v1/models")
 
-The child runs in its own process group, so stopping it also stops every process it spawned
-(vLLM starts worker processes). Readiness is polled over HTTP with a timeout; if the child
+The child runs in its own process group (in the caller's session), so stopping it also stops
+every process it spawned (vLLM starts worker processes). Readiness is polled over HTTP with a timeout; if the child
 dies first, the error shows the tail of its log. Servers bind 127.0.0.1 only.
 """
 
@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from common.results import REPO_ROOT, get_logger
 
 log = get_logger("server")
 VLLM_PYTHON = REPO_ROOT / ".venvs" / "vllm" / "bin" / "python"
+
+
+_OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 class ServerError(RuntimeError):
@@ -73,8 +77,15 @@ class ManagedServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            start_new_session=True,
-        )  # its own process group
+            # Its own process group (stop() signals the whole group), but not its own session:
+            # with the kernel's autogroup scheduling (sched_autogroup_enabled=1, the default on
+            # desktop and many VM kernels) a new session is a new scheduling group that gets
+            # an equal share of CPU against the client's. On 2 cores that stalled vLLM's
+            # streams for seconds at a time (measured: 4-9 s TTFT outliers in most runs, 0 of 6
+            # with the server in the client's session).
+            **_OWN_GROUP,
+            stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
+        )
         self.wait_ready()
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 
 import numpy as np
@@ -183,3 +184,20 @@ def test_report_without_results_says_how_to_make_them(runs_dir):
 
 def test_md_table():
     assert report.md_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def test_managed_server_has_its_own_group_in_our_session_and_stops_whole(tmp_path):
+    """Own process group: stop() reaches every process it spawned. Same session: with autogroup
+    scheduling a new session would be a separate CPU group competing with its own client."""
+    from common.server import ManagedServer, _group_alive, free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    srv = ManagedServer(cmd, port, tmp_path / "http.log", ready_path="/", timeout_s=30).start()
+    try:
+        pid = srv.proc.pid
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getsid(pid) == os.getsid(0)
+    finally:
+        srv.stop(grace_s=5)
+    assert not _group_alive(pid)

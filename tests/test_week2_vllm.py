@@ -110,3 +110,21 @@ def test_server_killed_mid_run_is_recorded_and_leaves_nothing_behind(
         pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
     ]
     assert alive == []
+
+
+def test_validation_runs_both_tools_on_the_same_prompts(vllm_tiny, tiny_gpt, tmp_path):
+    """The validation's machinery on a small load: vllm bench (the installed version accepts our
+    flags) and our harness read one prompt file and each completes every request."""
+    from week2_serving import validate
+
+    cfg = validate.ValidateConfig(num_prompts=8, input_len=8, output_len=8, max_concurrency=4)
+    cfg.rounds = 1
+    rows = validate.run_rounds(vllm_tiny.url, "tiny", str(tiny_gpt["hf_dir"]), cfg, tmp_path)
+    (row,) = rows
+    assert row["vllm"]["completed"] == row["ours"]["completed"] == 8 and row["ours"]["failed"] == 0
+    for tool in ("vllm", "ours"):
+        assert all(row[tool][k] > 0 for k in validate.COMPARED)
+    prompts = (tmp_path / "prompts-round0.jsonl").read_text().splitlines()
+    assert len(prompts) == 8 and all('"output_tokens": 8' in p for p in prompts)
+    summary = validate.summarize(rows, 0.10)
+    assert set(summary) == set(validate.COMPARED)

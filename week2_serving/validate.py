@@ -2,19 +2,26 @@
 
     python -m week2_serving.validate                    # serves runs/week1/hf-model on vLLM CPU
 
-Starts vLLM on the model, runs `vllm bench serve` (from vLLM's venv, through its Python API)
-and our harness with the same random workload, alternating who goes first, and compares mean TTFT, mean
-TPOT and output throughput, each as the median over rounds (on 2 shared cores a run now and
-then stalls at its start; the median is robust to that, and every round is kept). Writes runs/week2/validate/results.json.
+Starts vLLM on the model and, each round, writes one prompt file (random token ids decoded to
+text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom` dataset, no chat
+template, no shuffle) and our harness (its `file` workload). Both send the same texts, the same
+output lengths with ignore_eos, and the same sampling (greedy: without `--temperature 0` vllm
+bench sends no temperature and the server samples at its default, which is another workload).
+Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
+median over rounds (on 2 shared cores a run now and then stalls; the median is robust to that,
+and every round is kept, with each client's own CPU seconds). Writes
+runs/week2/validate/results.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +30,7 @@ from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
 from week2_serving import bench
 from week2_serving.launch import launch
+from week2_serving.workloads import random_requests
 
 log = get_logger("week2.validate")
 
@@ -48,8 +56,24 @@ class ValidateConfig:
     tolerance: float = 0.10
 
 
+def write_prompts(path: Path, tokenizer, cfg: ValidateConfig, seed: int) -> Path:
+    """One JSONL row per request, in the keys both tools read (ours: output_len, vllm's
+    custom dataset: output_tokens)."""
+    reqs = random_requests(tokenizer, cfg.num_prompts, cfg.input_len, cfg.output_len, seed=seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in reqs:
+            text = tokenizer.decode(r.prompt)
+            f.write(
+                json.dumps(
+                    {"prompt": text, "output_len": r.output_len, "output_tokens": r.output_len}
+                )
+                + "\n"
+            )
+    return path
+
+
 def run_vllm_bench(
-    url: str, model: str, tokenizer: str, cfg: ValidateConfig, out_dir: Path
+    url: str, model: str, tokenizer: str, prompts: Path, cfg: ValidateConfig, out_dir: Path
 ) -> dict:
     name = "vllm_bench.json"
     cmd = [
@@ -67,72 +91,94 @@ def run_vllm_bench(
         "--tokenizer",
         tokenizer,
         "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(cfg.input_len),
-        "--random-output-len",
-        str(cfg.output_len),
+        "custom",
+        "--dataset-path",
+        str(prompts),
+        "--skip-chat-template",
+        "--disable-shuffle",
+        "--custom-output-len",
+        "-1",  # read each row's output_tokens (its default, 256, would override them)
         "--num-prompts",
         str(cfg.num_prompts),
         "--max-concurrency",
         str(cfg.max_concurrency),
         "--ignore-eos",
+        # the same sampling as our harness sends (greedy): without it vllm bench sends no
+        # temperature and the server samples at its default, a different workload
+        "--temperature",
+        "0",
         "--save-result",
         "--result-dir",
         str(out_dir),
         "--result-filename",
         name,
     ]
+    before = _children_cpu_s()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads((out_dir / name).read_text())
+    out = json.loads((out_dir / name).read_text())
+    out["client_cpu_s"] = _children_cpu_s() - before
+    return out
 
 
-def main(cfg: ValidateConfig) -> dict:
-    model_dir = cfg.model or str(runs_root() / "week1" / "hf-model")
-    out = run_dir("week2", "validate")
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_rounds(url: str, served: str, model_dir: str, cfg: ValidateConfig, out: Path) -> list:
+    """`cfg.rounds` rounds of both tools against the server at `url`; one row per round."""
+    tokenizer = bench.load_tokenizer(model_dir)
     rows = []
-    with launch("vllm", model_dir, port=free_port(), served_name="week1", log_dir=out) as server:
-        for r in range(cfg.rounds):
+    for r in range(cfg.rounds):
+        prompts = write_prompts(out / f"prompts-round{r}.jsonl", tokenizer, cfg, seed=r)
 
-            def theirs_run():
-                with tempfile.TemporaryDirectory() as tmp:
-                    return run_vllm_bench(server.url, "week1", model_dir, cfg, Path(tmp))
+        def theirs_run(prompts=prompts):
+            with tempfile.TemporaryDirectory() as tmp:
+                return run_vllm_bench(url, served, model_dir, prompts, cfg, Path(tmp))
 
-            def ours_run(r=r):
-                return bench.main(
-                    bench.BenchConfig(
-                        base_url=server.url,
-                        model="week1",
-                        tokenizer=model_dir,
-                        num_prompts=cfg.num_prompts,
-                        random_input_len=cfg.input_len,
-                        random_output_len=cfg.output_len,
-                        max_concurrency=cfg.max_concurrency,
-                        seed=r,
-                        save=False,
-                    )
+        def ours_run(prompts=prompts):
+            before = time.process_time()
+            res = bench.main(
+                bench.BenchConfig(
+                    base_url=url,
+                    model=served,
+                    tokenizer=model_dir,
+                    dataset_name="file",
+                    dataset_path=str(prompts),
+                    num_prompts=cfg.num_prompts,
+                    random_output_len=cfg.output_len,
+                    max_concurrency=cfg.max_concurrency,
+                    save=False,
                 )
-
-            # alternate who goes first, so neither tool always meets a freshly idle server
-            if r % 2 == 0:
-                theirs, ours = theirs_run(), ours_run()
-            else:
-                ours, theirs = ours_run(), theirs_run()
-            row = {
-                "round": r,
-                "first": "vllm" if r % 2 == 0 else "ours",
-                "vllm": {k: theirs[k] for k in COMPARED + ("completed",)},
-                "ours": {k: ours[k] for k in COMPARED + ("completed", "failed")},
-                "ours_errors": ours.get("errors", [])[:3],
-            }
-            log.info(
-                "round %d: %s",
-                r,
-                {k: (round(row["vllm"][k], 2), round(row["ours"][k], 2)) for k in COMPARED},
             )
-            rows.append(row)
+            res["client_cpu_s"] = time.process_time() - before
+            return res
+
+        # alternate who goes first, so neither tool always meets a freshly idle server
+        if r % 2 == 0:
+            theirs, ours = theirs_run(), ours_run()
+        else:
+            ours, theirs = ours_run(), theirs_run()
+        row = {
+            "round": r,
+            "first": "vllm" if r % 2 == 0 else "ours",
+            "vllm": {k: theirs[k] for k in COMPARED + ("completed", "client_cpu_s")},
+            "ours": {k: ours[k] for k in COMPARED + ("completed", "failed", "client_cpu_s")},
+            "ours_errors": ours.get("errors", [])[:3],
+        }
+        log.info(
+            "round %d: %s",
+            r,
+            {k: (round(row["vllm"][k], 2), round(row["ours"][k], 2)) for k in COMPARED},
+        )
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list, tolerance: float) -> dict:
+    """Per metric: the median over rounds of each tool, and their relative difference."""
     summary = {}
     for k in COMPARED:
         v = statistics.median(r["vllm"][k] for r in rows)
@@ -141,8 +187,17 @@ def main(cfg: ValidateConfig) -> dict:
             "vllm_bench": v,
             "ours": o,
             "relative_diff": (o - v) / v,
-            "within_tolerance": abs(o - v) / v <= cfg.tolerance,
+            "within_tolerance": abs(o - v) / v <= tolerance,
         }
+    return summary
+
+
+def main(cfg: ValidateConfig) -> dict:
+    model_dir = cfg.model or str(runs_root() / "week1" / "hf-model")
+    out = run_dir("week2", "validate")
+    with launch("vllm", model_dir, port=free_port(), served_name="week1", log_dir=out) as server:
+        rows = run_rounds(server.url, "week1", model_dir, cfg, out)
+    summary = summarize(rows, cfg.tolerance)
     results = {
         "summary": summary,
         "rounds": rows,
