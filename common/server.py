@@ -170,8 +170,10 @@ def vllm_server(
     kv_cache_gib: int = 2,
     timeout_s: float = 400.0,
     served_name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> ManagedServer:
-    """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm."""
+    """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm;
+    `env` adds to (and overrides) the variables below."""
     if not vllm_available():
         raise ServerError(f"{VLLM_PYTHON} not found; run `make setup-vllm` first")
     cmd = [
@@ -192,11 +194,12 @@ def vllm_server(
     if served_name:
         cmd += ["--served-model-name", served_name]
     cmd += extra_args or []
-    env = {
+    server_env = {
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        **(env or {}),
     }
-    return ManagedServer(cmd, port, log_path, env=env, timeout_s=timeout_s)
+    return ManagedServer(cmd, port, log_path, env=server_env, timeout_s=timeout_s)

@@ -117,7 +117,9 @@ def test_validation_runs_both_tools_on_the_same_prompts(vllm_tiny, tiny_gpt, tmp
     flags) and our harness read one prompt file and each completes every request."""
     from week2_serving import validate
 
-    cfg = validate.ValidateConfig(num_prompts=8, input_len=8, output_len=8, max_concurrency=4)
+    cfg = validate.ValidateConfig(
+        num_prompts=8, input_len=8, output_len=8, max_concurrency=4, range_ratio=0.0
+    )
     cfg.rounds = 1
     rows = validate.run_rounds(vllm_tiny.url, "tiny", str(tiny_gpt["hf_dir"]), cfg, tmp_path)
     (row,) = rows

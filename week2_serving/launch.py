@@ -98,8 +98,10 @@ def launch(
     log_dir: Path | None = None,
     timeout_s: float = 600.0,
     served_name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> ManagedServer:
-    """A not-yet-started ManagedServer for `engine` (use it as a context manager)."""
+    """A not-yet-started ManagedServer for `engine` (use it as a context manager); `env` is
+    passed to vLLM's server (e.g. VLLM_CPU_OMP_THREADS_BIND)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     port = port or free_port()
@@ -117,6 +119,7 @@ def launch(
             extra,
             timeout_s=timeout_s,
             served_name=served_name,
+            env=env,
         )
     if engine == "engine":
         return engine_server(model, port, log_path, extra, max_model_len, served_name, timeout_s)

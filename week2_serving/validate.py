@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -48,10 +49,14 @@ COMPARED = ("mean_ttft_ms", "mean_tpot_ms", "output_throughput")
 @dataclass
 class ValidateConfig:
     model: str | None = None  # HF folder (default runs/week1/hf-model)
-    num_prompts: int = 128
+    num_prompts: int = 256
     input_len: int = 16
     output_len: int = 128
     max_concurrency: int = 32
+    # lengths uniform in [len*(1-r), len*(1+r)]: with equal lengths every wave of `concurrency`
+    # streams ends on the same step and the next wave's TTFT depends on how fast the client
+    # turns 32 finished streams into 32 new requests (see the README)
+    range_ratio: float = 0.5
     rounds: int = 5  # each tool runs this many times, alternating; the medians are compared
     tolerance: float = 0.10
 
@@ -59,7 +64,9 @@ class ValidateConfig:
 def write_prompts(path: Path, tokenizer, cfg: ValidateConfig, seed: int) -> Path:
     """One JSONL row per request, in the keys both tools read (ours: output_len, vllm's
     custom dataset: output_tokens)."""
-    reqs = random_requests(tokenizer, cfg.num_prompts, cfg.input_len, cfg.output_len, seed=seed)
+    reqs = random_requests(
+        tokenizer, cfg.num_prompts, cfg.input_len, cfg.output_len, cfg.range_ratio, seed=seed
+    )
     with open(path, "w", encoding="utf-8") as f:
         for r in reqs:
             text = tokenizer.decode(r.prompt)
@@ -150,6 +157,7 @@ def run_rounds(url: str, served: str, model_dir: str, cfg: ValidateConfig, out: 
                     num_prompts=cfg.num_prompts,
                     random_output_len=cfg.output_len,
                     max_concurrency=cfg.max_concurrency,
+                    num_warmups=1,  # as vllm bench's one "initial test run"
                     save=False,
                 )
             )
@@ -195,8 +203,33 @@ def summarize(rows: list, tolerance: float) -> dict:
 def main(cfg: ValidateConfig) -> dict:
     model_dir = cfg.model or str(runs_root() / "week1" / "hf-model")
     out = run_dir("week2", "validate")
-    with launch("vllm", model_dir, port=free_port(), served_name="week1", log_dir=out) as server:
-        rows = run_rounds(server.url, "week1", model_dir, cfg, out)
+    # All cores but the last for vLLM's model worker, the last one (on 2 cores: the other one)
+    # for everything else: its API server and engine process and both clients. Left to the scheduler, a
+    # client or the engine process now and then lands on the worker's core, and the server's
+    # speed swings between runs (measured: TPOT 16.6 to 19.1 ms over 6 identical runs of our
+    # harness; pinned: 16.6 to 16.9), which no client comparison survives.
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = len(cores) > 1
+    env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:-1]))} if pinned else {}
+    # Prefix caching off: both tools send the same prompts, so with it on whichever tool runs
+    # second in a round finds the other's prompts cached (measured at 256-token prompts: mean
+    # TTFT 55 vs 120 ms, always in favour of the second tool).
+    server = launch(
+        "vllm",
+        model_dir,
+        port=free_port(),
+        served_name="week1",
+        log_dir=out,
+        extra=["--no-enable-prefix-caching"],
+        env=env,
+    )
+    if pinned:  # the server's processes inherit this; its worker binds to the other cores
+        os.sched_setaffinity(0, {cores[-1]})
+    try:
+        with server:
+            rows = run_rounds(server.url, "week1", model_dir, cfg, out)
+    finally:
+        os.sched_setaffinity(0, set(cores))
     summary = summarize(rows, cfg.tolerance)
     results = {
         "summary": summary,
@@ -204,6 +237,9 @@ def main(cfg: ValidateConfig) -> dict:
         "all_within_tolerance": all(s["within_tolerance"] for s in summary.values()),
         "config": asdict(cfg),
         "model": model_dir,
+        "cpu_layout": {"worker": cores[:-1], "server_rest_and_clients": cores[-1:]}
+        if pinned
+        else None,
         "environment": environment(),
     }
     save_results("week2", "validate", results)
@@ -223,14 +259,21 @@ def parse_args(argv: list[str] | None = None) -> ValidateConfig:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", default=None)
-    p.add_argument("--num-prompts", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--input-len", type=int, default=16)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--max-concurrency", type=int, default=32)
+    p.add_argument("--range-ratio", type=float, default=0.5)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
     return ValidateConfig(
-        a.model, a.num_prompts, a.input_len, a.output_len, a.max_concurrency, a.rounds
+        a.model,
+        a.num_prompts,
+        a.input_len,
+        a.output_len,
+        a.max_concurrency,
+        a.range_ratio,
+        a.rounds,
     )
 
 
