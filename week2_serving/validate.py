@@ -50,7 +50,7 @@ COMPARED = ("mean_ttft_ms", "mean_tpot_ms", "output_throughput")
 class ValidateConfig:
     model: str | None = None  # HF folder (default runs/week1/hf-model)
     num_prompts: int = 256
-    input_len: int = 16
+    input_len: int = 256
     output_len: int = 128
     max_concurrency: int = 32
     # lengths uniform in [len*(1-r), len*(1+r)]: with equal lengths every wave of `concurrency`
@@ -260,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> ValidateConfig:
     )
     p.add_argument("--model", default=None)
     p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--input-len", type=int, default=16)
+    p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--max-concurrency", type=int, default=32)
     p.add_argument("--range-ratio", type=float, default=0.5)
