@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import httpx
@@ -174,3 +175,19 @@ def test_api_key_in_process(tiny_gpt):
         ok = client.post("/v1/completions", json=body, headers={"Authorization": "Bearer sesame"})
         assert ok.status_code == 200 and json.loads(ok.text)["usage"]["completion_tokens"] >= 1
         assert client.get("/health").status_code == 200  # health needs no key
+
+
+def test_engine_cpus_spec(monkeypatch):
+    """--engine-cpus: 'auto' keeps the last allowed core for the event loop and the client."""
+    from week2_serving.engine.server import engine_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert engine_cpus("auto") == {0, 1, 2}
+    assert engine_cpus("all") is None
+    assert engine_cpus("0,2") == {0, 2}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert engine_cpus("auto") is None  # one core: nothing to split
+    for bad in ("x", "0,9"):
+        with pytest.raises(SystemExit, match="--engine-cpus"):
+            engine_cpus(bad)
