@@ -4,8 +4,9 @@
         httpx.get(srv.url + "/v1/models")
 
 The child runs in its own process group (in the caller's session), so stopping it also stops
-every process it spawned (vLLM starts worker processes). Readiness is polled over HTTP with a timeout; if the child
-dies first, the error shows the tail of its log. Servers bind 127.0.0.1 only.
+every process it spawned (vLLM starts worker processes). Readiness is polled over HTTP with a
+timeout; if the child dies first, the error shows the tail of its log. Servers bind 127.0.0.1
+only.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class ManagedServer:
             # with the kernel's autogroup scheduling (sched_autogroup_enabled=1, the default on
             # desktop and many VM kernels) a new session is a new scheduling group that gets
             # an equal share of CPU against the client's. On 2 cores that stalled vLLM's
-            # streams for seconds at a time (measured: 4-9 s TTFT outliers in most runs, 0 of 6
-            # with the server in the client's session).
+            # streams for seconds at a time (measured: 3.5-9.8 s TTFT outliers in most runs, 0
+            # of 6 with the server in the client's session).
             **_OWN_GROUP,
             stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
         )

@@ -7,9 +7,10 @@ text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom` d
 template, no shuffle) and our harness (its `file` workload). Both send the same texts, the same
 output lengths with ignore_eos, and the same sampling (greedy: without `--temperature 0` vllm
 bench sends no temperature and the server samples at its default, which is another workload).
+The server runs without prefix caching (the second tool would hit the first's prompts), its
+model worker on its own core(s) and everything else, both clients included, on the last one.
 Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
-median over rounds (on 2 shared cores a run now and then stalls; the median is robust to that,
-and every round is kept, with each client's own CPU seconds). Writes
+median over rounds, and every round is kept, with each client's own CPU seconds. Writes
 runs/week2/validate/results.json.
 """
 
@@ -203,10 +204,9 @@ def summarize(rows: list, tolerance: float) -> dict:
 def main(cfg: ValidateConfig) -> dict:
     model_dir = cfg.model or str(runs_root() / "week1" / "hf-model")
     out = run_dir("week2", "validate")
-    # All cores but the last for vLLM's model worker, the last one (on 2 cores: the other one)
-    # for everything else: its API server and engine process and both clients. Left to the scheduler, a
-    # client or the engine process now and then lands on the worker's core, and the server's
-    # speed swings between runs (measured: TPOT 16.6 to 19.1 ms over 6 identical runs of our
+    # All cores but the last for vLLM's model worker, the last one for everything else: its API
+    # server and engine process and both clients. Left to the scheduler, a client or the engine
+    # process now and then lands on the worker's core, and the server's speed swings between runs (measured: TPOT 16.6 to 19.1 ms over 6 identical runs of our
     # harness; pinned: 16.6 to 16.9), which no client comparison survives.
     cores = sorted(os.sched_getaffinity(0))
     pinned = len(cores) > 1
@@ -258,23 +258,15 @@ def parse_args(argv: list[str] | None = None) -> ValidateConfig:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default=None)
-    p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--input-len", type=int, default=256)
-    p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--max-concurrency", type=int, default=32)
-    p.add_argument("--range-ratio", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=5)
-    a = p.parse_args(argv)
-    return ValidateConfig(
-        a.model,
-        a.num_prompts,
-        a.input_len,
-        a.output_len,
-        a.max_concurrency,
-        a.range_ratio,
-        a.rounds,
-    )
+    d = ValidateConfig()  # one place for the defaults
+    p.add_argument("--model", default=d.model)
+    p.add_argument("--num-prompts", type=int, default=d.num_prompts)
+    p.add_argument("--input-len", type=int, default=d.input_len)
+    p.add_argument("--output-len", type=int, default=d.output_len)
+    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
+    p.add_argument("--range-ratio", type=float, default=d.range_ratio)
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    return ValidateConfig(**vars(p.parse_args(argv)))
 
 
 if __name__ == "__main__":
