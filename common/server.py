@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from common.cpu import CpuCaps, cpu_caps, model_quantization, vllm_cpu_dtype
 from common.results import REPO_ROOT, get_logger
 
 log = get_logger("server")
@@ -158,6 +160,20 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+def vllm_dtype_args(
+    model_dir: Path | str, extra_args: list[str], caps: CpuCaps | None, cuda: bool | None
+) -> list[str]:
+    """`--dtype X` for vLLM, or nothing when the caller chose (`--dtype` in `extra_args`) or
+    a GPU serves (vLLM's own 'auto'). On a CPU: what `common.cpu.vllm_cpu_dtype` decides for
+    the checkpoint's quantization on this CPU (or on `caps`, for tests)."""
+    if any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args):
+        return []
+    if cuda if cuda is not None else shutil.which("nvidia-smi") is not None:
+        return []
+    dtype = vllm_cpu_dtype(model_quantization(model_dir), caps or cpu_caps())
+    return ["--dtype", dtype]
+
+
 def vllm_available() -> bool:
     return VLLM_PYTHON.exists()
 
@@ -172,9 +188,12 @@ def vllm_server(
     timeout_s: float = 400.0,
     served_name: str | None = None,
     env: dict[str, str] | None = None,
+    caps: CpuCaps | None = None,
+    cuda: bool | None = None,
 ) -> ManagedServer:
     """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm;
-    `env` adds to (and overrides) the variables below."""
+    `env` adds to (and overrides) the variables below. The dtype comes from `extra_args` if
+    they name one, else from `vllm_dtype_args` (this machine's CPU unless `caps` is given)."""
     if not vllm_available():
         raise ServerError(f"{VLLM_PYTHON} not found; run `make setup-vllm` first")
     cmd = [
@@ -187,8 +206,7 @@ def vllm_server(
         "127.0.0.1",
         "--port",
         str(port),
-        "--dtype",
-        "float32",
+        *vllm_dtype_args(model_dir, extra_args or [], caps, cuda),
         "--max-model-len",
         str(max_model_len),
     ]

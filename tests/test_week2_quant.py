@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.cpu import model_quantization
 from common.results import write_json_atomic
 from common.server import VLLM_PYTHON, vllm_available
 from tests.test_week2_report import cell
@@ -236,9 +237,12 @@ def test_quality_table_in_the_sweep_report(tmp_path):
     quality = {
         "reference": "fp32",
         "variants": {
-            "fp32": {"status": "ok", "perplexity": 10.0, "weight_bytes": 4e6, "greedy": {**g}},
+            "fp32": {"status": "ok", "dtype": "float32", "perplexity": 10.0, "weight_bytes": 4e6},
+            "bf16": {"status": "ok", "dtype": "bfloat16", "perplexity": 10.0 * 1.1 / 1.05},
             "int4-awq": {
                 "status": "ok",
+                "dtype": "bfloat16",
+                "compared_with": "bf16",
                 "perplexity": 11.0,
                 "weight_bytes": 1e6,
                 "quantize_seconds": 42,
@@ -254,8 +258,10 @@ def test_quality_table_in_the_sweep_report(tmp_path):
     write_json_atomic(week / "quant-quality" / "results.json", quality)
     text = report.build(sweep, bandwidth_gbs=10.0).read_text()
     assert "## Quantization: quality beside speed" in text
-    assert "| int4-awq | 1.0 | 42 | 11.00 (+10.00%) | 0.500 | 0.250 | 0.900 | 1.000 | 150 |" in text
-    assert "| fp32 | 4.0 | — | 10.00 (+0.00%)" in text and "| 100 |" in text
+    # like with like: the bf16 variant is compared with the bf16 control, not with fp32
+    row = "| int4-awq | bfloat16 | 1.0 | 42 | 11.00 (+5.00% vs bf16) | 0.500 | 0.250 | 0.900 |"
+    assert row in text
+    assert "| fp32 | float32 | 4.0 | — | 10.00 (reference)" in text and "| 100 |" in text
     assert "failed: not produced: boom |" in text
     assert "| int4-awq | c1 | +50% |" in text  # the variant is a lever in the lever table
 
@@ -319,6 +325,8 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
     assert rec["weight_bytes"] < 0.7 * res["variants"]["fp32"]["weight_bytes"]
     config = json.loads((Path(cfg.out) / variant / "config.json").read_text())
     assert "quantization_config" in config
+    # the serving dtype is decided from what the checkpoint says it is
+    assert model_quantization(Path(cfg.out) / variant) == quantize_quality.VARIANTS[variant][0]
 
     windows = token_windows(cfg.data, "val", 8, 64)
     prompts = [w[:16] for w in windows]
@@ -326,7 +334,7 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
     with launch(
         "vllm",
         Path(cfg.out) / variant,
-        extra=quantize_quality.SERVE_ARGS[variant] + quantize_quality.EAGER,
+        extra=["--dtype", quantize_quality.serve_dtype(variant), *quantize_quality.EAGER],
         max_model_len=128,
         served_name="q",
     ) as srv:

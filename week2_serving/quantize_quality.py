@@ -17,8 +17,12 @@ bfloat16, and the quantized folders from runs/week2/quantized/), start real vLLM
 - **greedy self-agreement**: the greedy request sent twice to the same server (the noise floor:
   1.0 when the server decodes deterministically).
 
-The int4-awq variant runs in bfloat16 (vLLM's AWQ layers take fp16/bf16 activations), so its
-differences mix 4-bit weights with bf16 arithmetic; the bf16 control separates the two.
+Each variant is served at the dtype vLLM's CPU build needs for it on this CPU (common.cpu):
+int4-awq always in bfloat16 (vLLM's AWQ kernels take 16-bit activations), int8-w8a8 in
+bfloat16 on CPUs with AMX tiles (its AMX kernel takes 16-bit activations) and float32
+elsewhere. Like is compared with like: every quantized variant is compared with the
+unquantized weights served at the same dtype (fp32, or the bf16 control), so 4-bit weights
+are not blamed for bf16 arithmetic; each row says its dtype and what it was compared with.
 Writes runs/week2/quant-quality/results.json; a variant that fails to load or answer is
 recorded with its error, and the others go on.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +39,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
+from common.cpu import CpuCaps, cpu_caps, vllm_cpu_dtype
 from common.results import get_logger, read_json, runs_root, save_results
 from common.server import ServerError
 from common.timing import environment
@@ -43,13 +49,32 @@ from week2_serving.quantize import token_windows
 log = get_logger("week2.quant_quality")
 
 REFERENCE = "fp32"
-# server flags per variant, beside the defaults of common.server (which serve in float32)
-SERVE_ARGS: dict[str, list[str]] = {
-    "fp32": [],
-    "bf16": ["--dtype", "bfloat16"],  # control: unquantized weights, bf16 arithmetic
-    "int8-w8a8": [],  # int8 matmuls, the rest in float32
-    "int4-awq": ["--dtype", "bfloat16"],  # vLLM's AWQ takes fp16/bf16 activations only
+# variant -> the quantization of its weights (common.cpu's names; None = unquantized) and the
+# dtype it is served at: fixed for the two unquantized ones, else decided for this CPU
+VARIANTS: dict[str, tuple[str | None, str | None]] = {
+    "fp32": (None, "float32"),  # the reference
+    "bf16": (None, "bfloat16"),  # control: unquantized weights, bf16 arithmetic
+    "int8-w8a8": ("int8-w8a8", None),  # int8 matmuls; bf16 or fp32 around them (see above)
+    "int4-awq": ("awq", None),  # 4-bit weights, 16-bit activations
 }
+# the unquantized variant served at each dtype: what a quantized variant is compared with
+UNQUANTIZED_AT = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+def serve_dtype(variant: str, caps: CpuCaps | None = None, cuda: bool = False) -> str:
+    """The `--dtype` a variant is served at; quantized ones on a GPU: vLLM's 'auto'."""
+    quant, fixed = VARIANTS[variant]
+    if fixed:
+        return fixed
+    return "auto" if cuda else vllm_cpu_dtype(quant, caps or cpu_caps())
+
+
+def compared_with(variant: str, dtype: str, ok: set[str]) -> str:
+    """The unquantized variant served at `dtype` if it ran (`ok`), else the fp32 reference."""
+    same = UNQUANTIZED_AT.get(dtype)
+    return same if same in ok and VARIANTS[variant][0] is not None else REFERENCE
+
+
 # Quality servers skip torch.compile (start-up ~30 s instead of ~60 s on 2 cores); the speed
 # numbers come from the sweep, whose servers are compiled as usual.
 EAGER = ["--enforce-eager"]
@@ -203,23 +228,27 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
     speed = speed or {}
     loads = list(dict.fromkeys(load for v in speed.values() for load in v))
     rows = []
-    ref = results["variants"].get(results.get("reference", REFERENCE), {})
-    for name, v in results["variants"].items():
+    variants = results["variants"]
+    for name, v in variants.items():
         mb = f"{v['weight_bytes'] / 1e6:.1f}" if v.get("weight_bytes") else "?"
         secs = f"{v['quantize_seconds']:.0f}" if v.get("quantize_seconds") else "—"
+        dtype = v.get("dtype", "?")
         if v.get("status") != "ok":
             err = v.get("error", "unknown error").splitlines()[0][:100]
-            rows.append([name, mb, secs, f"failed: {err}", "", "", "", "", ""])
+            rows.append([name, dtype, mb, secs, f"failed: {err}", "", "", "", "", ""])
             continue
         g = v.get("greedy", {})
+        base = v.get("compared_with", results.get("reference", REFERENCE))
+        ref = variants.get(base, {})
         d_ppl = (
-            f"{100 * (v['perplexity'] / ref['perplexity'] - 1):+.2f}%"
-            if ref.get("perplexity")
-            else "n/a"
+            f"{100 * (v['perplexity'] / ref['perplexity'] - 1):+.2f}% vs {base}"
+            if ref.get("perplexity") and base != name
+            else "reference"
         )
         rows.append(
             [
                 name,
+                dtype,
                 mb,
                 secs,
                 f"{v['perplexity']:.2f} ({d_ppl})",
@@ -234,9 +263,10 @@ def quality_table(results: dict, speed: dict[str, dict[str, float]] | None = Non
     return md_table(
         [
             "variant",
+            "served as",
             "weights MB",
             "quantize s",
-            "val perplexity (vs fp32)",
+            "val perplexity (vs unquantized, same dtype)",
             "greedy agreement",
             "identical prefix",
             "top-1 agreement (teacher-forced)",
@@ -258,13 +288,15 @@ def report_section(week_dir: Path, cells: list[dict], baseline: str | None) -> s
         quality_table(res, speed_by_variant(cells, baseline)),
         "",
         f"Perplexity: {res['eval']['windows']} windows of {cfg.get('eval_len')} tokens of the "
-        f"week 1 val split. Greedy agreement: {cfg.get('num_prompts')} prompts × "
-        f"{cfg.get('max_tokens')} greedy tokens, fraction equal to fp32 position by position; "
-        "identical prefix: mean fraction before the first difference. Top-1 agreement: same "
-        "most-likely next token as fp32 on the perplexity windows (no compounding). Greedy "
-        "self-agreement: the greedy request twice on the same server (noise floor). Quality "
-        "servers run with --enforce-eager; the speed columns come from this sweep. int4-awq "
-        "and bf16 run in bfloat16 (vLLM's AWQ needs 16-bit activations).",
+        f"week 1 val split. Each quantized variant is compared with the unquantized weights "
+        "served at its own dtype ('served as': fp32, or the bf16 control). Greedy agreement: "
+        f"{cfg.get('num_prompts')} prompts × {cfg.get('max_tokens')} greedy tokens, fraction "
+        "equal to that reference position by position; identical prefix: mean fraction before "
+        "the first difference. Top-1 agreement: same most-likely next token on the perplexity "
+        "windows (no compounding). Greedy self-agreement: the greedy request twice on the same "
+        "server (noise floor). Quality servers run with --enforce-eager; the speed columns come "
+        "from this sweep. The dtypes are the ones vLLM's CPU build needs on this CPU "
+        "(common/cpu.py): int4-awq always bfloat16, int8-w8a8 bfloat16 where AMX tiles exist.",
     ]
     return "\n".join(text)
 
@@ -274,7 +306,7 @@ def report_section(week_dir: Path, cells: list[dict], baseline: str | None) -> s
 
 @dataclass
 class QualityConfig:
-    variants: list[str] = field(default_factory=lambda: list(SERVE_ARGS))
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     model: str | None = None  # fp32 HF folder (default runs/week1/hf-model)
     quantized: str | None = None  # default runs/week2/quantized
     data: str | None = None  # token splits (default runs/week1/data-bpe)
@@ -286,9 +318,9 @@ class QualityConfig:
     name: str = "quant-quality"
 
     def __post_init__(self) -> None:
-        bad = [v for v in self.variants if v not in SERVE_ARGS]
+        bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
-            raise ValueError(f"unknown variant(s) {bad}; choose from {list(SERVE_ARGS)}")
+            raise ValueError(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
         if REFERENCE not in self.variants:
             raise ValueError(f"variants {self.variants} must include the reference {REFERENCE!r}")
         for k in ("eval_len", "num_eval", "num_prompts", "prompt_len", "max_tokens"):
@@ -318,7 +350,9 @@ def main(cfg: QualityConfig) -> dict:
     rows: dict[str, dict] = {}
     for name in tqdm(cfg.variants, desc="quality", unit="variant"):
         folder = dirs[name]
-        rows[name] = {"model": str(folder), "serve_args": SERVE_ARGS.get(name, [])}
+        dtype = serve_dtype(name, cuda=shutil.which("nvidia-smi") is not None)
+        serve_args = [] if dtype == "auto" else ["--dtype", dtype]
+        rows[name] = {"model": str(folder), "dtype": dtype, "serve_args": serve_args}
         if not (folder / "config.json").is_file():
             rows[name].update(status="error", error=_missing_error(name, folder, cfg))
             log.error("%s: %s", name, rows[name]["error"])
@@ -328,7 +362,7 @@ def main(cfg: QualityConfig) -> dict:
             with launch(
                 "vllm",
                 folder,
-                extra=SERVE_ARGS.get(name, []) + EAGER,
+                extra=serve_args + EAGER,
                 log_dir=out_dir,
                 served_name=name,
             ) as srv:
@@ -338,8 +372,10 @@ def main(cfg: QualityConfig) -> dict:
             rows[name].update(status="error", error=f"{type(e).__name__}: {e}")
             log.error("%s failed: %s", name, str(e).splitlines()[0])
         rows[name]["seconds"] = time.perf_counter() - t0
-    ref = raw.get(REFERENCE)
+    ok = {name for name, row in rows.items() if row["status"] == "ok"}
     for name, row in rows.items():
+        row["compared_with"] = compared_with(name, row["dtype"], ok)
+        ref = raw.get(row["compared_with"])
         if row["status"] == "ok" and ref is not None:
             row["greedy"] = greedy_agreement(ref["greedy"], raw[name]["greedy"])
             row["top1_agreement"] = greedy_agreement(ref["top1"], raw[name]["top1"])[
@@ -398,7 +434,7 @@ def parse_args(argv: list[str] | None = None) -> QualityConfig:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--variants", default=",".join(SERVE_ARGS), help="comma-separated")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     p.add_argument("--model", default=None, help="fp32 HF folder (default runs/week1/hf-model)")
     p.add_argument("--quantized", default=None, help="default runs/week2/quantized")
     p.add_argument("--data", default=None, help="token splits (default runs/week1/data-bpe)")
