@@ -8,10 +8,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup setup-vllm setup-awq setup-quant setup-sglang test lint format week0 week1 week2 week2-engine week3 report clean help
+
+.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-sglang test lint format week0 week1 week2 week2-engine week3 report clean help
 
 help:
-	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md"
+	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md;"
+	@echo "               ends with a summary of what failed (exit 1 if anything did)"
+	@echo "make all PROFILE=gpu - the same on a CUDA machine with internet: GPU presets, Qwen2.5-0.5B-Instruct in weeks 2-3"
+	@echo "make steps   - print the steps of make all (PROFILE=cpu|gpu) without running them"
 	@echo "make test    - set up, ruff check + ruff format --check + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
@@ -108,44 +112,45 @@ format: setup
 test: setup setup-vllm setup-awq setup-quant lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-all: setup week0 week1 week2 week2-engine week3 report
+# The main job runs step by step (common/pipeline.py): a failed step skips only the steps that
+# need its output, and the run ends with a summary of every step, variant or sweep cell that
+# failed, exiting non-zero when one did. PROFILE=gpu: the GPU presets, weeks 2-3 on a real
+# instruct model from the hub (a CUDA machine with internet).
+PROFILE ?= cpu
+PIPELINE := $(PY) -m common.pipeline --profile $(PROFILE)
+ifeq ($(PROFILE),gpu)
+WEEK2_SETUP := setup setup-vllm
+else
+WEEK2_SETUP := setup setup-vllm setup-awq setup-quant
+endif
+
+all: $(WEEK2_SETUP)
+	$(PIPELINE)
 
 week0: setup
-	$(PY) -m week0_pytorch.train --preset cpu
-	$(PY) -m week0_pytorch.quantize
-	$(PY) -m week0_pytorch.micrograd.train
+	$(PIPELINE) --only week0
 
 week1: setup
-	$(PY) -m week1_gpt_kvcache.prepare
-	$(PY) -m week1_gpt_kvcache.train --preset cpu
-	$(PY) -m week1_gpt_kvcache.export
-	$(PY) -m week1_gpt_kvcache.bench
+	$(PIPELINE) --only week1
 
-week2: setup setup-vllm setup-awq setup-quant
-	$(PY) -m week2_serving.quantize
-	$(PY) -m week2_serving.sweep week2_serving/configs/cpu.yaml
-	$(PY) -m week2_serving.quantize_quality
-	$(PY) -m week2_serving.report runs/week2/sweep-cpu
-	$(PY) -m week2_serving.validate
+# Week 2a: quantize (INT8, INT4 AWQ), the vLLM CPU sweep, quality, report, harness validation.
+week2: $(WEEK2_SETUP)
+	$(PIPELINE) --only week2
 
 # Week 2b: our own engine against itself (continuous / static / sequential, prefix caching on /
 # off) and against vLLM CPU, over HTTP with the same harness, then the KV-memory trace.
 week2-engine: setup setup-vllm
-	$(PY) -m week2_serving.engine_bench
-	$(PY) -m week2_serving.report runs/week2/sweep-engine-cpu
+	$(PIPELINE) --only week2-engine
 
 # Week 3: data -> one LoRA adapter per task -> QLoRA (4-bit base) on one task -> DPO on top of
-# an SFT adapter -> all adapters served at once by vLLM CPU, scored served vs local, and
+# an SFT adapter -> all adapters served at once by vLLM, scored served vs local, and
 # benchmarked -> the week's summary table and plots.
 week3: setup setup-vllm
-	$(PY) -m week3_finetune_lora.data
-	$(PY) -m week3_finetune_lora.sft --task reverse
-	$(PY) -m week3_finetune_lora.sft --task sort
-	$(PY) -m week3_finetune_lora.sft --task shift
-	$(PY) -m week3_finetune_lora.sft --task sort --quant nf4
-	$(PY) -m week3_finetune_lora.dpo --task reverse
-	$(PY) -m week3_finetune_lora.serve
-	$(PY) -m week3_finetune_lora.summary
+	$(PIPELINE) --only week3
+
+# the steps each target runs, without running them
+steps: setup
+	$(PIPELINE) --dry-run
 
 report: setup
 	$(PY) -m common.report
