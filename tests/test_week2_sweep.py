@@ -480,3 +480,9 @@ def test_the_vllm_command_is_common_servers(monkeypatch, tmp_path):
     spec = launch_mod.server_spec("vllm", tmp_path, 8123, ["--max-num-seqs", "4"], 512, "m")
     assert spec.cmd == ref.cmd
     assert {k: ref.env[k] for k in spec.env} == spec.env and spec.ready_path == ref.ready_path
+
+
+def test_a_hub_id_is_served_with_the_hub_reachable(tmp_path):
+    hub = launch_mod.server_spec("vllm", "Qwen/Qwen2.5-1.5B-Instruct", 8000, [], 4096)
+    local = launch_mod.server_spec("vllm", tmp_path, 8000, [], 4096)
+    assert "HF_HUB_OFFLINE" not in hub.env and local.env["HF_HUB_OFFLINE"] == "1"

@@ -42,6 +42,7 @@ PARALLEL_FLAGS = {
     "data parallel": ("--data-parallel-size", "-dp", "--dp", "--dp-size"),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+PATH_PREFIXES = ("/", ".", "~", "runs/")  # a model named so is a local folder, never a hub id
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,16 @@ def model_context_len(model: str | Path) -> int | None:
     return data.get("max_position_embeddings") or data.get("n_positions")
 
 
+def is_hub_id(model: str | Path) -> bool:
+    """`org/name` that is no folder here and does not look like a path: the server downloads it."""
+    model = str(model)
+    return (
+        not Path(model).exists()
+        and not model.startswith(PATH_PREFIXES)
+        and bool(HUB_ID.match(model))
+    )
+
+
 def check_model(model: str | Path) -> tuple[str, str | None]:
     """Where a server will find `model`: (a note for the dry run, the problem or None).
 
@@ -102,13 +113,13 @@ def check_model(model: str | Path) -> tuple[str, str | None]:
     model = str(model)
     if Path(model).exists():
         return "local folder", None
-    if model.startswith(("/", ".", "~", "runs/")):
+    if is_hub_id(model):
+        return "hub id, will be downloaded", None
+    if model.startswith(PATH_PREFIXES):
         return "missing", (
             f"model folder {model} does not exist; build it first (runs/week1/hf-model: "
             "`make week1`; runs/week2/quantized/*: `python -m week2_serving.quantize`) or fix the path"
         )
-    if HUB_ID.match(model):
-        return "hub id, will be downloaded", None
     return "missing", (
         f"model {model!r} is neither an existing folder nor a hub id (org/name): fix the name"
     )
@@ -169,20 +180,18 @@ def vllm_spec(
     served_name: str | None,
     kv_cache_gib: int = 2,
 ) -> ServerSpec:
-    """vLLM's OpenAI server from .venvs/vllm (the CPU build here): the same command and
-    environment as common.server.vllm_server, built without requiring the venv."""
+    """vLLM's OpenAI server from .venvs/vllm (the CPU build here): the command and environment
+    of common.server.vllm_server, built without requiring the venv; a hub id is served with
+    the hub reachable (vllm_server always sets HF_HUB_OFFLINE)."""
     cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     cmd += ["--max-model-len", str(max_model_len)]
     if served_name:
         cmd += ["--served-model-name", served_name]
-    env = {
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-    }
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    if not is_hub_id(model):  # a local folder: never ask a hub (a hub id must be downloaded)
+        env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     return ServerSpec([*cmd, *extra], env, ready_path="/v1/models")
 
 

@@ -85,7 +85,9 @@ def cell_hash(cfg: SweepConfig, engine: str, model: str, args: list[str], params
         "served_model_name": cfg.served_model_name,
         "max_model_len": cfg.max_model_len,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
 
 
 def plan(cfg: SweepConfig) -> list[Cell]:
