@@ -58,11 +58,10 @@ class Machine:
         return self.gpus > 0
 
     def describe(self) -> str:
-        have = lambda ok: "yes" if ok else "no"  # noqa: E731
-        return (
-            f"{self.gpus} CUDA GPU(s), vLLM venv: {have(self.vllm_venv)}, "
-            f"SGLang venv: {have(self.sglang_venv)}"
-        )
+        venvs = [
+            name for name, ok in (("vLLM", self.vllm_venv), ("SGLang", self.sglang_venv)) if ok
+        ]
+        return f"{self.gpus} CUDA GPU(s), venvs: {', '.join(venvs) or 'none'}"
 
 
 def detect_machine() -> Machine:
