@@ -116,3 +116,41 @@ def test_bandwidth_measurement_is_plausible():
 def test_empty_sweep_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run python -m week2_serving.sweep first"):
         report.build(tmp_path)
+
+
+def test_failed_cells_name_their_server_and_show_the_log(tmp_path):
+    """The failed-cells table: server name, what it ran in short, the error's first line; the
+    log's last lines once per failed start (not the server's whole config dict)."""
+    model = tmp_path / "model"
+    sweep = tmp_path / "sweep-x"
+    c = cell("default", "c1", 1, 100, 20, 9, model)
+    write_json_atomic(sweep / "default" / "c1" / "results.json", c)
+    tail = "INFO loading weights\nValueError: int8_scaled_mm: expect A to be bfloat16 | half"
+    for load in ("c1", "c8"):  # one failed start records all its cells, with one log
+        write_json_atomic(
+            sweep / "int8-w8a8" / load / "error.json",
+            {
+                "server_name": "int8-w8a8",
+                "load_name": load,
+                "engine": "vllm",
+                "model": "/repo/runs/week2/quantized/int8-w8a8",
+                "args": ["--max-num-seqs", "4"],
+                "error": "server exited with code 1 before it was ready; last lines:\n" + tail,
+                "log_tail": tail,
+                "cell_hash": "abc",
+            },
+        )
+    legacy = {"server": {"name": "old", "args": ["--x"]}, "error": "boom\ntrace"}
+    write_json_atomic(sweep / "old" / "c1" / "error.json", legacy)
+
+    text = report.build(sweep, bandwidth_gbs=10.0).read_text()
+    failed = text[text.index("## Failed cells") :]
+    assert (
+        "| int8-w8a8 | c8 | vllm · int8-w8a8 · --max-num-seqs 4 | server exited with code 1 "
+        "before it was ready; last lines: |" in failed
+    )
+    assert "| old | c1 | --x | boom |" in failed  # an older error.json: its folder names it
+    assert "{'name'" not in failed and "'args'" not in failed
+    assert failed.count("<details>") == 1  # the two cells share one log
+    assert "int8-w8a8 (c1, c8): last lines of the server log" in failed
+    assert "ValueError: int8_scaled_mm: expect A to be bfloat16 | half\n```" in failed

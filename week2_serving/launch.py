@@ -11,24 +11,77 @@ an error or the end of the `with` block stops it and everything it spawned. From
 
     with launch("vllm", "runs/week1/hf-model", port=8000) as server:
         ...  # server.url, server.command
+
+Two steps are kept apart so a dry run can show a server on any machine: `server_spec` builds
+the command line (it needs nothing installed), `preflight` lists what would stop it on a given
+`Machine` (no venv, no CUDA, fewer GPUs than the parallelism flags ask for, a missing model).
+`launch` does both and raises `ServerError` with every problem before it starts anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import re
 import signal
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.results import REPO_ROOT, get_logger, runs_root
-from common.server import ManagedServer, ServerError, free_port, vllm_server
+from common.server import VLLM_PYTHON, ManagedServer, ServerError, free_port
 
 log = get_logger("week2.launch")
 ENGINES = ("vllm", "sglang", "engine")  # engine = our own (week2_serving/engine)
 SGLANG_PYTHON = REPO_ROOT / ".venvs" / "sglang" / "bin" / "python"
+# Flags that multiply the GPUs a server needs (vLLM's and SGLang's spellings).
+PARALLEL_FLAGS = {
+    "tensor parallel": ("--tensor-parallel-size", "-tp", "--tp", "--tp-size"),
+    "pipeline parallel": ("--pipeline-parallel-size", "-pp", "--pp", "--pp-size"),
+    "data parallel": ("--data-parallel-size", "-dp", "--dp", "--dp-size"),
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+PATH_PREFIXES = ("/", ".", "~", "runs/")  # a model named so is a local folder, never a hub id
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine offers a server; passed in so every branch is testable anywhere."""
+
+    gpus: int = 0  # CUDA devices visible to this process
+    vllm_venv: bool = False  # .venvs/vllm (make setup-vllm)
+    sglang_venv: bool = False  # .venvs/sglang (make setup-sglang, CUDA machines)
+
+    @property
+    def cuda(self) -> bool:
+        return self.gpus > 0
+
+    def describe(self) -> str:
+        venvs = [
+            name for name, ok in (("vLLM", self.vllm_venv), ("SGLang", self.sglang_venv)) if ok
+        ]
+        return f"{self.gpus} CUDA GPU(s), venvs: {', '.join(venvs) or 'none'}"
+
+
+def detect_machine() -> Machine:
+    """This machine's facts; starts no process (torch asks the driver for the device count)."""
+    import torch
+
+    return Machine(
+        gpus=torch.cuda.device_count(),
+        vllm_venv=VLLM_PYTHON.exists(),
+        sglang_venv=SGLANG_PYTHON.exists(),
+    )
+
+
+@dataclass
+class ServerSpec:
+    """A server's command line, the environment it adds, and the URL path that says 'ready'."""
+
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/health"
 
 
 def model_context_len(model: str | Path) -> int | None:
@@ -39,46 +92,120 @@ def model_context_len(model: str | Path) -> int | None:
     return data.get("max_position_embeddings") or data.get("n_positions")
 
 
-def cuda_available() -> bool:
-    return shutil.which("nvidia-smi") is not None
+def is_hub_id(model: str | Path) -> bool:
+    """`org/name` that is no folder here and does not look like a path: the server downloads it."""
+    model = str(model)
+    return (
+        not Path(model).exists()
+        and not model.startswith(PATH_PREFIXES)
+        and bool(HUB_ID.match(model))
+    )
 
 
-def sglang_server(
-    model: str | Path, port: int, log_path: Path, extra: list[str], timeout_s: float
-) -> ManagedServer:
-    if not cuda_available():
-        raise ServerError(
+def check_model(model: str | Path) -> tuple[str, str | None]:
+    """Where a server will find `model`: (a note for the dry run, the problem or None).
+
+    A value that exists, or looks like a path (starts with '/', '.', '~' or 'runs/'), is a local
+    folder and must exist; `org/name` is a hub id (the server downloads it). The one place that
+    decides this, so a hub resolver can replace it.
+    """
+    model = str(model)
+    if Path(model).exists():
+        return "local folder", None
+    if is_hub_id(model):
+        return "hub id, will be downloaded", None
+    if model.startswith(PATH_PREFIXES):
+        return "missing", (
+            f"model folder {model} does not exist; build it first (runs/week1/hf-model: "
+            "`make week1`; runs/week2/quantized/*: `python -m week2_serving.quantize`) or fix the path"
+        )
+    return "missing", (
+        f"model {model!r} is neither an existing folder nor a hub id (org/name): fix the name"
+    )
+
+
+def flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the last of `names` in `args` (`--flag V` or `--flag=V`), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        name, eq, inline = arg.partition("=")
+        if name in names:
+            value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+    return value
+
+
+def gpus_needed(args: list[str]) -> tuple[int, list[str]]:
+    """GPUs the parallelism flags ask for (their product) and the problems reading them."""
+    need, problems = 1, []
+    for kind, names in PARALLEL_FLAGS.items():
+        value = flag_value(args, names)
+        if value is None:
+            continue
+        if not value.isdigit() or int(value) < 1:
+            problems.append(f"{kind} size {value!r} ({'/'.join(names)}): use a whole number >= 1")
+        else:
+            need *= int(value)
+    return need, problems
+
+
+def preflight(engine: str, model: str | Path, extra: list[str], machine: Machine) -> list[str]:
+    """Every reason `engine` serving `model` with flags `extra` cannot start on `machine`."""
+    problems = []
+    if engine == "vllm" and not machine.vllm_venv:
+        problems.append(f"vLLM: {VLLM_PYTHON} not found; run `make setup-vllm` first")
+    if engine == "sglang" and not machine.cuda:
+        problems.append(
             "SGLang needs a CUDA GPU: there is no CPU build of SGLang, so it cannot run on this "
             "machine. Use `vllm` here, or run on a GPU machine after `make setup-sglang`."
         )
-    if not SGLANG_PYTHON.exists():
-        raise ServerError(
-            f"{SGLANG_PYTHON} not found; run `make setup-sglang` first (CUDA machines)"
+    if engine == "sglang" and not machine.sglang_venv:
+        problems.append(f"SGLang: {SGLANG_PYTHON} not found; run `make setup-sglang` first")
+    need, bad_flags = gpus_needed(extra)
+    problems += bad_flags
+    if need > 1 and need > machine.gpus:
+        problems.append(
+            f"the parallelism flags in {' '.join(extra)!r} need {need} GPUs; this machine has "
+            f"{machine.gpus}: lower them or run on a machine with {need} GPUs"
         )
-    cmd = [
-        str(SGLANG_PYTHON),
-        "-m",
-        "sglang.launch_server",
-        "--model-path",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *extra,
-    ]
-    return ManagedServer(cmd, port, log_path, ready_path="/health", timeout_s=timeout_s)
+    problems += [p for p in [check_model(model)[1]] if p]
+    return problems
 
 
-def engine_server(
+def vllm_spec(
     model: str | Path,
-    port: int,
-    log_path: Path,
+    port: int | str,
+    max_model_len: int,
+    extra: list[str],
+    served_name: str | None,
+    kv_cache_gib: int = 2,
+) -> ServerSpec:
+    """vLLM's OpenAI server from .venvs/vllm (the CPU build here): the command and environment
+    of common.server.vllm_server, built without requiring the venv; a hub id is served with
+    the hub reachable (vllm_server always sets HF_HUB_OFFLINE)."""
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
+    cmd += ["--max-model-len", str(max_model_len)]
+    if served_name:
+        cmd += ["--served-model-name", served_name]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    if not is_hub_id(model):  # a local folder: never ask a hub (a hub id must be downloaded)
+        env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    return ServerSpec([*cmd, *extra], env, ready_path="/v1/models")
+
+
+def sglang_spec(model: str | Path, port: int | str, extra: list[str]) -> ServerSpec:
+    cmd = [str(SGLANG_PYTHON), "-m", "sglang.launch_server", "--model-path", str(model)]
+    return ServerSpec([*cmd, "--host", "127.0.0.1", "--port", str(port), *extra])
+
+
+def engine_spec(
+    model: str | Path,
+    port: int | str,
     extra: list[str],
     max_model_len: int | None,
     served_name: str | None,
-    timeout_s: float,
-) -> ManagedServer:
+) -> ServerSpec:
     """Our engine (week2_serving/engine/server.py), run by this venv's Python."""
     cmd = [sys.executable, "-m", "week2_serving.engine.server", "--model", str(model)]
     cmd += ["--port", str(port)]
@@ -86,7 +213,29 @@ def engine_server(
         cmd += ["--max-model-len", str(max_model_len)]
     if served_name:
         cmd += ["--served-model-name", served_name]
-    return ManagedServer([*cmd, *extra], port, log_path, ready_path="/health", timeout_s=timeout_s)
+    return ServerSpec([*cmd, *extra])
+
+
+def server_spec(
+    engine: str,
+    model: str | Path,
+    port: int | str,
+    extra: list[str] | None = None,
+    max_model_len: int | None = None,
+    served_name: str | None = None,
+) -> ServerSpec:
+    """The command that serves `model` with `engine` on `port`; checks nothing on the machine
+    (a dry run passes a placeholder port)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    extra = list(extra or [])
+    if engine == "vllm":
+        return vllm_spec(
+            model, port, max_model_len or model_context_len(model) or 2048, extra, served_name
+        )
+    if engine == "engine":
+        return engine_spec(model, port, extra, max_model_len, served_name)
+    return sglang_spec(model, port, extra)
 
 
 def launch(
@@ -99,31 +248,28 @@ def launch(
     timeout_s: float = 600.0,
     served_name: str | None = None,
     env: dict[str, str] | None = None,
+    machine: Machine | None = None,
 ) -> ManagedServer:
-    """A not-yet-started ManagedServer for `engine` (use it as a context manager); `env` is
-    passed to vLLM's server (e.g. VLLM_CPU_OMP_THREADS_BIND)."""
+    """A not-yet-started ManagedServer for `engine` (use it as a context manager); `env` adds to
+    the server's environment (e.g. VLLM_CPU_OMP_THREADS_BIND). Raises ServerError listing every
+    problem `preflight` finds on `machine` (default: this one) before anything starts."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    port = port or free_port()
-    log_dir = log_dir or runs_root() / "week2" / "servers"
-    log_path = Path(log_dir) / f"{engine}-{port}.log"
     extra = list(extra or [])
-    if engine == "vllm":
-        if max_model_len is None:
-            max_model_len = model_context_len(model) or 2048
-        return vllm_server(
-            model,
-            port,
-            log_path,
-            max_model_len,
-            extra,
-            timeout_s=timeout_s,
-            served_name=served_name,
-            env=env,
-        )
-    if engine == "engine":
-        return engine_server(model, port, log_path, extra, max_model_len, served_name, timeout_s)
-    return sglang_server(model, port, log_path, extra, timeout_s)
+    problems = preflight(engine, model, extra, machine or detect_machine())
+    if problems:
+        raise ServerError(f"cannot start {engine} here: " + "; ".join(problems))
+    port = port or free_port()
+    log_path = Path(log_dir or runs_root() / "week2" / "servers") / f"{engine}-{port}.log"
+    spec = server_spec(engine, model, port, extra, max_model_len, served_name)
+    return ManagedServer(
+        spec.cmd,
+        port,
+        log_path,
+        env={**spec.env, **(env or {})},
+        ready_path=spec.ready_path,
+        timeout_s=timeout_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,10 +42,48 @@ def load_cells(sweep: Path) -> list[dict]:
 
 
 def errors(sweep: Path) -> list[dict]:
-    return [
-        {"server": p.parent.parent.name, "load": p.parent.name, **read_json(p)}
-        for p in sorted(sweep.glob("*/*/error.json"))
+    """The failed cells (error.json), each with server/load names, engine, model, args, error
+    and log tail; older files that stored the whole server entry as "server" are read too."""
+    out = []
+    for path in sorted(sweep.glob("*/*/error.json")):
+        rec = read_json(path)
+        entry = rec.get("server") if isinstance(rec.get("server"), dict) else {}
+        out.append(
+            {
+                "server": rec.get("server_name") or path.parent.parent.name,
+                "load": rec.get("load_name") or path.parent.name,
+                "engine": rec.get("engine") or entry.get("engine", ""),
+                "model": rec.get("model") or entry.get("model", ""),
+                "args": rec.get("args") or entry.get("args") or [],
+                "error": rec.get("error") or "(no error recorded)",
+                "log_tail": rec.get("log_tail") or "",
+            }
+        )
+    return out
+
+
+def short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def failed_part(errs: list[dict]) -> list[str]:
+    """The failed-cells table (server, what it ran, the error's first line), then each distinct
+    server log's last lines in a collapsible block (cells of one failed start share a log)."""
+    rows, tails = [], {}
+    for e in errs:
+        model = Path(e["model"]).name if str(e["model"]).startswith("/") else e["model"]
+        ran = " · ".join(x for x in (e["engine"], model, " ".join(e["args"])) if x)
+        first_line = (e["error"].strip().splitlines() or [""])[0].replace("|", "\\|")
+        rows.append([e["server"], e["load"], short(ran, 80) or "?", short(first_line, 160)])
+        if e["log_tail"]:
+            tails.setdefault((e["server"], e["log_tail"]), []).append(e["load"])
+    blocks = [
+        f"<details><summary>{server} ({', '.join(loads)}): last lines of the server log"
+        f"</summary>\n\n```\n{tail}\n```\n</details>\n"
+        for (server, tail), loads in tails.items()
     ]
+    table = md_table(["server", "load", "engine · model · args", "error"], rows)
+    return ["\n## Failed cells\n", table, "", *blocks]
 
 
 def measure_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
@@ -206,8 +244,11 @@ def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = 
     sweep = Path(sweep)
     cells = load_cells(sweep)
     if not cells:
+        failed = len(errors(sweep)) if sweep.is_dir() else 0
         raise FileNotFoundError(
-            f"{sweep} has no */*/results.json cells; run python -m week2_serving.sweep first"
+            f"{sweep} has no */*/results.json cells"
+            + (f" ({failed} failed: see */*/error.json)" if failed else "")
+            + "; run python -m week2_serving.sweep first"
         )
     meta = read_json(sweep / "sweep.json")["config"] if (sweep / "sweep.json").exists() else {}
     servers = [s["name"] for s in meta.get("servers", [])] or sorted(
@@ -271,13 +312,7 @@ def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = 
         "(Python and kernel-launch overhead on a small model).",
     ]
     if errs:
-        text += [
-            "\n## Failed cells\n",
-            md_table(
-                ["server", "load", "error"],
-                [[e["server"], e["load"], e["error"].splitlines()[0][:120]] for e in errs],
-            ),
-        ]
+        text += failed_part(errs)
     path = sweep / "report.md"
     atomic_write_bytes(path, "\n".join(text).encode())
     log.info("wrote %s", path)

@@ -1,82 +1,64 @@
 """Sweep the serving levers: every server setting × every load setting, resumable.
 
+    python -m week2_serving.sweep week2_serving/configs/cpu.yaml --dry-run  # what would run
     python -m week2_serving.sweep week2_serving/configs/cpu.yaml     # ~10 min on 2 cores
     python -m week2_serving.report runs/week2/sweep-cpu              # the one-page report
 
 The YAML names an engine and a model, `servers` (flags for the server, and optionally another
 `model` such as a quantized variant: each one restarts the server),
 `loads` (BenchConfig fields: concurrency, rate, workload) and `bench` defaults. Each cell
-writes runs/week2/sweep-<name>/<server>/<load>/results.json; a rerun skips finished cells,
-so an interrupted sweep resumes where it stopped. A server that fails to start is recorded
-in its cells (error.json) and the sweep goes on.
+writes runs/week2/sweep-<name>/<server>/<load>/results.json, or error.json if it failed.
+
+A cell is done only if its results.json carries the cell's current hash (engine, model, server
+flags, load and bench settings: change any and the cell is stale), completed at least one
+request, and its server was still up after it. Everything else (a server that did not start
+or died, 0 requests completed, any error in the cell) is written to error.json with the end of
+the server's log, and the sweep goes on; a rerun skips done cells and runs the rest, so an
+interrupted sweep resumes where it stopped. `--dry-run` prints every cell and every problem
+that would stop the real run on this machine, and starts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shlex
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
-from common.server import ServerError
+from common.results import REPO_ROOT, get_logger, read_json, runs_root, write_json_atomic
+from common.server import log_tail
 from week2_serving import bench
-from week2_serving.launch import ENGINES, launch
+from week2_serving.launch import (
+    Machine,
+    check_model,
+    detect_machine,
+    launch,
+    preflight,
+    server_spec,
+)
+from week2_serving.sweep_config import SweepConfig, load_fields
 
 log = get_logger("week2.sweep")
+LOG_LINES = 30  # lines of the server's log kept in error.json
 
 
 @dataclass
-class SweepConfig:
-    name: str
+class Cell:
+    """One server setting × one load: what runs, where its files go, and its identity."""
+
+    server: str
+    load: str
     engine: str
-    model: str
-    servers: list[dict]
-    loads: list[dict]
-    bench: dict = field(default_factory=dict)
-    served_model_name: str | None = None
-    max_model_len: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine {self.engine!r}: use one of {', '.join(ENGINES)}")
-        for kind, items in (("servers", self.servers), ("loads", self.loads)):
-            if not items:
-                raise ValueError(f"the sweep needs at least one entry in {kind!r}")
-            names = [i.get("name") for i in items]
-            if None in names or len(set(names)) != len(names):
-                raise ValueError(f"every entry of {kind!r} needs a unique 'name', got {names}")
-        load_names = {load["name"] for load in self.loads}
-        for server in self.servers:  # a server setting may name its own engine and loads
-            unknown = set(server.get("loads") or []) - load_names
-            if unknown:
-                raise ValueError(f"server {server['name']!r} names unknown loads {sorted(unknown)}")
-            if server.get("engine", self.engine) not in ENGINES:
-                raise ValueError(
-                    f"server {server['name']!r}: engine {server['engine']!r}: use one of "
-                    f"{', '.join(ENGINES)}"
-                )
-        fields = set(bench.BenchConfig.__dataclass_fields__)
-        for load in self.loads:
-            bad = set(load) - fields - {"name"}
-            if bad:
-                raise ValueError(
-                    f"load {load['name']!r} has unknown field(s) {sorted(bad)}; "
-                    f"use BenchConfig fields such as max_concurrency, request_rate"
-                )
-
-    @classmethod
-    def from_yaml(cls, path: Path | str) -> SweepConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep config {path} does not exist")
-        data = yaml.safe_load(path.read_text())
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ValueError(f"{path}: {e}") from e
+    model: str  # as the config names it (resolve_model finds it)
+    args: list[str]
+    fields: dict  # the load's own fields
+    params: dict  # what the bench gets: the bench defaults, then the load's fields
+    folder: Path
+    hash: str
 
 
 def sweep_dir(cfg: SweepConfig) -> Path:
@@ -84,70 +66,233 @@ def sweep_dir(cfg: SweepConfig) -> Path:
 
 
 def resolve_model(model: str) -> str:
-    """A path relative to the repository (runs/week1/hf-model) or a hub id, unchanged."""
-    return (
-        str(REPO_ROOT / model)
-        if not Path(model).is_absolute() and (REPO_ROOT / model).exists()
-        else model
-    )
+    """runs/... in this run's runs folder (IE_RUNS_DIR, default runs/), another relative path
+    under the repository if it exists there; anything else (a hub id) unchanged."""
+    if model.startswith("runs/"):
+        return str(runs_root() / model.removeprefix("runs/"))
+    if not Path(model).is_absolute() and (REPO_ROOT / model).exists():
+        return str(REPO_ROOT / model)
+    return model
 
 
-def cell_done(path: Path) -> bool:
-    return (path / "results.json").is_file()
+def cell_hash(cfg: SweepConfig, engine: str, model: str, args: list[str], params: dict) -> str:
+    """A short stable hash of everything that decides a cell's numbers (not its names)."""
+    identity = {
+        "engine": engine,
+        "model": model,
+        "args": args,
+        "bench": params,
+        "served_model_name": cfg.served_model_name,
+        "max_model_len": cfg.max_model_len,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
+
+
+def plan(cfg: SweepConfig) -> list[Cell]:
+    """Every cell in run order: server by server, each with its loads in the config's order."""
+    cells = []
+    for server in cfg.servers:
+        wanted = server.get("loads")  # a server setting may run only some of the loads
+        engine = server.get("engine", cfg.engine)  # ... or swap the engine
+        model = server.get("model", cfg.model)  # ... or the model
+        args = list(server.get("args", []))
+        for load in cfg.loads:
+            if wanted is not None and load["name"] not in wanted:
+                continue
+            params = {**cfg.bench, **load_fields(load)}
+            cells.append(
+                Cell(
+                    server["name"],
+                    load["name"],
+                    engine,
+                    model,
+                    args,
+                    load_fields(load),
+                    params,
+                    sweep_dir(cfg) / server["name"] / load["name"],
+                    cell_hash(cfg, engine, model, args, params),
+                )
+            )
+    return cells
+
+
+def by_server(cells: list[Cell]) -> dict[str, list[Cell]]:
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.server, []).append(cell)
+    return groups
+
+
+def read_results(path: Path) -> dict | None:
+    try:
+        return read_json(path) if path.is_file() else None
+    except ValueError:  # not JSON: not a result
+        return None
+
+
+def cell_status(cell: Cell) -> str:
+    """done; stale (results of another config); failed (error.json, or 0 completed); pending."""
+    res = read_results(cell.folder / "results.json")
+    current = res is not None and res.get("cell_hash") == cell.hash
+    if current and (res.get("completed") or 0) > 0:
+        return "done"
+    if (cell.folder / "error.json").is_file():
+        return "failed"
+    if res is not None:
+        return "failed" if current else "stale"
+    return "pending"
+
+
+def save_cell(cell: Cell, res: dict) -> None:
+    res.update(server_name=cell.server, load_name=cell.load, cell_hash=cell.hash)
+    write_json_atomic(cell.folder / "results.json", res)
+    (cell.folder / "error.json").unlink(missing_ok=True)  # an earlier failure, now rerun
+
+
+def fail_cell(cell: Cell, error: str, info: dict, server: object | None) -> None:
+    """error.json: which server, what went wrong, the end of its log; results.json goes (it
+    was stale or incomplete), so the report shows only this config's numbers."""
+    log.error("cell %s / %s failed: %s", cell.server, cell.load, error.splitlines()[0])
+    log_path = getattr(server, "log_path", None)
+    record = {
+        "server_name": cell.server,
+        "load_name": cell.load,
+        "engine": cell.engine,
+        "model": info.get("model", cell.model),
+        "args": cell.args,
+        "command": info.get("command"),
+        "error": error,
+        "log_path": str(log_path) if log_path else None,
+        "log_tail": log_tail(Path(log_path), LOG_LINES) if log_path else "(no server log)",
+        "cell_hash": cell.hash,
+    }
+    write_json_atomic(cell.folder / "error.json", record)
+    (cell.folder / "results.json").unlink(missing_ok=True)
+
+
+def bench_cell(
+    cfg: SweepConfig, cell: Cell, srv: object, info: dict, runner: Callable
+) -> tuple[dict | None, str | None]:
+    """(the bench's results, the error or None). Any exception is the cell's error: one bad
+    cell must not stop the sweep."""
+    log.info("cell %s / %s", cell.server, cell.load)
+    try:
+        res = runner(
+            bench.BenchConfig(
+                base_url=srv.url,
+                model=cfg.served_model_name,
+                tokenizer=info["model"],
+                save=False,
+                server_info=info,
+                **cell.params,
+            )
+        )
+    except Exception as e:
+        log.exception("cell %s / %s raised", cell.server, cell.load)
+        return None, f"{type(e).__name__}: {e}"
+    if not (res.get("completed") or 0) > 0:
+        errors = res.get("errors") or ["(none recorded)"]
+        return (
+            res,
+            f"0 of {res.get('num_prompts', '?')} requests completed; first error: {errors[0]}",
+        )
+    return res, None
+
+
+def run_server(cfg: SweepConfig, cells: list[Cell], launcher: Callable, runner: Callable) -> None:
+    """Start the cells' server once and run them in order; each ends done or failed."""
+    first, left, server = cells[0], list(cells), None
+    info = {"engine": first.engine, "model": resolve_model(first.model), "args": first.args}
+    try:
+        server = launcher(
+            first.engine,
+            info["model"],
+            extra=first.args,
+            max_model_len=cfg.max_model_len,
+            log_dir=first.folder.parent,
+            served_name=cfg.served_model_name,
+        )
+        with server as srv:
+            info["command"] = srv.cmd
+            while left:
+                cell = left[0]
+                res, error = bench_cell(cfg, cell, srv, info, runner)
+                if not srv.alive():  # numbers from a dying server are not a result
+                    code = getattr(getattr(srv, "proc", None), "returncode", None)
+                    died = f"the server exited (code {code}) while this cell ran"
+                    fail_cell(cell, f"{died}; {error}" if error else died, info, srv)
+                    for rest in left[1:]:
+                        fail_cell(rest, f"not run: the server exited during {cell.load}", info, srv)
+                    return
+                if error:
+                    fail_cell(cell, error, info, srv)
+                else:
+                    save_cell(cell, res)
+                left.pop(0)
+    except Exception as e:  # the server did not start (or stop): its remaining cells failed
+        for cell in left:
+            fail_cell(cell, str(e) or type(e).__name__, info, server)
 
 
 def run_sweep(cfg: SweepConfig, launcher: Callable = launch, runner: Callable = bench.main) -> Path:
     out = sweep_dir(cfg)
     write_json_atomic(out / "sweep.json", {"config": cfg.__dict__})
-    for server in cfg.servers:
-        wanted = server.get("loads")  # a server setting may run only some of the loads
-        loads = [load for load in cfg.loads if wanted is None or load["name"] in wanted]
-        pending = [load for load in loads if not cell_done(out / server["name"] / load["name"])]
-        if not pending:
-            log.info("server %s: all %d cells done, skipping", server["name"], len(loads))
+    for name, cells in by_server(plan(cfg)).items():
+        todo = [c for c in cells if cell_status(c) != "done"]
+        if not todo:
+            log.info("server %s: all %d cells done, skipping", name, len(cells))
             continue
-        model = resolve_model(server.get("model", cfg.model))  # a server setting may swap the model
-        engine = server.get("engine", cfg.engine)  # ... or the engine (ours vs vLLM in one sweep)
-        try:
-            with launcher(
-                engine,
-                model,
-                extra=server.get("args", []),
-                max_model_len=cfg.max_model_len,
-                log_dir=out / server["name"],
-                served_name=cfg.served_model_name,
-            ) as srv:
-                info = {
-                    "engine": engine,
-                    "model": model,
-                    "command": srv.cmd,
-                    "args": server.get("args", []),
-                }
-                for load in pending:
-                    cell = out / server["name"] / load["name"]
-                    log.info("cell %s / %s", server["name"], load["name"])
-                    params = {**cfg.bench, **{k: v for k, v in load.items() if k != "name"}}
-                    res = runner(
-                        bench.BenchConfig(
-                            base_url=srv.url,
-                            model=cfg.served_model_name,
-                            tokenizer=model,
-                            save=False,
-                            server_info=info,
-                            **params,
-                        )
-                    )
-                    res.update(server_name=server["name"], load_name=load["name"])
-                    write_json_atomic(cell / "results.json", res)
-        except ServerError as e:
-            log.error("server %s failed: %s", server["name"], str(e).splitlines()[0])
-            for load in pending:
-                write_json_atomic(
-                    out / server["name"] / load["name"] / "error.json",
-                    {"server": server, "error": str(e)},
-                )
+        run_server(cfg, todo, launcher, runner)
     log.info("sweep %s done: %s", cfg.name, out)
     return out
+
+
+def describe(values: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
+
+
+def dry_run(cfg: SweepConfig, machine: Machine, echo: Callable[[str], None] = print) -> int:
+    """Print every cell (server command, load, output folder, status) and every problem that
+    would stop the real run on `machine`; start nothing. Returns 0 if it can run, else 1."""
+    cells, problems = plan(cfg), {}  # problem -> the servers it stops
+    echo(f"sweep {cfg.name}: {len(cfg.servers)} server settings, {len(cells)} cells")
+    echo(f"output: {sweep_dir(cfg)}\nmachine: {machine.describe()}")
+    echo(f"bench defaults: {describe(cfg.bench)}")
+    for name, group in by_server(cells).items():
+        first = group[0]
+        model = resolve_model(first.model)
+        spec = server_spec(
+            first.engine, model, "PORT", first.args, cfg.max_model_len, cfg.served_model_name
+        )
+        for problem in preflight(first.engine, model, first.args, machine):
+            problems.setdefault(problem, []).append(name)
+        echo(
+            f"\nserver {name}: engine {first.engine}, model {first.model} ({check_model(model)[0]})"
+        )
+        echo(f"  command: {shlex.join(spec.cmd)}")
+        for cell in group:
+            echo(f"  [{cell_status(cell)}] {name} / {cell.load}: {describe(cell.fields)}")
+            echo(f"      -> {cell.folder}  (cell {cell.hash})")
+    done = sum(cell_status(c) == "done" for c in cells)
+    if problems:
+        echo(f"\n{len(problems)} problem(s) would stop the real run:")
+        for problem, names in problems.items():
+            echo(f"- server(s) {', '.join(names)}: {problem}")
+        return 1
+    echo(f"\nready: {len(cells) - done} of {len(cells)} cells to run ({done} done)")
+    return 0
+
+
+def dry_run_file(path: Path, machine: Machine | None = None) -> int:
+    """The CLI's dry run: a config that does not parse is an error message, not a traceback."""
+    try:
+        cfg = SweepConfig.from_yaml(path)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return dry_run(cfg, machine or detect_machine())
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -155,7 +300,14 @@ def main(argv: list[str] | None = None) -> Path:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("config", type=Path, help="sweep YAML, e.g. week2_serving/configs/cpu.yaml")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every cell and what would stop the run on this machine; start nothing",
+    )
     a = p.parse_args(argv)
+    if a.dry_run:
+        raise SystemExit(dry_run_file(a.config))
     return run_sweep(SweepConfig.from_yaml(a.config))
 
 
