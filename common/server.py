@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from common.hub import hub_env, hub_reachable, is_offline
 from common.results import REPO_ROOT, get_logger
 
 log = get_logger("server")
@@ -172,9 +173,11 @@ def vllm_server(
     timeout_s: float = 400.0,
     served_name: str | None = None,
     env: dict[str, str] | None = None,
+    offline: bool | None = None,
 ) -> ManagedServer:
     """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm;
-    `env` adds to (and overrides) the variables below."""
+    `env` adds to (and overrides) the variables below. `model_dir` may be a hub id: vLLM
+    downloads it unless offline (True, HF_HUB_OFFLINE, or None and the hub not reachable)."""
     if not vllm_available():
         raise ServerError(f"{VLLM_PYTHON} not found; run `make setup-vllm` first")
     cmd = [
@@ -197,8 +200,7 @@ def vllm_server(
     cmd += extra_args or []
     server_env = {
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
+        **hub_env(is_offline(offline, probe=hub_reachable)),
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         **(env or {}),

@@ -23,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
+from common.hub import CONFIG_PATTERNS, resolve_model
 from common.results import REPO_ROOT, get_logger, runs_root
 from common.server import ManagedServer, ServerError, free_port, vllm_server
 
@@ -31,8 +32,10 @@ ENGINES = ("vllm", "sglang", "engine")  # engine = our own (week2_serving/engine
 SGLANG_PYTHON = REPO_ROOT / ".venvs" / "sglang" / "bin" / "python"
 
 
-def model_context_len(model: str | Path) -> int | None:
-    cfg = Path(model) / "config.json"
+def model_context_len(model: str | Path, offline: bool | None = None) -> int | None:
+    """config.json's max_position_embeddings (or n_positions) of a local folder or a hub id
+    (only config.json is fetched); None when the folder has no config.json."""
+    cfg = resolve_model(model, offline, allow_patterns=CONFIG_PATTERNS) / "config.json"
     if not cfg.is_file():
         return None
     data = json.loads(cfg.read_text())

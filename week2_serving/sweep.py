@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
+from common import hub
+from common.results import get_logger, runs_root, write_json_atomic
 from common.server import ServerError
 from week2_serving import bench
 from week2_serving.launch import ENGINES, launch
@@ -84,12 +85,9 @@ def sweep_dir(cfg: SweepConfig) -> Path:
 
 
 def resolve_model(model: str) -> str:
-    """A path relative to the repository (runs/week1/hf-model) or a hub id, unchanged."""
-    return (
-        str(REPO_ROOT / model)
-        if not Path(model).is_absolute() and (REPO_ROOT / model).exists()
-        else model
-    )
+    """The model's local folder: a path (also relative to the repository, runs/week1/hf-model)
+    or a hub id, downloaded unless offline (HF_HUB_OFFLINE); see common.hub.resolve_model."""
+    return str(hub.resolve_model(model))
 
 
 def cell_done(path: Path) -> bool:
