@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from common.cpu import CpuCaps, cpu_caps, model_quantization, vllm_cpu_dtype
+from common.hub import hub_env, hub_reachable, is_offline
 from common.results import REPO_ROOT, get_logger
 
 log = get_logger("server")
@@ -178,6 +179,38 @@ def vllm_available() -> bool:
     return VLLM_PYTHON.exists()
 
 
+def vllm_command(
+    model_dir: Path | str,
+    port: int | str,
+    max_model_len: int,
+    extra_args: list[str] | None = None,
+    served_name: str | None = None,
+    caps: CpuCaps | None = None,
+    cuda: bool | None = None,
+) -> list[str]:
+    """vLLM's OpenAI server command line (checks nothing: a dry run prints it anywhere). The
+    dtype comes from `extra_args` if they name one, else from `vllm_dtype_args`."""
+    extra_args = list(extra_args or [])
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += vllm_dtype_args(model_dir, extra_args, caps, cuda)
+    cmd += ["--max-model-len", str(max_model_len)]
+    if served_name:
+        cmd += ["--served-model-name", served_name]
+    return cmd + extra_args
+
+
+def vllm_env(kv_cache_gib: int = 2, offline: bool | None = None) -> dict[str, str]:
+    """The variables vLLM's server gets: its CPU KV-cache size, no usage reports, and the hub's
+    offline switches only when offline (True, HF_HUB_OFFLINE, or None and the hub unreachable)."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        **hub_env(is_offline(offline, probe=hub_reachable)),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+
+
 def vllm_server(
     model_dir: Path | str,
     port: int,
@@ -190,35 +223,12 @@ def vllm_server(
     env: dict[str, str] | None = None,
     caps: CpuCaps | None = None,
     cuda: bool | None = None,
+    offline: bool | None = None,
 ) -> ManagedServer:
-    """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm;
-    `env` adds to (and overrides) the variables below. The dtype comes from `extra_args` if
-    they name one, else from `vllm_dtype_args` (this machine's CPU unless `caps` is given)."""
+    """A ManagedServer running vLLM's OpenAI server (the CPU build here) from .venvs/vllm:
+    `vllm_command` and `vllm_env`, with `env` added on top. `model_dir` may be a hub id."""
     if not vllm_available():
         raise ServerError(f"{VLLM_PYTHON} not found; run `make setup-vllm` first")
-    cmd = [
-        str(VLLM_PYTHON),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *vllm_dtype_args(model_dir, extra_args or [], caps, cuda),
-        "--max-model-len",
-        str(max_model_len),
-    ]
-    if served_name:
-        cmd += ["--served-model-name", served_name]
-    cmd += extra_args or []
-    server_env = {
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        **(env or {}),
-    }
+    cmd = vllm_command(model_dir, port, max_model_len, extra_args, served_name, caps, cuda)
+    server_env = {**vllm_env(kv_cache_gib, offline), **(env or {})}
     return ManagedServer(cmd, port, log_path, env=server_env, timeout_s=timeout_s)

@@ -26,7 +26,7 @@ def config(**kw) -> SweepConfig:
     base = dict(
         name="t",
         engine="vllm",
-        model="/models/m",
+        model="week2_serving/configs",  # any existing folder: the fake launchers never read it
         servers=[{"name": "a", "args": []}, {"name": "b", "args": ["--max-num-seqs", "4"]}],
         loads=[
             {"name": "c1", "max_concurrency": 1},
@@ -112,7 +112,7 @@ def test_server_failure_is_recorded_and_the_sweep_goes_on(runs_dir):
     assert done_cells(runs_dir) == ["a/c1", "a/c32", "a/c8"]
     err = json.loads((out_dir(runs_dir) / "b" / "c8" / "error.json").read_text())
     assert err["server_name"] == "b" and err["load_name"] == "c8"
-    assert err["engine"] == "vllm" and err["model"] == "/models/m"
+    assert err["engine"] == "vllm" and err["model"] == str(REPO / "week2_serving" / "configs")
     assert err["args"] == ["--max-num-seqs", "4"] and "unknown flag" in err["error"]
     b8 = [c for c in sweep.plan(config()) if (c.server, c.load) == ("b", "c8")]
     assert err["cell_hash"] == b8[0].hash
@@ -320,7 +320,7 @@ def build_local_models(cfg: SweepConfig) -> None:
     """The runs/ folders a config serves, made empty in this test's runs folder."""
     for model in {cfg.model, *(s.get("model", cfg.model) for s in cfg.servers)}:
         if model.startswith("runs/"):
-            Path(sweep.resolve_model(model)).mkdir(parents=True, exist_ok=True)
+            Path(sweep.model_path(model)).mkdir(parents=True, exist_ok=True)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -343,7 +343,7 @@ def test_every_shipped_config_dry_runs_on_a_machine_that_fits_it(path, no_proces
 
 
 def test_the_dry_run_shows_each_cells_status(runs_dir, no_processes):
-    cfg = config(model="org/model")
+    cfg = config()
     sweep.run_sweep(cfg, fake_launcher([]), ok())
     a1, a8, a32, b1, b8, _ = sweep.plan(cfg)
     (a8.folder / "results.json").unlink()
@@ -361,7 +361,7 @@ def test_the_dry_run_shows_each_cells_status(runs_dir, no_processes):
         ("done", b8),
     ]:
         assert f"[{status}] {cell.server} / {cell.load}:" in text
-    assert "org/model (hub id, will be downloaded)" in text
+    assert "(local folder)" in text
     assert "ready: 3 of 6 cells to run (3 done)" in text
 
 
@@ -452,10 +452,13 @@ def test_check_model_tells_folders_from_hub_ids(tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     assert launch_mod.check_model(tmp_path / "here") == ("local folder", None)
     assert launch_mod.check_model("here") == ("local folder", None)
-    assert launch_mod.check_model("Qwen/Qwen2.5-1.5B-Instruct") == (
-        "hub id, will be downloaded",
+    assert launch_mod.check_model("Qwen/Qwen2.5-1.5B-Instruct", offline=False) == (
+        "hub id, downloaded unless cached",
         None,
     )
+    # offline, a hub id must already be in the cache
+    note, problem = launch_mod.check_model("Qwen/Qwen2.5-1.5B-Instruct", offline=True)
+    assert note == "hub id, not cached" and "Qwen/Qwen2.5-1.5B-Instruct" in problem
     for missing in ("runs/week1/nope", "./nope", str(tmp_path / "nope")):
         assert "does not exist" in launch_mod.check_model(missing)[1]
     assert "neither an existing folder nor a hub id" in launch_mod.check_model("a/b/c")[1]
@@ -482,7 +485,10 @@ def test_the_vllm_command_is_common_servers(monkeypatch, tmp_path):
     assert {k: ref.env[k] for k in spec.env} == spec.env and spec.ready_path == ref.ready_path
 
 
-def test_a_hub_id_is_served_with_the_hub_reachable(tmp_path):
+def test_a_hub_id_is_served_with_the_hub_reachable(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # conftest's; a user online has none
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("common.server.hub_reachable", lambda *a, **k: True)
     hub = launch_mod.server_spec("vllm", "Qwen/Qwen2.5-1.5B-Instruct", 8000, [], 4096)
     local = launch_mod.server_spec("vllm", tmp_path, 8000, [], 4096)
     assert "HF_HUB_OFFLINE" not in hub.env and local.env["HF_HUB_OFFLINE"] == "1"

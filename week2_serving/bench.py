@@ -6,6 +6,7 @@
     python -m week2_serving.bench ... --request-rate 4 --burstiness 0.5  # Poisson-ish arrivals
     python -m week2_serving.bench ... --dataset-name shared-prefix --prefix-len 256
     python -m week2_serving.bench ... --goodput ttft:200 tpot:20          # SLOs in ms
+    python -m week2_serving.bench ... --tokenizer Qwen/Qwen2.5-1.5B-Instruct --offline  # cached id
 
 Metrics and result field names follow `vllm bench serve` (see metrics.py). Every request's
 record (timeline, token counts, error) is kept in results.json; failed requests are counted,
@@ -21,13 +22,13 @@ import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import aiohttp
 import httpx
 import numpy as np
 from tqdm import tqdm
 
+from common.hub import add_offline_arg, resolve_tokenizer
 from common.results import get_logger, save_results
 from common.timing import environment
 from week2_serving.client import BACKENDS, Request, send_request
@@ -48,7 +49,7 @@ class BenchConfig:
     backend: str = "openai"  # openai | openai-chat | sglang
     model: str | None = None  # served model name; default: the first of /v1/models
     tokenizer: str | None = (
-        None  # HF folder for token-exact prompts; default: the served model's path
+        None  # HF folder or hub id for token-exact prompts; default: the served model's path
     )
     dataset_name: str = "random"  # random | file | shared-prefix
     dataset_path: str | None = None
@@ -75,6 +76,7 @@ class BenchConfig:
     run_name: str | None = None
     save: bool = True
     server_info: dict = field(default_factory=dict)  # recorded as is (the launcher fills it)
+    offline: bool | None = None  # True: a hub-id tokenizer must be cached; None: HF_HUB_OFFLINE
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -133,14 +135,12 @@ def discover_model(
     return base["id"], base.get("root")
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(name_or_path: str, offline: bool | None = None):
+    """The tokenizer of an HF folder or of a hub id (only its tokenizer files are fetched;
+    offline, from the hub cache)."""
     from transformers import AutoTokenizer
 
-    if not Path(path).exists():
-        raise FileNotFoundError(
-            f"tokenizer folder {path} does not exist; pass --tokenizer with an HF folder"
-        )
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(resolve_tokenizer(name_or_path, offline))
 
 
 def build_requests(cfg: BenchConfig, tokenizer) -> list[Request]:
@@ -230,7 +230,7 @@ def main(cfg: BenchConfig) -> dict:
     tok_path = cfg.tokenizer or root
     if tok_path is None:
         raise ValueError("the server did not say where its model lives; pass --tokenizer HF_FOLDER")
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = load_tokenizer(tok_path, cfg.offline)
     requests = build_requests(cfg, tokenizer)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
     log.info(
@@ -305,7 +305,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.add_argument("--backend", choices=BACKENDS, default="openai")
     p.add_argument("--model", default=None, help="served model name (default: ask the server)")
-    p.add_argument("--tokenizer", default=None, help="HF folder (default: the served model's path)")
+    p.add_argument(
+        "--tokenizer", default=None, help="HF folder or hub id (default: the served model's path)"
+    )
+    add_offline_arg(p)
     p.add_argument("--dataset-name", choices=WORKLOADS, default="random")
     p.add_argument(
         "--dataset-path", default=None, help="JSONL / ShareGPT file for --dataset-name file"
@@ -361,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         request_timeout_s=a.request_timeout,
         api_key=a.api_key,
         run_name=a.run_name,
+        offline=a.offline,
     )
 
 

@@ -29,8 +29,16 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.hub import CONFIG_PATTERNS, is_offline, resolve_model
 from common.results import REPO_ROOT, get_logger, runs_root
-from common.server import VLLM_PYTHON, ManagedServer, ServerError, free_port
+from common.server import (
+    VLLM_PYTHON,
+    ManagedServer,
+    ServerError,
+    free_port,
+    vllm_command,
+    vllm_env,
+)
 
 log = get_logger("week2.launch")
 ENGINES = ("vllm", "sglang", "engine")  # engine = our own (week2_serving/engine)
@@ -52,6 +60,7 @@ class Machine:
     gpus: int = 0  # CUDA devices visible to this process
     vllm_venv: bool = False  # .venvs/vllm (make setup-vllm)
     sglang_venv: bool = False  # .venvs/sglang (make setup-sglang, CUDA machines)
+    offline: bool = False  # no hub downloads (--offline / HF_HUB_OFFLINE): hub ids must be cached
 
     @property
     def cuda(self) -> bool:
@@ -61,7 +70,8 @@ class Machine:
         venvs = [
             name for name, ok in (("vLLM", self.vllm_venv), ("SGLang", self.sglang_venv)) if ok
         ]
-        return f"{self.gpus} CUDA GPU(s), venvs: {', '.join(venvs) or 'none'}"
+        hub = "offline" if self.offline else "online"
+        return f"{self.gpus} CUDA GPU(s), venvs: {', '.join(venvs) or 'none'}, hub {hub}"
 
 
 def detect_machine() -> Machine:
@@ -72,6 +82,7 @@ def detect_machine() -> Machine:
         gpus=torch.cuda.device_count(),
         vllm_venv=VLLM_PYTHON.exists(),
         sglang_venv=SGLANG_PYTHON.exists(),
+        offline=is_offline(),
     )
 
 
@@ -84,8 +95,10 @@ class ServerSpec:
     ready_path: str = "/health"
 
 
-def model_context_len(model: str | Path) -> int | None:
-    cfg = Path(model) / "config.json"
+def model_context_len(model: str | Path, offline: bool | None = None) -> int | None:
+    """config.json's max_position_embeddings (or n_positions) of a local folder or a hub id
+    (only config.json is fetched); None when the folder has no config.json."""
+    cfg = resolve_model(model, offline, allow_patterns=CONFIG_PATTERNS) / "config.json"
     if not cfg.is_file():
         return None
     data = json.loads(cfg.read_text())
@@ -102,7 +115,7 @@ def is_hub_id(model: str | Path) -> bool:
     )
 
 
-def check_model(model: str | Path) -> tuple[str, str | None]:
+def check_model(model: str | Path, offline: bool | None = None) -> tuple[str, str | None]:
     """Where a server will find `model`: (a note for the dry run, the problem or None).
 
     A value that exists, or looks like a path (starts with '/', '.', '~' or 'runs/'), is a local
@@ -113,7 +126,13 @@ def check_model(model: str | Path) -> tuple[str, str | None]:
     if Path(model).exists():
         return "local folder", None
     if is_hub_id(model):
-        return "hub id, will be downloaded", None
+        if not (is_offline() if offline is None else offline):
+            return "hub id, downloaded unless cached", None
+        try:  # offline: it must be in the hub cache already
+            resolve_model(model, offline=True, allow_patterns=CONFIG_PATTERNS)
+            return "hub id, in the local cache", None
+        except (FileNotFoundError, OSError) as e:
+            return "hub id, not cached", f"{e}"
     if model.startswith(PATH_PREFIXES):
         return "missing", (
             f"model folder {model} does not exist; build it first (runs/week1/hf-model: "
@@ -167,7 +186,7 @@ def preflight(engine: str, model: str | Path, extra: list[str], machine: Machine
             f"the parallelism flags in {' '.join(extra)!r} need {need} GPUs; this machine has "
             f"{machine.gpus}: lower them or run on a machine with {need} GPUs"
         )
-    problems += [p for p in [check_model(model)[1]] if p]
+    problems += [p for p in [check_model(model, machine.offline)[1]] if p]
     return problems
 
 
@@ -179,19 +198,12 @@ def vllm_spec(
     served_name: str | None,
     kv_cache_gib: int = 2,
 ) -> ServerSpec:
-    """vLLM's OpenAI server from .venvs/vllm (the CPU build here): the command and environment
-    of common.server.vllm_server, built without requiring the venv; a hub id is served with
-    the hub reachable (vllm_server always sets HF_HUB_OFFLINE)."""
-    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-    cmd += ["--max-model-len", str(max_model_len)]
-    if served_name:
-        cmd += ["--served-model-name", served_name]
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
-    if not is_hub_id(model):  # a local folder: never ask a hub (a hub id must be downloaded)
-        env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env |= {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    return ServerSpec([*cmd, *extra], env, ready_path="/v1/models")
+    """vLLM's OpenAI server from .venvs/vllm (the CPU build here): common.server's command and
+    environment, built without requiring the venv. A local folder never asks a hub; a hub id
+    is downloaded unless offline (--offline / HF_HUB_OFFLINE)."""
+    cmd = vllm_command(model, port, max_model_len, extra, served_name)
+    offline = None if is_hub_id(model) else True
+    return ServerSpec(cmd, vllm_env(kv_cache_gib, offline), ready_path="/v1/models")
 
 
 def sglang_spec(model: str | Path, port: int | str, extra: list[str]) -> ServerSpec:
@@ -230,9 +242,12 @@ def server_spec(
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     extra = list(extra or [])
     if engine == "vllm":
-        return vllm_spec(
-            model, port, max_model_len or model_context_len(model) or 2048, extra, served_name
-        )
+        if max_model_len is None:
+            try:
+                max_model_len = model_context_len(model)
+            except FileNotFoundError:  # missing or not cached: preflight says so, not here
+                max_model_len = None
+        return vllm_spec(model, port, max_model_len or 2048, extra, served_name)
     if engine == "engine":
         return engine_spec(model, port, extra, max_model_len, served_name)
     return sglang_spec(model, port, extra)

@@ -2,10 +2,13 @@
 
     python -m week2_serving.quantize                       # both variants, ~2 min on 2 cores
     python -m week2_serving.quantize --variants int4-awq --force
+    python -m week2_serving.quantize --model org/name --data DIR --offline  # a cached hub id
     python -m week2_serving.quantize_quality               # their perplexity and greedy agreement
 
 Reads runs/week1/hf-model (fp32 Llama) and writes runs/week2/quantized/<variant>/, each an HF
 folder that vLLM serves, plus runs/week2/quantized/results.json (time, disk size, errors).
+--model also takes another Llama-architecture folder or a hub id (from the hub cache with
+--offline); its tokenizer must be the one that made the --data token ids.
 
 Each quantizer runs in the venv whose pins it needs, as a child process:
 - int8-w8a8: llm-compressor (SmoothQuant + GPTQ, weights int8 per channel, activations int8
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
 from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
 
 log = get_logger("week2.quantize")
@@ -57,7 +61,7 @@ TOKENIZER_FILES = (
 
 @dataclass
 class QuantizeConfig:
-    model: str | None = None  # fp32 HF folder (default runs/week1/hf-model)
+    model: str | None = None  # fp32 HF folder or hub id (default runs/week1/hf-model)
     data: str | None = None  # folder with train.bin / val.bin (default runs/week1/data-bpe)
     out: str | None = None  # default runs/week2/quantized
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
@@ -67,6 +71,7 @@ class QuantizeConfig:
     force: bool = False  # redo variants that are already there
     seed: int = 0
     strict: bool = False  # CLI: exit 1 when a variant failed (default: record it, go on)
+    offline: bool | None = None  # True: a hub id must be cached; None: HF_HUB_OFFLINE decides
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -81,7 +86,7 @@ class QuantizeConfig:
 
 def default_paths(cfg: QuantizeConfig) -> tuple[Path, Path, Path]:
     runs = runs_root()
-    model = Path(cfg.model) if cfg.model else runs / "week1" / "hf-model"
+    model = resolve_model(cfg.model, cfg.offline) if cfg.model else runs / "week1" / "hf-model"
     data = Path(cfg.data) if cfg.data else runs / "week1" / "data-bpe"
     out = Path(cfg.out) if cfg.out else runs / "week2" / "quantized"
     return model, data, out
@@ -158,16 +163,20 @@ def folder_bytes(folder: Path | str) -> dict:
 
 
 def worker_args(argv: list[str] | None, description: str) -> argparse.Namespace:
-    """The command line every worker (quantize_w8a8, quantize_awq) takes."""
+    """The command line every worker (quantize_w8a8, quantize_awq) takes; `--model` may be a
+    hub id, returned as its local snapshot folder."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="HF folder or hub id")
     p.add_argument("--out", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--num-calib", type=int, default=32)
     p.add_argument("--calib-len", type=int, default=256)
     p.add_argument("--group-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    add_offline_arg(p)
+    a = p.parse_args(argv)
+    a.model = str(resolve_model(a.model, a.offline))
+    return a
 
 
 def source_signature(model: Path | str) -> list[list]:
@@ -235,7 +244,7 @@ def run_variant(name: str, model: Path, data: Path, out: Path, cfg: QuantizeConf
         cmd += ["--group-size", str(group)]
     log_path = out / f"{name}.log"
     log.info("%s: %s (log: %s)", name, " ".join(cmd[:3]), log_path)
-    env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {"PYTHONPATH": str(REPO_ROOT), **hub_env(is_offline(cfg.offline))}
     t0 = time.perf_counter()
     with open(log_path, "w") as f:
         proc = subprocess.run(
@@ -308,7 +317,9 @@ def parse_args(argv: list[str] | None = None) -> QuantizeConfig:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default=None, help="fp32 HF folder (default runs/week1/hf-model)")
+    p.add_argument(
+        "--model", default=None, help="fp32 HF folder or hub id (default runs/week1/hf-model)"
+    )
     p.add_argument("--data", default=None, help="token splits (default runs/week1/data-bpe)")
     p.add_argument("--out", default=None, help="default runs/week2/quantized")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
@@ -317,6 +328,7 @@ def parse_args(argv: list[str] | None = None) -> QuantizeConfig:
     p.add_argument("--group-size", type=int, default=None, help="AWQ group size (default: auto)")
     p.add_argument("--force", action="store_true", help="redo variants already there")
     p.add_argument("--strict", action="store_true", help="exit 1 if a variant failed")
+    add_offline_arg(p)
     a = p.parse_args(argv)
     cfg = QuantizeConfig(
         a.model,
@@ -328,6 +340,7 @@ def parse_args(argv: list[str] | None = None) -> QuantizeConfig:
         a.group_size,
         a.force,
         strict=a.strict,
+        offline=a.offline,
     )
     return cfg
 

@@ -3,7 +3,8 @@
     .venvs/vllm/bin/python -m week2_serving.quantize_awq --model runs/week1/hf-model \
         --out runs/week2/quantized/int4-awq --data runs/week1/data-bpe --group-size 64
 
-Usually started by `python -m week2_serving.quantize`. AWQ (activation-aware weight
+Usually started by `python -m week2_serving.quantize`. `--model` may be a hub id (from the hub
+cache with --offline). AWQ (activation-aware weight
 quantization) looks at calibration activations to find, per input channel, a scale that
 protects the weights that meet large activations, then rounds weights to 4 bits in groups of
 `group_size` input channels, each group with its own scale and zero point. The saved folder

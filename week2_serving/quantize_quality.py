@@ -2,6 +2,7 @@
 
     python -m week2_serving.quantize_quality           # after week2_serving.quantize, ~5 min
     python -m week2_serving.quantize_quality --variants fp32,int4-awq --num-prompts 8
+    python -m week2_serving.quantize_quality --model org/name --offline   # fp32 from the hub cache
 
 For each variant (fp32 = the week 1 export, a bf16 control = the same weights served in
 bfloat16, and the quantized folders from runs/week2/quantized/), start real vLLM on it and ask:
@@ -40,6 +41,7 @@ import httpx
 from tqdm import tqdm
 
 from common.cpu import CpuCaps, cpu_caps, vllm_cpu_dtype
+from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
 from common.results import get_logger, read_json, runs_root, save_results
 from common.server import ServerError
 from common.timing import environment
@@ -307,7 +309,7 @@ def report_section(week_dir: Path, cells: list[dict], baseline: str | None) -> s
 @dataclass
 class QualityConfig:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    model: str | None = None  # fp32 HF folder (default runs/week1/hf-model)
+    model: str | None = None  # fp32 HF folder or hub id (default runs/week1/hf-model)
     quantized: str | None = None  # default runs/week2/quantized
     data: str | None = None  # token splits (default runs/week1/data-bpe)
     eval_len: int = 256  # tokens per perplexity window
@@ -316,6 +318,7 @@ class QualityConfig:
     prompt_len: int = 32
     max_tokens: int = 64  # greedy tokens per prompt
     name: str = "quant-quality"
+    offline: bool | None = None  # True: a hub id must be cached, servers too; None: HF_HUB_OFFLINE
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -333,7 +336,9 @@ def quantized_dir(cfg: QualityConfig) -> Path:
 
 
 def variant_dirs(cfg: QualityConfig) -> dict[str, Path]:
-    model = Path(cfg.model) if cfg.model else runs_root() / "week1" / "hf-model"
+    model = (
+        resolve_model(cfg.model, cfg.offline) if cfg.model else runs_root() / "week1" / "hf-model"
+    )
     qdir = quantized_dir(cfg)
     return {v: model if v in ("fp32", "bf16") else qdir / v for v in cfg.variants}
 
@@ -365,6 +370,7 @@ def main(cfg: QualityConfig) -> dict:
                 extra=serve_args + EAGER,
                 log_dir=out_dir,
                 served_name=name,
+                env=hub_env(is_offline(cfg.offline)),
             ) as srv:
                 raw[name] = evaluate_server(srv.url, name, eval_windows, prompts, cfg.max_tokens)
             rows[name].update(status="ok", **perplexity(raw[name]["logprobs"]))
@@ -435,7 +441,9 @@ def parse_args(argv: list[str] | None = None) -> QualityConfig:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    p.add_argument("--model", default=None, help="fp32 HF folder (default runs/week1/hf-model)")
+    p.add_argument(
+        "--model", default=None, help="fp32 HF folder or hub id (default runs/week1/hf-model)"
+    )
     p.add_argument("--quantized", default=None, help="default runs/week2/quantized")
     p.add_argument("--data", default=None, help="token splits (default runs/week1/data-bpe)")
     p.add_argument("--eval-len", type=int, default=256)
@@ -443,6 +451,7 @@ def parse_args(argv: list[str] | None = None) -> QualityConfig:
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=64)
+    add_offline_arg(p)
     a = p.parse_args(argv)
     return QualityConfig(
         [v for v in a.variants.split(",") if v],
@@ -454,6 +463,7 @@ def parse_args(argv: list[str] | None = None) -> QualityConfig:
         a.num_prompts,
         a.prompt_len,
         a.max_tokens,
+        offline=a.offline,
     )
 
 

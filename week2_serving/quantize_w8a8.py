@@ -4,7 +4,8 @@ setup-quant): llm-compressor pins versions that clash with vLLM's venv.
     .venvs/quant/bin/python -m week2_serving.quantize_w8a8 --model runs/week1/hf-model \
         --out runs/week2/quantized/int8-w8a8 --data runs/week1/data-bpe
 
-Usually started by `python -m week2_serving.quantize`. The recipe is llm-compressor's usual
+Usually started by `python -m week2_serving.quantize`. `--model` may be a hub id (from the hub
+cache with --offline). The recipe is llm-compressor's usual
 W8A8: SmoothQuant first moves part of each activation outlier into the next layer's weights
 (activations become easier to round to 8 bits), then GPTQ rounds every Linear weight to int8,
 one scale per output channel, correcting the rounding error column by column with calibration

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import hub
 from common.results import REPO_ROOT, get_logger, read_json, runs_root, write_json_atomic
 from common.server import log_tail
 from week2_serving import bench
@@ -65,14 +66,20 @@ def sweep_dir(cfg: SweepConfig) -> Path:
     return runs_root() / "week2" / f"sweep-{cfg.name}"
 
 
-def resolve_model(model: str) -> str:
+def model_path(model: str) -> str:
     """runs/... in this run's runs folder (IE_RUNS_DIR, default runs/), another relative path
-    under the repository if it exists there; anything else (a hub id) unchanged."""
+    under the repository if it exists there; anything else (a hub id) unchanged. No download."""
     if model.startswith("runs/"):
         return str(runs_root() / model.removeprefix("runs/"))
     if not Path(model).is_absolute() and (REPO_ROOT / model).exists():
         return str(REPO_ROOT / model)
     return model
+
+
+def resolve_model(model: str) -> str:
+    """The model's local folder: `model_path`'s, or a hub id's snapshot, downloaded unless
+    offline (--offline / HF_HUB_OFFLINE); see common.hub.resolve_model."""
+    return str(hub.resolve_model(model_path(model)))
 
 
 def cell_hash(cfg: SweepConfig, engine: str, model: str, args: list[str], params: dict) -> str:
@@ -204,8 +211,9 @@ def bench_cell(
 def run_server(cfg: SweepConfig, cells: list[Cell], launcher: Callable, runner: Callable) -> None:
     """Start the cells' server once and run them in order; each ends done or failed."""
     first, left, server = cells[0], list(cells), None
-    info = {"engine": first.engine, "model": resolve_model(first.model), "args": first.args}
+    info = {"engine": first.engine, "model": model_path(first.model), "args": first.args}
     try:
+        info["model"] = resolve_model(first.model)  # a hub id: downloaded here, unless offline
         server = launcher(
             first.engine,
             info["model"],
@@ -262,14 +270,14 @@ def dry_run(cfg: SweepConfig, machine: Machine, echo: Callable[[str], None] = pr
     echo(f"bench defaults: {describe(cfg.bench)}")
     for name, group in by_server(cells).items():
         first = group[0]
-        model = resolve_model(first.model)
+        model = model_path(first.model)
         spec = server_spec(
             first.engine, model, "PORT", first.args, cfg.max_model_len, cfg.served_model_name
         )
         for problem in preflight(first.engine, model, first.args, machine):
             problems.setdefault(problem, []).append(name)
         echo(
-            f"\nserver {name}: engine {first.engine}, model {first.model} ({check_model(model)[0]})"
+            f"\nserver {name}: engine {first.engine}, model {first.model} ({check_model(model, machine.offline)[0]})"
         )
         echo(f"  command: {shlex.join(spec.cmd)}")
         for cell in group:

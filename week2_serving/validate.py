@@ -1,6 +1,7 @@
 """Check the harness against vLLM's own benchmark: same server, same workload, side by side.
 
     python -m week2_serving.validate                    # serves runs/week1/hf-model on vLLM CPU
+    python -m week2_serving.validate --model org/name --offline   # a hub id from the hub cache
 
 Starts vLLM on the model and, each round, writes one prompt file (random token ids decoded to
 text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom` dataset, no chat
@@ -27,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
 from common.results import get_logger, run_dir, runs_root, save_results
 from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
@@ -49,7 +51,7 @@ COMPARED = ("mean_ttft_ms", "mean_tpot_ms", "output_throughput")
 
 @dataclass
 class ValidateConfig:
-    model: str | None = None  # HF folder (default runs/week1/hf-model)
+    model: str | None = None  # HF folder or hub id (default runs/week1/hf-model)
     num_prompts: int = 256
     input_len: int = 256
     output_len: int = 128
@@ -60,6 +62,15 @@ class ValidateConfig:
     range_ratio: float = 0.5
     rounds: int = 5  # each tool runs this many times, alternating; the medians are compared
     tolerance: float = 0.10
+    offline: bool | None = None  # True: a hub id must be cached; None: HF_HUB_OFFLINE decides
+
+
+def model_folder(cfg: ValidateConfig) -> str:
+    """The model's local folder (a hub id resolved to its snapshot), so the server, vLLM's
+    benchmark and ours all read the same files."""
+    if cfg.model is None:
+        return str(runs_root() / "week1" / "hf-model")
+    return str(resolve_model(cfg.model, cfg.offline))
 
 
 def write_prompts(path: Path, tokenizer, cfg: ValidateConfig, seed: int) -> Path:
@@ -202,7 +213,7 @@ def summarize(rows: list, tolerance: float) -> dict:
 
 
 def main(cfg: ValidateConfig) -> dict:
-    model_dir = cfg.model or str(runs_root() / "week1" / "hf-model")
+    folder = model_folder(cfg)
     out = run_dir("week2", "validate")
     # All cores but the last for vLLM's model worker, the last one for everything else: its API
     # server and engine process and both clients. Left to the scheduler, a client or the engine
@@ -211,12 +222,13 @@ def main(cfg: ValidateConfig) -> dict:
     cores = sorted(os.sched_getaffinity(0))
     pinned = len(cores) > 1
     env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:-1]))} if pinned else {}
+    env.update(hub_env(is_offline(cfg.offline)))
     # Prefix caching off: both tools send the same prompts, so with it on whichever tool runs
     # second in a round finds the other's prompts cached (measured at 256-token prompts: mean
     # TTFT 55 vs 120 ms, always in favour of the second tool).
     server = launch(
         "vllm",
-        model_dir,
+        folder,
         port=free_port(),
         served_name="week1",
         log_dir=out,
@@ -227,7 +239,7 @@ def main(cfg: ValidateConfig) -> dict:
         os.sched_setaffinity(0, {cores[-1]})
     try:
         with server:
-            rows = run_rounds(server.url, "week1", model_dir, cfg, out)
+            rows = run_rounds(server.url, "week1", folder, cfg, out)
     finally:
         os.sched_setaffinity(0, set(cores))
     summary = summarize(rows, cfg.tolerance)
@@ -236,7 +248,7 @@ def main(cfg: ValidateConfig) -> dict:
         "rounds": rows,
         "all_within_tolerance": all(s["within_tolerance"] for s in summary.values()),
         "config": asdict(cfg),
-        "model": model_dir,
+        "model": folder,
         "cpu_layout": {"worker": cores[:-1], "server_rest_and_clients": cores[-1:]}
         if pinned
         else None,
@@ -266,6 +278,7 @@ def parse_args(argv: list[str] | None = None) -> ValidateConfig:
     p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
     p.add_argument("--range-ratio", type=float, default=d.range_ratio)
     p.add_argument("--rounds", type=int, default=d.rounds)
+    add_offline_arg(p)
     return ValidateConfig(**vars(p.parse_args(argv)))
 
 
