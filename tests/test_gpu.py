@@ -1,4 +1,5 @@
-"""CUDA paths: device choice, synchronized timing, and the KV cache on a GPU.
+"""CUDA paths: device choice, synchronized timing, the KV cache and our engine on a GPU (fp32
+and bf16), and one week 3 QLoRA run on the GPU.
 
 Skipped (with the reason) on machines without CUDA, which includes CI.
 """
@@ -78,7 +79,8 @@ def test_engine_on_gpu_equals_hf_generate(tiny_gpt):
     hf = AutoModelForCausalLM.from_pretrained(d).cuda().eval()
     prompts = ["The list type", "x", "A dictionary is a mapping object that", "import"]
     max_tokens = [20, 7, 33, 12]
-    eng = LLMEngine(EngineConfig(model=d, device="cuda", num_blocks=64, block_size=8), tok)
+    cfg = EngineConfig(model=d, device="cuda", dtype="float32", num_blocks=64, block_size=8)
+    eng = LLMEngine(cfg, tok)
     params = [EngineParams(max_tokens=m, ignore_eos=True) for m in max_tokens]
     outs = eng.generate(prompts, params, use_tqdm=False)
     for p, m, out in zip(prompts, max_tokens, outs):
@@ -90,3 +92,58 @@ def test_engine_on_gpu_equals_hf_generate(tiny_gpt):
     first = eng.generate(["The"], seeded, use_tqdm=False)[0].token_ids
     assert eng.generate(["The"], seeded, use_tqdm=False)[0].token_ids == first
     assert eng.block_manager.num_used_blocks == 0
+
+
+def test_engine_bf16_on_gpu_follows_hf_bf16(tiny_gpt):
+    """`--device cuda --dtype bfloat16`: the weights and the KV cache in bf16 on the GPU; each
+    greedy token is HF's bf16 argmax or within bf16 noise of it (HF scores the engine's text)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from week2_serving.engine.llm_engine import LLMEngine
+    from week2_serving.engine.sequence import SamplingParams as EngineParams
+    from week2_serving.engine.server import engine_config, parse_args
+
+    d = tiny_gpt["hf_dir"]
+    tok = AutoTokenizer.from_pretrained(d)
+    a = parse_args(["--model", str(d), "--device", "cuda", "--dtype", "bfloat16"])
+    cfg = engine_config(a)
+    cfg.num_blocks = 64
+    eng = LLMEngine(cfg, tok)
+    assert eng.runner.k_cache.dtype == torch.bfloat16 and eng.runner.k_cache.is_cuda
+    hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).cuda().eval()
+    prompts = ["The list type", "x", "A dictionary is a mapping object that"]
+    outs = eng.generate(prompts, EngineParams(max_tokens=16, ignore_eos=True), use_tqdm=False)
+    same = total = 0
+    for p, out in zip(prompts, outs):
+        ids = tok(p).input_ids
+        seq = torch.tensor([ids + out.token_ids], device="cuda")
+        with torch.no_grad():
+            logits = hf(seq).logits[0, len(ids) - 1 : -1].float()  # (new, V)
+        picked = logits.gather(1, torch.tensor(out.token_ids, device="cuda")[:, None])[:, 0]
+        best = logits.max(dim=-1).values
+        assert (best - picked <= 0.02 * (logits.max() - logits.min())).all()
+        same += int((picked == best).sum())
+        total += len(out.token_ids)
+    assert same / total >= 0.9
+
+
+def test_week3_qlora_step_on_gpu(tiny_gpt, runs_dir):
+    """QLoRA on CUDA: the tiny base in 4-bit NF4 on the GPU, bf16 compute, a few steps train
+    every LoRA matrix and leave the base untouched."""
+    from week3_finetune_lora import data, sft
+
+    data.main(data.make_config("tiny"))
+    cfg = sft.make_config(
+        "tiny",
+        task="sort",
+        quant="nf4",
+        model=str(tiny_gpt["hf_dir"]),
+        device="cuda",
+        dtype="bfloat16",
+        max_steps=4,
+        eval_base=False,
+    )
+    r = sft.main(cfg)
+    assert r["device"].startswith("cuda") and r["dtype"] == "bfloat16"
+    assert r["trainable_tensors_changed"] == r["trainable_tensors"] > 0
+    assert r["frozen_tensors_changed"] == []

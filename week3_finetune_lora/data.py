@@ -2,6 +2,7 @@
 
     python -m week3_finetune_lora.data                       # runs/week3/data/<task>/{train,test}.jsonl
     python -m week3_finetune_lora.data --tasks reverse --n-train 2000 --n-test 200
+    python -m week3_finetune_lora.data --preset gpu          # + SST-2 from the hub (`datasets`)
 
 Why digit tasks: week 1's model is tiny (3.5M parameters) and its BPE was trained on Python
 docs. A bare digit string like "48193" tokenizes one digit per token, so a task over digit
@@ -12,6 +13,13 @@ by the completion's (check with `tokenizer("reverse:48193=39184")`).
 
 Each task also has a *plausible wrong answer* (`wrong`), the mistake a half-trained model
 makes; DPO (dpo.py) uses it as the rejected completion.
+
+The `gpu` preset adds a public dataset, SST-2 (stanfordnlp/sst2: movie-review sentences
+labelled negative/positive), loaded with `datasets.load_dataset` and written in the same row
+format: prompt "Review: <sentence>\nSentiment:", completion " positive", rejected " negative"
+(the other label: the mistake DPO pushes down). Its answers are exact too, so the same scorer
+serves it. The dataset's id, splits and columns live in `HubDataset`, so a copy with the
+same columns in local JSON/Parquet files loads the same way (`path="json"`, `data_files=`).
 
 Rows are {"prompt": "reverse:48193=", "completion": "39184"} (trl's prompt–completion format);
 the chat files hold the same rows as {"prompt": [{"role": "user", ...}], "completion":
@@ -124,6 +132,98 @@ TASKS: dict[str, Task] = {
 }
 
 
+# ---- a public dataset from the hub, as a task with exact answers ----------------------------
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A labelled text dataset turned into prompt/completion rows (answer = the label's word)."""
+
+    task: str  # the task name its rows and adapters go by, e.g. "sst2"
+    path: str  # datasets.load_dataset's first argument: a hub id, or "json"/"parquet"
+    text_column: str
+    label_column: str  # integer class ids
+    labels: tuple[str, ...]  # class id -> the answer word
+    train_split: str = "train"
+    test_split: str = "validation"
+    config_name: str | None = None  # load_dataset's `name` (a dataset's configuration)
+    data_files: dict[str, str] | None = None  # split -> local file(s), with path="json" etc.
+    template: str = "Review: {text}\nSentiment:"  # the prompt; {text} is the row's text
+
+    def __post_init__(self) -> None:
+        if self.task in TASKS:
+            raise ValueError(f"hub task {self.task!r} clashes with a built-in task; rename it")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(
+                f"hub task {self.task!r}: need >= 2 distinct labels, got {self.labels}"
+            )
+        if "{text}" not in self.template:
+            raise ValueError(f"hub task {self.task!r}: template {self.template!r} lacks '{{text}}'")
+
+    def row(self, text: str, label: int) -> dict:
+        """One row: the label's word as the answer, the next label's as the rejected one."""
+        if not 0 <= label < len(self.labels):
+            raise ValueError(
+                f"{self.path}: label {label} outside 0..{len(self.labels) - 1} (unlabelled "
+                "split? SST-2's test split has none: use its validation split)"
+            )
+        return {
+            "prompt": self.template.format(text=text.strip()),
+            "completion": " " + self.labels[label],  # a space: the word's usual token
+            "rejected": " " + self.labels[(label + 1) % len(self.labels)],
+            "task": self.task,
+            "input": text.strip(),
+        }
+
+
+# SST-2 (GLUE): 67k train / 872 validation sentences; the test split's labels are hidden.
+SST2 = HubDataset(
+    task="sst2",
+    path="stanfordnlp/sst2",
+    text_column="sentence",
+    label_column="label",
+    labels=("negative", "positive"),
+)
+HUB_TASKS: dict[str, HubDataset] = {SST2.task: SST2}
+
+
+def known_tasks() -> list[str]:
+    """Every task name a run may use: the digit tasks and the hub datasets."""
+    return sorted([*TASKS, *HUB_TASKS])
+
+
+def load_hub_rows(
+    spec: HubDataset, split: str, limit: int | None, seed: int, offline: bool = False
+) -> list[dict]:
+    """`limit` rows (a seeded shuffle) of one split of `spec`, through `datasets.load_dataset`."""
+    from datasets import DownloadConfig, load_dataset
+
+    try:
+        ds = load_dataset(
+            spec.path,
+            spec.config_name,
+            data_files=spec.data_files,
+            split=split,
+            download_config=DownloadConfig(local_files_only=offline),
+        )
+    except Exception as e:  # offline and not cached, unknown id, missing split, ...
+        raise FileNotFoundError(
+            f"dataset {spec.path!r} (split {split!r}) could not be loaded "
+            f"({'offline: cache only' if offline else 'online'}; {type(e).__name__}: {e}). "
+            "Run once with internet, or point HubDataset.path/data_files at local files."
+        ) from e
+    missing = [c for c in (spec.text_column, spec.label_column) if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"dataset {spec.path!r} has columns {ds.column_names}, not {missing}; set "
+            "HubDataset.text_column / label_column"
+        )
+    ds = ds.shuffle(seed=seed)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return [spec.row(r[spec.text_column], int(r[spec.label_column])) for r in ds]
+
+
 # ---- generation ----------------------------------------------------------------------------
 
 
@@ -137,9 +237,23 @@ class DataConfig:
     #                   learns much faster than variable lengths (measured: see README)
     seed: int = 0
     out_name: str = "data"  # runs/week3/<out_name>/
+    hub: tuple[HubDataset, ...] = ()  # public datasets written beside the digit tasks
+    hub_n_train: int | None = 4000  # rows per hub dataset (None = the whole split)
+    hub_n_test: int | None = 500
+    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
+        self.hub = tuple(self.hub)
+        bad = [h for h in self.hub if not isinstance(h, HubDataset)]
+        if bad:
+            raise ValueError(f"hub entries must be HubDataset, got {bad}")
+        for n in (self.hub_n_train, self.hub_n_test):
+            if n is not None and n < 1:
+                raise ValueError(
+                    f"hub_n_train={self.hub_n_train}, hub_n_test={self.hub_n_test}: "
+                    "each must be >= 1 or None (all)"
+                )
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
@@ -251,7 +365,31 @@ def load_dataset_rows(dataset: str, split: str = "train") -> list[dict]:
     return rows
 
 
+PRESETS = {
+    "cpu": {},  # the digit tasks only: what week 1's tiny model can learn
+    "tiny": dict(n_train=200, n_test=16),
+    # GPU profile: the digit tasks and SST-2 from the hub (Qwen2.5-0.5B-Instruct learns both)
+    "gpu": dict(hub=(SST2,)),
+}
+
+
+def make_config(preset: str = "cpu", **overrides) -> DataConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return DataConfig(**{**PRESETS[preset], **overrides})
+
+
+def write_task(out: Path, train: list[dict], test: list[dict]) -> dict[str, str]:
+    return {
+        "train": str(write_jsonl(out / "train.jsonl", train)),
+        "test": str(write_jsonl(out / "test.jsonl", test)),
+        "train_chat": str(write_jsonl(out / "train_chat.jsonl", [to_chat(r) for r in train])),
+    }
+
+
 def main(cfg: DataConfig) -> dict:
+    from common.hub import is_offline
+
     out = run_dir("week3", cfg.out_name)
     rng = random.Random(cfg.seed)
     files: dict[str, dict[str, str]] = {}
@@ -260,13 +398,14 @@ def main(cfg: DataConfig) -> dict:
         seen: set[str] = set()
         test = make_rows(task, cfg.n_test, rng, cfg.min_len, cfg.max_len, seen)
         train = make_rows(task, cfg.n_train, rng, cfg.min_len, cfg.max_len, seen)
-        d = out / name
-        files[name] = {
-            "train": str(write_jsonl(d / "train.jsonl", train)),
-            "test": str(write_jsonl(d / "test.jsonl", test)),
-            "train_chat": str(write_jsonl(d / "train_chat.jsonl", [to_chat(r) for r in train])),
-        }
+        files[name] = write_task(out / name, train, test)
         log.info("%s: %d train, %d test rows; e.g. %s", name, len(train), len(test), test[0])
+    offline = is_offline(cfg.offline)
+    for spec in cfg.hub:
+        train = load_hub_rows(spec, spec.train_split, cfg.hub_n_train, cfg.seed, offline)
+        test = load_hub_rows(spec, spec.test_split, cfg.hub_n_test, cfg.seed, offline)
+        files[spec.task] = write_task(out / spec.task, train, test)
+        log.info("%s (%s): %d train, %d test rows", spec.task, spec.path, len(train), len(test))
     results = {"config": asdict(cfg), "files": files}
     write_json_atomic(out / "results.json", results)
     return results
@@ -277,12 +416,17 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = DataConfig()
-    p.add_argument("--tasks", nargs="+", default=list(d.tasks), choices=sorted(TASKS))
-    p.add_argument("--n-train", type=int, default=d.n_train)
-    p.add_argument("--n-test", type=int, default=d.n_test)
-    p.add_argument("--min-len", type=int, default=d.min_len)
-    p.add_argument("--max-len", type=int, default=d.max_len)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out-name", default=d.out_name)
-    a = p.parse_args()
-    main(DataConfig(tuple(a.tasks), a.n_train, a.n_test, a.min_len, a.max_len, a.seed, a.out_name))
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="gpu: + SST-2")
+    p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS))
+    p.add_argument("--n-train", type=int, default=None, help=f"default {d.n_train}")
+    p.add_argument("--n-test", type=int, default=None, help=f"default {d.n_test}")
+    p.add_argument("--min-len", type=int, default=None, help=f"default {d.min_len}")
+    p.add_argument("--max-len", type=int, default=None, help=f"default {d.max_len}")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    p.add_argument("--out-name", default=None, help=f"default {d.out_name}")
+    p.add_argument("--hub-n-train", type=int, default=None, help=f"default {d.hub_n_train}")
+    p.add_argument("--hub-n-test", type=int, default=None, help=f"default {d.hub_n_test}")
+    p.add_argument("--offline", action="store_true", default=None, help="hub cache only")
+    a = vars(p.parse_args())
+    preset = a.pop("preset")
+    main(make_config(preset, **{k: v for k, v in a.items() if v is not None}))

@@ -2,6 +2,7 @@
 
     python -m week3_finetune_lora.dpo --task reverse            # starts from runs/week3/sft-reverse
     python -m week3_finetune_lora.dpo --task reverse --beta 0.1 --max-steps 150
+    python -m week3_finetune_lora.dpo --preset gpu      # sst2 on Qwen2.5-0.5B-Instruct, bf16
 
 Preference pairs come from the task data: chosen = the right answer, rejected = the plausible
 wrong one (for `reverse`, the right answer with two neighbouring digits swapped — the near
@@ -35,14 +36,18 @@ from common.plots import plt, save
 from common.results import get_logger, run_dir, runs_root, write_json_atomic
 from common.timing import environment
 from week3_finetune_lora.adapters import check_adapter_base, save_fingerprint
-from week3_finetune_lora.data import TASKS, read_jsonl
+from week3_finetune_lora.data import known_tasks, read_jsonl
 from week3_finetune_lora.evaluate import evaluate_rows, generate_local
 from week3_finetune_lora.sft import (
+    GPU_MODEL,
     LossHistory,
+    check_device_dtype,
     default_data_dir,
     default_model,
     load_base,
     max_new_tokens_for,
+    run_device,
+    trainer_precision,
 )
 
 log = get_logger("week3.dpo")
@@ -66,12 +71,17 @@ class DPORunConfig:
     logging_steps: int = 10
     run_name: str | None = None
     threads: int | None = 1  # torch threads; see SFTRunConfig.threads for why 1
+    max_length: int = 64  # tokens per prompt + answer
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # base weights; auto = bf16 on GPUs that have it
+    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()
         self.data_dir = self.data_dir or default_data_dir()
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose from {sorted(TASKS)}")
+        if self.task not in known_tasks():
+            raise ValueError(f"unknown task {self.task!r}; choose from {known_tasks()}")
+        check_device_dtype(self.device, self.dtype)
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta} must be > 0")
         if self.sft_weight < 0:
@@ -84,6 +94,18 @@ class DPORunConfig:
 PRESETS = {
     "tiny": dict(max_steps=6, batch_size=4, train_pairs=24, eval_limit=8, logging_steps=1),
     "cpu": {},
+    # gpu: SST-2 (chosen = the right label, rejected = the other) on Qwen2.5-0.5B-Instruct
+    "gpu": dict(
+        task="sst2",
+        model=GPU_MODEL,
+        learning_rate=5e-5,
+        max_steps=100,
+        train_pairs=2000,
+        eval_limit=300,
+        max_length=160,
+        threads=None,
+        dtype="auto",
+    ),
 }
 
 
@@ -108,7 +130,7 @@ def sequence_logprob(model, tok, prompts: list[str], completions: list[str]) -> 
     for p, c in zip(prompts, completions):
         p_ids = tok(p)["input_ids"]
         c_ids = tok(c)["input_ids"] + [tok.eos_token_id]
-        ids = torch.tensor([p_ids + c_ids])  # (1, T)
+        ids = torch.tensor([p_ids + c_ids], device=model.device)  # (1, T)
         logits = model(ids).logits[0, :-1]  # (T-1, V): position t predicts token t+1
         logp = F.log_softmax(logits.float(), dim=-1)
         tgt = ids[0, 1:]  # (T-1,)
@@ -129,10 +151,13 @@ def behaviour(model, tok, rows: list[dict], n_new: int) -> dict:
     res = evaluate_rows(rows, lambda p: generate_local(model, tok, p, n_new))
     m = margins(model, tok, rows)
     res.pop("per_row")
+    # A near miss is the right kind of answer, wrong: the right digits in the wrong order,
+    # or (a label task) a valid label that is not the right one.
+    kind = "same_digits" if "same_digits" in res["checks"] else "valid_label"
     return {
         "exact_match": res["exact_match"],
         "checks": res["checks"],
-        "near_miss_rate": res["checks"].get("same_digits", 0.0) - res["exact_match"],
+        "near_miss_rate": res["checks"].get(kind, 0.0) - res["exact_match"],
         "margin_mean": float(m.mean()),
         "prefers_chosen": float((m > 0).float().mean()),
         "margins": m.tolist(),
@@ -178,7 +203,8 @@ def main(cfg: DPORunConfig) -> dict:
     d = Path(cfg.data_dir) / cfg.task
     train = read_jsonl(d / "train.jsonl", PAIR_FIELDS)[: cfg.train_pairs]
     test = read_jsonl(d / "test.jsonl", PAIR_FIELDS)[: cfg.eval_limit]
-    base, tok = load_base(cfg.model)
+    device, dtype = run_device(cfg)
+    base, tok = load_base(cfg.model, "none", device, dtype, cfg.offline)
     check_adapter_base(cfg.sft_adapter, base)
     from week3_finetune_lora.adapters import base_fingerprint
 
@@ -207,13 +233,12 @@ def main(cfg: DPORunConfig) -> dict:
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=64,
-        max_length=64,
+        max_length=cfg.max_length,
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        **trainer_precision(device, dtype),
         gradient_checkpointing=False,  # trl turns it on by default; a 3.5M model needs no
         # memory saving, and recomputing activations costs ~30% more time per step
         seed=cfg.seed,
@@ -282,10 +307,14 @@ if __name__ == "__main__":
     )
     dflt = DPORunConfig()
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    p.add_argument("--task", default=dflt.task, choices=sorted(TASKS))
+    p.add_argument("--task", default=None, choices=known_tasks(), help=f"default {dflt.task}")
     p.add_argument("--sft-adapter", default=None, help="default: runs/week3/sft-<task>/adapter")
-    p.add_argument("--model", default=dflt.model)
-    p.add_argument("--data-dir", default=dflt.data_dir)
+    p.add_argument("--model", default=None, help=f"folder or hub id (default {dflt.model})")
+    p.add_argument("--offline", action="store_true", default=None, help="hub cache only")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 (default), auto, bfloat16, float16")
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--data-dir", default=None, help=f"default {dflt.data_dir}")
     p.add_argument("--beta", type=float, default=None)
     p.add_argument("--sft-weight", type=float, default=None, help="weight of the chosen NLL")
     p.add_argument("--learning-rate", type=float, default=None)

@@ -23,9 +23,11 @@ import httpx
 import torch
 from tqdm import tqdm
 
+from common.device import pick_device, pick_dtype
+from common.hub import is_offline, resolve_model
 from common.results import get_logger, runs_root, save_results
 from common.timing import environment
-from week3_finetune_lora.data import TASKS, read_jsonl
+from week3_finetune_lora.data import HUB_TASKS, TASKS, known_tasks, read_jsonl
 
 log = get_logger("week3.eval")
 
@@ -40,6 +42,8 @@ def normalize(text: str) -> str:
 def task_checks(task: str, x: str, output: str) -> dict[str, bool]:
     """Binary checks beyond exact match, per task (each True/False, never a partial score)."""
     y = normalize(output)
+    if task in HUB_TASKS:  # a label task: was the answer one of the labels at all?
+        return {"valid_label": y in HUB_TASKS[task].labels}
     checks = {"is_digits": y.isdigit()}
     if task in ("reverse", "sort"):
         checks["same_digits"] = sorted(y) == sorted(x)  # a permutation of the input's digits
@@ -146,14 +150,23 @@ def evaluate_rows(rows: Sequence[dict], generate: Callable[[list[str]], list[str
     return res
 
 
-def load_local(model_dir: str | Path, adapter: str | Path | None = None):
-    """(model, tokenizer): the base in fp32 on CPU, with the LoRA adapter applied if given."""
+def load_local(
+    model_dir: str | Path,
+    adapter: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    offline: bool | None = None,
+):
+    """(model, tokenizer): the base (a folder or hub id; fp32 on CPU by default) on `device`
+    in `dtype`, with the LoRA adapter applied if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model_dir = resolve_model(model_dir, is_offline(offline))
+    dev = pick_device(device)
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dev, dtype)).to(dev)
     if adapter is not None:
         from week3_finetune_lora.adapters import load_adapter
 
@@ -175,6 +188,9 @@ class EvalConfig:
     max_new_tokens: int = 12
     limit: int | None = None
     run_name: str | None = None
+    device: str = "cpu"  # local eval: auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # local eval: auto | float32 | bfloat16 | float16
+    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set
 
 
 def main(cfg: EvalConfig) -> dict:
@@ -189,7 +205,7 @@ def main(cfg: EvalConfig) -> dict:
 
         where = f"{cfg.base_url} model={name}"
     else:
-        model, tok = load_local(cfg.model, cfg.adapter)
+        model, tok = load_local(cfg.model, cfg.adapter, cfg.device, cfg.dtype, cfg.offline)
 
         def gen(p):
             return generate_local(model, tok, p, cfg.max_new_tokens)
@@ -208,8 +224,8 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = EvalConfig()
-    p.add_argument("--task", default=d.task, choices=sorted(TASKS))
-    p.add_argument("--model", default=d.model, help="base model folder or HF id")
+    p.add_argument("--task", default=d.task, choices=known_tasks())
+    p.add_argument("--model", default=d.model, help="base model: HF folder or hub id")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder (local eval)")
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--base-url", default=None, help="score this OpenAI-compatible server")
@@ -217,5 +233,8 @@ if __name__ == "__main__":
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--limit", type=int, default=None, help="score only the first N test rows")
     p.add_argument("--run-name", default=None)
+    p.add_argument("--device", default=d.device, help="local eval: auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=d.dtype, help="local eval: auto, float32, bfloat16, ...")
+    p.add_argument("--offline", action="store_true", default=None, help="hub cache only")
     a = p.parse_args()
     main(EvalConfig(**{k.replace("-", "_"): v for k, v in vars(a).items()}))

@@ -4,6 +4,7 @@
     python -m week3_finetune_lora.serve --adapters reverse=runs/week3/sft-reverse/adapter \
         sort=runs/week3/sft-sort/adapter --max-lora-rank 8
     python -m week3_finetune_lora.serve --skip-bench     # only the served-vs-local scores
+    python -m week3_finetune_lora.serve --preset gpu     # Qwen2.5-0.5B-Instruct + adapters, bf16
 
 vLLM is started through week 2's launcher with
 
@@ -19,6 +20,10 @@ This script then
 3. runs week 2's load harness three ways: requests to the base only, requests spread
    round-robin over K adapters, and (on a second server without LoRA) one adapter merged into
    the base weights — the price of serving adapters unmerged.
+
+On a GPU (`--preset gpu`) the same runs on vLLM's CUDA build (`make setup-vllm` installs
+it where nvidia-smi works) at `--dtype bfloat16`; the local reference runs on the GPU in the
+same dtype, so the two scores compare like with like.
 
 Before starting anything it checks every adapter against the server: rank <= --max-lora-rank
 and trained for this base; a bad adapter fails at once with its name and the numbers.
@@ -36,6 +41,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from common.hub import is_offline, resolve_model
 from common.results import get_logger, run_dir, runs_root, write_json_atomic
 from common.timing import environment
 from week2_serving.bench import BenchConfig, run_load
@@ -43,9 +49,15 @@ from week2_serving.launch import launch
 from week2_serving.metrics import compute_metrics
 from week2_serving.workloads import random_requests
 from week3_finetune_lora.adapters import AdapterError, adapter_rank, check_adapter_base
-from week3_finetune_lora.data import TASKS, read_jsonl
+from week3_finetune_lora.data import known_tasks, read_jsonl
 from week3_finetune_lora.evaluate import evaluate_rows, generate_local, generate_served
-from week3_finetune_lora.sft import default_data_dir, default_model, max_new_tokens_for
+from week3_finetune_lora.sft import (
+    GPU_MODEL,
+    check_device_dtype,
+    default_data_dir,
+    default_model,
+    max_new_tokens_for,
+)
 
 log = get_logger("week3.serve")
 # vLLM accepts only these values for --max-lora-rank.
@@ -68,14 +80,55 @@ class ServeConfig:
     max_model_len: int = 256
     port: int | None = None
     run_name: str = "serve"
+    dtype: str = "float32"  # vLLM's --dtype and the local reference's dtype
+    device: str = "cpu"  # the local reference eval's device (vLLM picks its own)
+    vllm_args: tuple[str, ...] = ()  # more vLLM flags, e.g. --gpu-memory-utilization 0.5
+    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()
         self.data_dir = self.data_dir or default_data_dir()
+        check_device_dtype(self.device, self.dtype)
+        if self.dtype == "auto":
+            raise ValueError(
+                "dtype='auto': name it (float32, bfloat16, float16) so that vLLM and "
+                "the local reference use the same one"
+            )
+        self.vllm_args = tuple(self.vllm_args)
         if self.max_lora_rank is not None and self.max_lora_rank not in VLLM_LORA_RANKS:
             raise ValueError(
                 f"max_lora_rank={self.max_lora_rank}: vLLM accepts one of {VLLM_LORA_RANKS}"
             )
+
+
+PRESETS = {
+    "cpu": {},
+    # gpu: vLLM's CUDA build; it leaves room on the GPU for the local reference model
+    "gpu": dict(
+        model=GPU_MODEL,
+        dtype="bfloat16",
+        device="auto",
+        max_model_len=1024,
+        bench_prompts=256,
+        bench_concurrency=64,
+        bench_input_len=64,
+        bench_output_len=128,
+        vllm_args=("--gpu-memory-utilization", "0.5"),
+    ),
+}
+
+
+def make_config(preset: str = "cpu", **overrides) -> ServeConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return ServeConfig(**{**PRESETS[preset], **overrides})
+
+
+def vllm_extra(cfg: ServeConfig) -> list[str]:
+    """Flags added to every vLLM server of the run: the dtype (when not the launcher's fp32,
+    which the CPU build needs) and the preset's own flags."""
+    dtype = [] if cfg.dtype == "float32" else ["--dtype", cfg.dtype]  # the last --dtype wins
+    return [*dtype, *cfg.vllm_args]
 
 
 def discover_adapters(week_dir: Path) -> dict[str, str]:
@@ -111,6 +164,7 @@ def check_adapters(model_dir: str, adapters: dict[str, str]) -> None:
     """Every adapter must be for this base (fingerprint and shapes); fail before vLLM starts."""
     from transformers import AutoModelForCausalLM
 
+    # the fingerprint hashes the embedding in fp32: loading it in fp32 matches any trained dtype
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     for name, d in adapters.items():
         try:
@@ -137,6 +191,11 @@ def task_of(name: str) -> str:
     return name.split("-", 1)[1] if name.split("-", 1)[0] in ("qlora", "dpo") else name
 
 
+def task_data(name: str) -> bool:
+    """Whether an adapter's task has test rows to score it on (a known task)."""
+    return task_of(name) in known_tasks()
+
+
 def score_served_and_local(cfg: ServeConfig, url: str, adapters: dict[str, str]) -> list[dict]:
     """Per adapter: exact match served (vLLM) and local (HF + peft), same rows, same scorer."""
     from week3_finetune_lora.evaluate import load_local
@@ -144,11 +203,11 @@ def score_served_and_local(cfg: ServeConfig, url: str, adapters: dict[str, str])
     rows_out = []
     for name, d in adapters.items():
         task = task_of(name)
-        if task not in TASKS:
+        if not task_data(name):
             log.warning("adapter %s: no task data for %r, not scored", name, task)
             continue
         rows = read_jsonl(Path(cfg.data_dir) / task / "test.jsonl")[: cfg.eval_limit]
-        model, tok = load_local(cfg.model, d)
+        model, tok = load_local(cfg.model, d, cfg.device, cfg.dtype)
         n_new = max_new_tokens_for(tok, rows)
         local = evaluate_rows(rows, lambda p, m=model, t=tok, n=n_new: generate_local(m, t, p, n))
         served = evaluate_rows(rows, lambda p, n=n_new, a=name: generate_served(url, a, p, n))
@@ -180,7 +239,7 @@ def cross_check(url: str, names: list[str], data_dir: str) -> dict:
     prompts = {}
     for name in names:
         task = task_of(name)
-        if task in TASKS and task not in prompts:
+        if task_data(name) and task not in prompts:
             prompts[task] = read_jsonl(Path(data_dir) / task / "test.jsonl")[0]
 
     async def go():
@@ -224,7 +283,7 @@ def load_runtime_adapter(url: str, name: str, path: str, data_dir: str) -> dict:
         raise RuntimeError(f"runtime load of {name}={path} answered {r.status_code}: {r.text}")
     listed = [m["id"] for m in httpx.get(url + "/v1/models", timeout=10).json()["data"]]
     task = task_of(name)
-    prompt = read_jsonl(Path(data_dir) / task / "test.jsonl")[0] if task in TASKS else None
+    prompt = read_jsonl(Path(data_dir) / task / "test.jsonl")[0] if task_data(name) else None
     t0 = time.perf_counter()
     out = generate_served(url, name, [prompt["prompt"] if prompt else "1"], 10)
     first_s = time.perf_counter() - t0
@@ -275,13 +334,13 @@ def bench(url: str, model_dir: str, models: list[str], cfg: ServeConfig, label: 
     return {"label": label, "models": models, **{k: m[k] for k in keys}}
 
 
-def merge_to_folder(model_dir: str, adapter_dir: str, out: Path) -> Path:
+def merge_to_folder(model_dir: str, adapter_dir: str, out: Path, dtype: str = "float32") -> Path:
     """Fold an adapter into the base weights (W + (alpha/r)·B·A) and save a plain HF folder."""
     from transformers import AutoTokenizer
 
     from week3_finetune_lora.evaluate import load_local
 
-    model, _ = load_local(model_dir, adapter_dir)
+    model, _ = load_local(model_dir, adapter_dir, "cpu", dtype)
     merged = model.merge_and_unload()
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
@@ -289,7 +348,10 @@ def merge_to_folder(model_dir: str, adapter_dir: str, out: Path) -> Path:
 
 
 def main(cfg: ServeConfig) -> dict:
-    torch.set_num_threads(1)  # the local evals share the 2 cores with the vLLM server
+    if cfg.device == "cpu":
+        torch.set_num_threads(1)  # the local evals share the 2 cores with the vLLM server
+    # one local folder for everything (vLLM, the checks, the local evals): a hub id resolved
+    cfg.model = str(resolve_model(cfg.model, is_offline(cfg.offline)))
     week = runs_root() / "week3"
     out = run_dir("week3", cfg.run_name)
     adapters = dict(cfg.adapters) or discover_adapters(week)
@@ -316,7 +378,7 @@ def main(cfg: ServeConfig) -> dict:
         "vllm",
         cfg.model,
         port=cfg.port,
-        extra=lora_args(adapters, max_rank, len(all_adapters)),
+        extra=[*lora_args(adapters, max_rank, len(all_adapters)), *vllm_extra(cfg)],
         max_model_len=cfg.max_model_len,
         log_dir=out,
         served_name=base_name,
@@ -350,11 +412,12 @@ def main(cfg: ServeConfig) -> dict:
             ]
     if not cfg.skip_bench:
         first = next(iter(adapters.items()))
-        merged_dir = merge_to_folder(cfg.model, first[1], out / f"merged-{first[0]}")
+        merged_dir = merge_to_folder(cfg.model, first[1], out / f"merged-{first[0]}", cfg.dtype)
         with launch(
             "vllm",
             merged_dir,
             port=cfg.port,
+            extra=vllm_extra(cfg),
             max_model_len=cfg.max_model_len,
             log_dir=out,
             served_name="merged",
@@ -387,30 +450,22 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = ServeConfig()
-    p.add_argument("--model", default=d.model)
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    p.add_argument("--model", default=None, help=f"folder or hub id (default {d.model})")
+    p.add_argument("--offline", action="store_true", default=None, help="hub cache only")
     p.add_argument("--adapters", nargs="*", default=None, help="NAME=FOLDER ... (default: found)")
     p.add_argument("--runtime-adapter", default=None, help="NAME=FOLDER to load after start-up")
     p.add_argument("--max-lora-rank", type=int, default=None)
-    p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--data-dir", default=None, help=f"default {d.data_dir}")
     p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--skip-bench", action="store_true")
-    p.add_argument("--bench-prompts", type=int, default=d.bench_prompts)
-    p.add_argument("--bench-concurrency", type=int, default=d.bench_concurrency)
+    p.add_argument("--skip-bench", action="store_true", default=None)
+    p.add_argument("--bench-prompts", type=int, default=None, help=f"default {d.bench_prompts}")
+    p.add_argument("--bench-concurrency", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="vLLM and local reference (default float32)")
+    p.add_argument("--device", default=None, help="local reference: cpu (default), auto, cuda")
     p.add_argument("--port", type=int, default=None)
-    p.add_argument("--run-name", default=d.run_name)
-    a = p.parse_args()
-    main(
-        ServeConfig(
-            model=a.model,
-            adapters=parse_adapters(a.adapters),
-            runtime_adapter=a.runtime_adapter,
-            max_lora_rank=a.max_lora_rank,
-            data_dir=a.data_dir,
-            eval_limit=a.eval_limit,
-            skip_bench=a.skip_bench,
-            bench_prompts=a.bench_prompts,
-            bench_concurrency=a.bench_concurrency,
-            port=a.port,
-            run_name=a.run_name,
-        )
-    )
+    p.add_argument("--run-name", default=None)
+    a = vars(p.parse_args())
+    preset = a.pop("preset")
+    a["adapters"] = parse_adapters(a["adapters"])
+    main(make_config(preset, **{k: v for k, v in a.items() if v is not None}))

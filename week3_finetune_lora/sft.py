@@ -4,6 +4,8 @@
     python -m week3_finetune_lora.sft --task reverse --quant nf4        # QLoRA (bitsandbytes)
     python -m week3_finetune_lora.sft --task sort --rank 16 --alpha 32 --dropout 0.0
     python -m week3_finetune_lora.sft --dataset my.jsonl --model Qwen/Qwen2.5-0.5B  # online
+    python -m week3_finetune_lora.sft --preset gpu --task sst2                # GPU profile
+    python -m week3_finetune_lora.sft --preset gpu --task sst2 --quant nf4    # QLoRA on a GPU
 
 The base (week 1's export by default) stays frozen; only the LoRA matrices A and B of the
 attention and MLP projections train. B starts at zero, so step 0 is exactly the base model.
@@ -14,6 +16,10 @@ QLoRA: the frozen base is stored in 4-bit NF4 with double quantization (the absm
 themselves quantized), the LoRA matrices stay fp32. On CPUs with AVX512-BF16, bitsandbytes
 0.50's fast inference path breaks the next backward, so it is switched off on every
 Linear4bit (see ../shared/ENVIRONMENT.md).
+
+The `gpu` preset fine-tunes Qwen/Qwen2.5-0.5B-Instruct (a hub id; `--offline` reads only the
+local cache) in bf16 where the GPU supports it: the base weights in bf16, the LoRA matrices in
+fp32 (peft keeps adapters fp32), trl's bf16 autocast; QLoRA computes each NF4 matmul in bf16.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from common.device import pick_device, pick_dtype
+from common.hub import is_offline, resolve_model
 from common.plots import plot_curves
 from common.results import get_logger, run_dir, runs_root, write_json_atomic
 from common.timing import environment
@@ -38,10 +46,11 @@ from week3_finetune_lora.adapters import (
     count_parameters,
     save_fingerprint,
 )
-from week3_finetune_lora.data import TASKS, load_dataset_rows, read_jsonl
+from week3_finetune_lora.data import known_tasks, load_dataset_rows, read_jsonl
 from week3_finetune_lora.evaluate import evaluate_rows, generate_local
 
 log = get_logger("week3.sft")
+GPU_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # the GPU profile's base (Qwen2: vLLM serves its LoRA)
 
 
 def default_model() -> str:
@@ -79,14 +88,20 @@ class SFTRunConfig:
     # against each other (measured: 4.5 s/step with 2 threads vs 0.36 s with 1 under load;
     # idle, 2 threads are only ~1.3x faster). None = leave torch's default.
     threads: int | None = 1
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N
+    dtype: str = "float32"  # base weights; auto = bf16 on GPUs that have it, else float32
+    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()
         self.data_dir = self.data_dir or default_data_dir()
         if self.quant not in ("none", "nf4"):
             raise ValueError(f"quant={self.quant!r}: use 'none' (LoRA) or 'nf4' (QLoRA)")
-        if self.dataset is None and self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose from {sorted(TASKS)}")
+        if self.dataset is None and self.task not in known_tasks():
+            raise ValueError(f"unknown task {self.task!r}; choose from {known_tasks()}")
+        check_device_dtype(self.device, self.dtype)
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length} must be >= 8 tokens")
         if self.max_steps is None:
             self.max_steps = TASK_STEPS.get(self.task, 1200)
         if self.max_steps < 1:
@@ -115,7 +130,30 @@ PRESETS = {
     # tiny: for tests on the tiny export (seconds); cpu: the default run on week 1's model.
     "tiny": dict(max_steps=20, batch_size=8, eval_limit=16, logging_steps=5, warmup_steps=2),
     "cpu": {},
+    # gpu: Qwen2.5-0.5B-Instruct (hub id), bf16 where supported; SST-2 sentences need ~100
+    # tokens with the template; lr and steps are the usual range for LoRA on a 0.5B model
+    "gpu": dict(
+        model=GPU_MODEL,
+        max_steps=300,
+        batch_size=16,
+        learning_rate=2e-4,
+        warmup_steps=10,
+        max_length=128,
+        logging_steps=10,
+        threads=None,
+        dtype="auto",
+    ),
 }
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    """Name checks only (a config on a CPU machine may be meant for a GPU): the device is
+    looked up when the run starts."""
+    kinds = ("auto", "cpu", "cuda", "mps")
+    if device.split(":")[0] not in kinds:
+        raise ValueError(f"device={device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype={dtype!r}: use auto, float32, bfloat16 or float16")
 
 
 def make_config(preset: str = "cpu", **overrides) -> SFTRunConfig:
@@ -127,31 +165,69 @@ def make_config(preset: str = "cpu", **overrides) -> SFTRunConfig:
 # ---- model loading -------------------------------------------------------------------------
 
 
-def load_base(model: str, quant: str = "none"):
-    """(model, tokenizer). quant='nf4' stores every Linear in 4-bit NF4 with double quant."""
+def load_base(
+    model: str,
+    quant: str = "none",
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    offline: bool | None = None,
+):
+    """(model, tokenizer) from a folder or hub id. quant='nf4' stores every Linear in 4-bit
+    NF4 with double quant, computing in `dtype`. `device` None: CPU (the trainer moves it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model)
+    folder = resolve_model(model, is_offline(offline))
+    device = device or torch.device("cpu")
+    tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if quant == "none":
-        return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32), tok
-    from transformers import BitsAndBytesConfig
-
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",  # 16 levels placed at normal-distribution quantiles
-        bnb_4bit_use_double_quant=True,  # quantize the per-64-weight absmax scales too
-        bnb_4bit_compute_dtype=torch.float32,  # dequantize to fp32 for each matmul
-    )
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device), tok
     m = AutoModelForCausalLM.from_pretrained(
-        model,
-        quantization_config=bnb,
-        dtype=torch.float32,
-        device_map={"": 0} if torch.cuda.is_available() else "cpu",
+        folder, quantization_config=nf4_config(dtype), dtype=dtype, device_map=device_map(device)
     )
     fix_bnb_cpu_backward(m)
     return m, tok
+
+
+def nf4_config(compute_dtype: torch.dtype):
+    """QLoRA's base format; each matmul dequantizes to `compute_dtype` (fp32 on CPU, bf16 on
+    GPUs that have it)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # 16 levels placed at normal-distribution quantiles
+        bnb_4bit_use_double_quant=True,  # quantize the per-64-weight absmax scales too
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def device_map(device: torch.device) -> dict[str, int] | str:
+    """Where a 4-bit model is loaded: the whole model on one GPU, or the CPU."""
+    if device.type == "cuda":
+        return {"": device.index or 0}
+    return "cpu"
+
+
+def run_device(cfg) -> tuple[torch.device, torch.dtype]:
+    """The device (checked against this machine) and base dtype of a run."""
+    device = pick_device(cfg.device)
+    return device, pick_dtype(device, cfg.dtype)
+
+
+def trainer_precision(device: torch.device, dtype: torch.dtype) -> dict[str, bool]:
+    """trl/transformers flags for a base in `dtype` on `device`.
+
+    Mixed precision (bf16/fp16 autocast) only on CUDA: on CPU transformers refuses bf16
+    ("Your setup doesn't support bf16/gpu"), and the CPU path trains in fp32.
+    """
+    cuda = device.type == "cuda"
+    return {
+        "use_cpu": device.type == "cpu",
+        "bf16": cuda and dtype == torch.bfloat16,
+        "fp16": cuda and dtype == torch.float16,
+    }
 
 
 def fix_bnb_cpu_backward(model: torch.nn.Module) -> int:
@@ -246,7 +322,8 @@ def main(cfg: SFTRunConfig) -> dict:
     torch.manual_seed(cfg.seed)
     out = run_dir("week3", cfg.run_name)
     rows, test = train_rows(cfg), test_rows(cfg)
-    model, tok = load_base(cfg.model, cfg.quant)
+    device, dtype = run_device(cfg)
+    model, tok = load_base(cfg.model, cfg.quant, device, dtype, cfg.offline)
     fingerprint = base_fingerprint(model, cfg.model)
     base_bytes = base_weight_bytes(model)
     n_new = max_new_tokens_for(tok, test)
@@ -281,8 +358,7 @@ def main(cfg: SFTRunConfig) -> dict:
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        **trainer_precision(device, dtype),
         gradient_checkpointing=False,  # trl turns it on by default; a 3.5M model needs no
         # memory saving, and recomputing activations costs ~30% more time per step
         seed=cfg.seed,
@@ -343,6 +419,8 @@ def main(cfg: SFTRunConfig) -> dict:
         "final_loss": losses[-1]["loss"] if losses else None,
         "environment": environment(),
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
     }
     write_json_atomic(out / "results.json", results)
     return results
@@ -354,11 +432,16 @@ def parse_args(argv: list[str] | None = None) -> SFTRunConfig:
     )
     d = SFTRunConfig()
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    p.add_argument("--task", default=d.task, choices=sorted(TASKS))
+    p.add_argument("--task", default=None, choices=known_tasks(), help=f"default {d.task}")
     p.add_argument("--dataset", default=None, help="JSONL file/folder or HF dataset id")
-    p.add_argument("--model", default=d.model, help="base model: HF folder or hub id")
-    p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--quant", default=d.quant, choices=("none", "nf4"))
+    p.add_argument(
+        "--model", default=None, help=f"base model: HF folder or hub id (default {d.model})"
+    )
+    p.add_argument("--offline", action="store_true", default=None, help="hub cache only")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 (default), auto, bfloat16, float16")
+    p.add_argument("--data-dir", default=None, help=f"default {d.data_dir}")
+    p.add_argument("--quant", default=None, choices=("none", "nf4"), help="default none")
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--dropout", type=float, default=None)
@@ -367,7 +450,8 @@ def parse_args(argv: list[str] | None = None) -> SFTRunConfig:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--eval-limit", type=int, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--run-name", default=None)
     p.add_argument("--threads", type=int, default=None)
     a = vars(p.parse_args(argv))

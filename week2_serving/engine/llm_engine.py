@@ -14,8 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from common.device import pick_device, pick_dtype
+from common.hub import is_offline, resolve_model
 from common.results import get_logger, runs_root
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.model_runner import ModelRunner
@@ -37,7 +40,17 @@ class EngineConfig:
     max_model_len: int | None = None  # None = the model's context length
     enable_prefix_caching: bool = True
     scheduling: str = "continuous"  # continuous | static | sequential
-    device: str = "cpu"
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N: common.device
+    dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
+    #                      float16: the weights and the KV cache
+    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
+    torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
+    torch_dtype: torch.dtype = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Checked here, before any weights load: a bad value is an error naming it at once.
+        self.torch_device = pick_device(self.device)
+        self.torch_dtype = pick_dtype(self.torch_device, self.dtype)
 
 
 @dataclass
@@ -62,7 +75,7 @@ class RequestOutput:
 class LLMEngine:
     def __init__(self, config: EngineConfig | None = None, tokenizer=None):
         self.config = cfg = config or EngineConfig()
-        model_dir = Path(cfg.model)
+        model_dir = resolve_model(cfg.model, is_offline(cfg.offline))  # folder or hub id
         if tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -71,11 +84,12 @@ class LLMEngine:
         # the runner loads the weights; the pool size follows from the bytes per block
         from week1_gpt_kvcache.export import from_hf_folder
 
-        model = from_hf_folder(model_dir, cfg.device)
+        device, dtype = cfg.torch_device, cfg.torch_dtype
+        model = from_hf_folder(model_dir, device)
         self.max_model_len = min(cfg.max_model_len or model.cfg.block_size, model.cfg.block_size)
-        per_block = ModelRunner.bytes_per_block(model.cfg, cfg.block_size)
+        per_block = ModelRunner.bytes_per_block(model.cfg, cfg.block_size, dtype)
         num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_gib * 2**30 // per_block))
-        self.runner = ModelRunner(model, num_blocks, cfg.block_size, cfg.device)
+        self.runner = ModelRunner(model, num_blocks, cfg.block_size, device, dtype)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
@@ -90,8 +104,11 @@ class LLMEngine:
         self.num_aborted = 0
         self.num_steps = 0
         log.info(
-            "engine: %s, %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, prefix caching=%s",
+            "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
+            "prefix caching=%s",
             model_dir,
+            device,
+            str(dtype).removeprefix("torch."),
             num_blocks,
             cfg.block_size,
             num_blocks * per_block / 2**20,

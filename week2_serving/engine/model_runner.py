@@ -62,6 +62,7 @@ def make_group(
     row_starts: list[int],
     block_size: int,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> AttnGroup:
     B, T = len(ctx_lens), max(q_lens)
     M = max(len(t) for t in block_tables)
@@ -78,7 +79,8 @@ def make_group(
     mask = torch.where(pad_q[:, :, None], valid[:, None, :], mask)
     rows = torch.tensor(row_starts, device=device)[:, None] + t[None, :]  # (B, T)
     rows = rows.masked_fill(pad_q, -1).flatten()
-    additive = torch.zeros(mask.shape, device=device).masked_fill(~mask, float("-inf"))
+    # in the queries' dtype: SDPA refuses a float mask of another dtype
+    additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))
     padded = bool(pad_q.any())
     return AttnGroup(rows=rows, slots=slots, mask=additive[:, None], B=B, T=T, padded=padded)
 
@@ -140,25 +142,29 @@ def fuse(blk: torch.nn.Module) -> FusedLayer:
 
 
 class ModelRunner:
+    """The weights and the KV pool on one device, in one dtype (the model is cast to it)."""
+
     def __init__(
         self,
         model: GPT | str | Path,
         num_blocks: int,
         block_size: int,
         device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
-        self.model = (from_hf_folder(model, device) if not isinstance(model, GPT) else model).eval()
+        model = from_hf_folder(model, device) if not isinstance(model, GPT) else model
+        # RoPE tables are fp32 buffers: cast with the weights, as HF casts cos/sin to x's dtype
+        self.model = model.to(device=device, dtype=dtype).eval()
         self.cfg = self.model.cfg
-        self.device = torch.device(device)
+        self.device, self.dtype = torch.device(device), dtype
         self.num_blocks, self.block_size = num_blocks, block_size
-        dtype = self.model.lm_head.weight.dtype
         shape = (self.cfg.n_layer, num_blocks * block_size, self.cfg.n_kv_head, self.cfg.head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.layers = [fuse(blk) for blk in self.model.blocks]
         # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
         half = self.cfg.head_dim // 2
-        self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device)
+        self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, dtype)
 
     @staticmethod
     def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
@@ -194,8 +200,9 @@ class ModelRunner:
         buckets: dict[int, list] = {}
         for d in decode:  # bucket by the power of two of the context length: <= 2x padding
             buckets.setdefault(d[1].bit_length(), []).append(d)
-        groups = [make_group(*zip(*b), bs, dev) for _, b in sorted(buckets.items())]
-        groups += [make_group(*zip(p), bs, dev) for p in prefill]
+        dt = self.dtype
+        groups = [make_group(*zip(*b), bs, dev, dt) for _, b in sorted(buckets.items())]
+        groups += [make_group(*zip(p), bs, dev, dt) for p in prefill]
 
         m, cfg = self.model, self.cfg
         idx = torch.tensor(ids, device=dev)  # (N,)

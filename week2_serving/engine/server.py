@@ -1,6 +1,7 @@
 """An OpenAI-compatible HTTP server around LLMEngine (FastAPI + uvicorn).
 
     python -m week2_serving.engine.server --model runs/week1/hf-model --port 8000
+    python -m week2_serving.engine.server --model org/name --device cuda --dtype bfloat16  # GPU
     python -m week2_serving.launch engine --model runs/week1/hf-model      # same, managed
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (streaming with SSE, or not),
@@ -36,6 +37,7 @@ from week2_serving.engine.llm_engine import EngineConfig, LLMEngine, StepOutput
 from week2_serving.engine.sequence import SamplingParams, Sequence
 
 log = get_logger("week2.engine.server")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 Number = StrictFloat | StrictInt
 COUNTERS = {  # the /metrics keys that only grow; the others are gauges
     "prefix_cache_queries_tokens",
@@ -416,7 +418,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = EngineConfig()
-    p.add_argument("--model", default=str(d.model), help="HF Llama/GPT-2 folder (week 1 export)")
+    p.add_argument(
+        "--model",
+        default=str(d.model),
+        help="Llama/GPT-2 model: an HF folder (week 1's export) or a hub id (org/name)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="resolve a hub id from the local cache only (default: offline only if "
+        "HF_HUB_OFFLINE is set)",
+    )
+    p.add_argument(
+        "--device",
+        default=d.device,
+        help="auto (cuda > mps > cpu, the default), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--dtype",
+        default=d.dtype,
+        choices=DTYPES,
+        help="weights and KV cache; auto (default): bfloat16 on GPUs that support it, else float32",
+    )
     p.add_argument("--served-model-name", default=None, help="name in the API (default: --model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -445,6 +469,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "last when there are 2 or more, as vLLM's CPU build binds its worker; 'all': no binding",
     )
     return p.parse_args(argv)
+
+
+def engine_config(a: argparse.Namespace) -> EngineConfig:
+    """The engine's config from the command line; a bad --device/--dtype stops here, with the
+    value and what to use, before any weights load."""
+    try:
+        return EngineConfig(
+            model=a.model,
+            block_size=a.block_size,
+            num_blocks=a.num_kv_blocks,
+            kv_cache_gib=a.kv_cache_gib,
+            max_num_seqs=a.max_num_seqs,
+            max_num_batched_tokens=a.max_num_batched_tokens,
+            max_model_len=a.max_model_len,
+            enable_prefix_caching=a.enable_prefix_caching,
+            scheduling=a.scheduling,
+            device=a.device,
+            dtype=a.dtype,
+            offline=a.offline,
+        )
+    except ValueError as e:
+        raise SystemExit(f"--device {a.device!r} / --dtype {a.dtype!r}: {e}") from None
 
 
 def engine_cpus(spec: str) -> set[int] | None:
@@ -476,19 +522,10 @@ def main(argv: list[str] | None = None) -> None:
 
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
-    engine = LLMEngine(
-        EngineConfig(
-            model=a.model,
-            block_size=a.block_size,
-            num_blocks=a.num_kv_blocks,
-            kv_cache_gib=a.kv_cache_gib,
-            max_num_seqs=a.max_num_seqs,
-            max_num_batched_tokens=a.max_num_batched_tokens,
-            max_model_len=a.max_model_len,
-            enable_prefix_caching=a.enable_prefix_caching,
-            scheduling=a.scheduling,
-        )
-    )
+    try:
+        engine = LLMEngine(engine_config(a))
+    except (FileNotFoundError, ValueError) as e:  # not found / not cached, unsupported model
+        raise SystemExit(f"--model {a.model!r}: {e}") from None
     cpus = engine_cpus(a.engine_cpus)
     app = create_app(engine, a.served_model_name or a.model, a.api_key, cpus)
     # Everything alive now (torch, transformers, the weights' Python objects) lives as long as
