@@ -2,15 +2,15 @@
 
 Every entry point takes a model (or tokenizer) either as a local Hugging Face folder
 (`runs/week1/hf-model`, absolute or relative to the current folder or the repository) or as a
-hub id (`Qwen/Qwen2.5-1.5B-Instruct`). A hub id becomes its snapshot folder in the local
+hub id (`Qwen/Qwen2.5-0.5B-Instruct`). A hub id becomes its snapshot folder in the local
 cache, downloaded first when the hub can be reached:
 
     from common.hub import is_offline, resolve_model
-    folder = resolve_model("Qwen/Qwen2.5-1.5B-Instruct", offline=is_offline(args.offline))
+    folder = resolve_model("Qwen/Qwen2.5-0.5B-Instruct", offline=is_offline(args.offline))
 
 The cache (huggingface_hub's layout; its root is `$HF_HUB_CACHE`, by default `$HF_HOME/hub`):
 
-    models--Qwen--Qwen2.5-1.5B-Instruct/
+    models--Qwen--Qwen2.5-0.5B-Instruct/
         refs/main            the commit hash `main` pointed to when it was downloaded
         snapshots/<hash>/    the files, as the repository holds them (links into blobs/)
         blobs/<sha>          the contents
@@ -191,7 +191,7 @@ def resolve_model(
             f"model {name!r}: no such folder (relative paths are tried from {Path.cwd()} and "
             f"{REPO_ROOT}), and it is not a hub id (org/name). Pass an HF model folder, e.g. "
             "runs/week1/hf-model after `make week1`, or a hub id such as "
-            "Qwen/Qwen2.5-1.5B-Instruct"
+            "Qwen/Qwen2.5-0.5B-Instruct"
         )
     return _snapshot(name, is_offline(offline, env), allow_patterns, hub_cache_dir(env))
 

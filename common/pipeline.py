@@ -96,6 +96,27 @@ def _week3_steps(preset: str, needs: tuple[str, ...]) -> list[Step]:
     ]
 
 
+def _week3_gpu_steps() -> list[Step]:
+    """Week 3 on GPU_MODEL: SST-2 (a public dataset) beside the digit tasks, QLoRA, DPO, and
+    multi-LoRA on vLLM's CUDA build (week3_finetune_lora/README.md, "On a GPU")."""
+    data = ("week3/data",)
+    return [
+        _s("week3/data", "week3_finetune_lora.data --preset gpu"),
+        _s("week3/sft-sst2", "week3_finetune_lora.sft --preset gpu --task sst2", data),
+        _s("week3/sft-reverse", "week3_finetune_lora.sft --preset gpu --task reverse", data),
+        _s(
+            "week3/qlora-sst2", "week3_finetune_lora.sft --preset gpu --task sst2 --quant nf4", data
+        ),
+        _s("week3/dpo-sst2", "week3_finetune_lora.dpo --preset gpu", data),
+        _s(
+            "week3/serve",
+            "week3_finetune_lora.serve --preset gpu",
+            ("week3/sft-sst2", "week3/sft-reverse"),
+        ),
+        _s("week3/summary", "week3_finetune_lora.summary", data),
+    ]
+
+
 def gpu_steps() -> list[Step]:
     """Weeks 0-1 on their GPU presets; weeks 2-3 on GPU_MODEL from the hub (needs internet)."""
     return [
@@ -108,7 +129,7 @@ def gpu_steps() -> list[Step]:
         _s("week1/bench", "week1_gpt_kvcache.bench --device cuda", ("week1/export",)),
         _s("week2/sweep", "week2_serving.sweep week2_serving/configs/gpu-vllm.yaml"),
         _s("week2/report", "week2_serving.report runs/week2/sweep-gpu-vllm", ("week2/sweep",)),
-        *_week3_steps("gpu", ()),
+        *_week3_gpu_steps(),
         _s("report", "common.report"),
     ]
 

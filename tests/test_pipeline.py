@@ -95,4 +95,4 @@ def test_dry_run_prints_every_step_and_runs_nothing(monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "_run", lambda cmd: pytest.fail("a step ran"))
     assert pipeline.main(["--profile", "gpu", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "week3/serve" in out and "--preset gpu" in out
+    assert "week3/serve" in out and "serve --preset gpu" in out and "--task sst2" in out

@@ -452,13 +452,13 @@ def test_check_model_tells_folders_from_hub_ids(tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     assert launch_mod.check_model(tmp_path / "here") == ("local folder", None)
     assert launch_mod.check_model("here") == ("local folder", None)
-    assert launch_mod.check_model("Qwen/Qwen2.5-1.5B-Instruct", offline=False) == (
+    assert launch_mod.check_model("Qwen/Qwen2.5-0.5B-Instruct", offline=False) == (
         "hub id, downloaded unless cached",
         None,
     )
     # offline, a hub id must already be in the cache
-    note, problem = launch_mod.check_model("Qwen/Qwen2.5-1.5B-Instruct", offline=True)
-    assert note == "hub id, not cached" and "Qwen/Qwen2.5-1.5B-Instruct" in problem
+    note, problem = launch_mod.check_model("Qwen/Qwen2.5-0.5B-Instruct", offline=True)
+    assert note == "hub id, not cached" and "Qwen/Qwen2.5-0.5B-Instruct" in problem
     for missing in ("runs/week1/nope", "./nope", str(tmp_path / "nope")):
         assert "does not exist" in launch_mod.check_model(missing)[1]
     assert "neither an existing folder nor a hub id" in launch_mod.check_model("a/b/c")[1]
@@ -489,6 +489,6 @@ def test_a_hub_id_is_served_with_the_hub_reachable(tmp_path, monkeypatch):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # conftest's; a user online has none
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr("common.server.hub_reachable", lambda *a, **k: True)
-    hub = launch_mod.server_spec("vllm", "Qwen/Qwen2.5-1.5B-Instruct", 8000, [], 4096)
+    hub = launch_mod.server_spec("vllm", "Qwen/Qwen2.5-0.5B-Instruct", 8000, [], 4096)
     local = launch_mod.server_spec("vllm", tmp_path, 8000, [], 4096)
     assert "HF_HUB_OFFLINE" not in hub.env and local.env["HF_HUB_OFFLINE"] == "1"

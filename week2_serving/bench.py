@@ -6,7 +6,7 @@
     python -m week2_serving.bench ... --request-rate 4 --burstiness 0.5  # Poisson-ish arrivals
     python -m week2_serving.bench ... --dataset-name shared-prefix --prefix-len 256
     python -m week2_serving.bench ... --goodput ttft:200 tpot:20          # SLOs in ms
-    python -m week2_serving.bench ... --tokenizer Qwen/Qwen2.5-1.5B-Instruct --offline  # cached id
+    python -m week2_serving.bench ... --tokenizer Qwen/Qwen2.5-0.5B-Instruct --offline  # cached id
 
 Metrics and result field names follow `vllm bench serve` (see metrics.py). Every request's
 record (timeline, token counts, error) is kept in results.json; failed requests are counted,

@@ -2,7 +2,7 @@
 
     python -m week2_serving.launch vllm --model runs/week1/hf-model --port 8000
     python -m week2_serving.launch vllm --model DIR -- --max-num-seqs 8 --enable-prefix-caching
-    python -m week2_serving.launch sglang --model Qwen/Qwen2.5-1.5B-Instruct    # CUDA machines only
+    python -m week2_serving.launch sglang --model Qwen/Qwen2.5-0.5B-Instruct    # CUDA machines only
     python -m week2_serving.launch engine --model runs/week1/hf-model -- --scheduling static
 
 Flags after `--` go to the server unchanged. The server runs as a child process in its own
