@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
+from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic, write_results
 
 log = get_logger("week2.quantize")
 
@@ -299,7 +299,7 @@ def main(cfg: QuantizeConfig) -> dict:
         "config": asdict(cfg),
         "variants": variants,
     }
-    write_json_atomic(results_path, results)
+    write_results(results_path, results)
     log.info("wrote %s", results_path)
     return results
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
+from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic, write_results
 from common.server import ServerError
 from week2_serving import bench
 from week2_serving.launch import ENGINES, launch
@@ -138,7 +138,7 @@ def run_sweep(cfg: SweepConfig, launcher: Callable = launch, runner: Callable = 
                         )
                     )
                     res.update(server_name=server["name"], load_name=load["name"])
-                    write_json_atomic(cell / "results.json", res)
+                    write_results(cell / "results.json", res)
         except ServerError as e:
             log.error("server %s failed: %s", server["name"], str(e).splitlines()[0])
             for load in pending:

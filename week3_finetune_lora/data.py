@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.results import get_logger, run_dir, write_json_atomic
+from common.results import get_logger, run_dir, write_results
 
 log = get_logger("week3.data")
 
@@ -268,7 +268,7 @@ def main(cfg: DataConfig) -> dict:
         }
         log.info("%s: %d train, %d test rows; e.g. %s", name, len(train), len(test), test[0])
     results = {"config": asdict(cfg), "files": files}
-    write_json_atomic(out / "results.json", results)
+    write_results(out / "results.json", results)
     return results
 
 

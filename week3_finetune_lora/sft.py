@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 from common.plots import plot_curves
-from common.results import get_logger, run_dir, runs_root, write_json_atomic
+from common.results import get_logger, run_dir, runs_root, write_results
 from common.timing import environment
 from week3_finetune_lora.adapters import (
     LORA_TARGETS,
@@ -344,7 +344,7 @@ def main(cfg: SFTRunConfig) -> dict:
         "environment": environment(),
         "threads": torch.get_num_threads(),
     }
-    write_json_atomic(out / "results.json", results)
+    write_results(out / "results.json", results)
     return results
 
 
