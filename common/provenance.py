@@ -234,8 +234,9 @@ def server_versions(base_url: str, backend: str = "openai", timeout: float = 5.0
 
     vLLM answers `GET /version` with {"version": ...}; SGLang reports it in
     `GET /get_server_info` (and `/version` in some releases). `backend` is bench's client
-    backend: "sglang" asks SGLang's routes, the OpenAI ones ask vLLM's. Never raises: a server
-    that does not answer gives {name: None, "error": why} (our week-2 engine has no /version).
+    backend: "sglang" asks SGLang's routes, the OpenAI ones ask vLLM's. Another server may answer
+    /version with {"engine": NAME, "version": ...} to be recorded under its own name. Never
+    raises: a server that does not answer gives {name: None, "error": why}.
     """
     name = "sglang" if backend == "sglang" else "vllm"
     paths = ("/get_server_info", "/version") if name == "sglang" else ("/version",)
@@ -248,8 +249,9 @@ def server_versions(base_url: str, backend: str = "openai", timeout: float = 5.0
         except (OSError, ValueError, urllib.error.URLError) as e:
             errors.append(f"GET {url}: {e}")
             continue
-        version = body.get("version") if isinstance(body, dict) else None
+        body = body if isinstance(body, dict) else {}
+        version = body.get("version")
         if isinstance(version, str) and version:
-            return {name: version}
+            return {str(body.get("engine", name)): version}  # a server may name its engine
         errors.append(f"GET {url}: no 'version' string in the answer")
     return {name: None, "error": "; ".join(errors)}

@@ -219,6 +219,8 @@ def test_server_versions_vllm_and_sglang():
         assert prov.server_versions(url, "sglang") == {"sglang": "0.32.0"}  # its fallback route
     with stub_server({"/get_server_info": {"version": "0.5.1", "tp_size": 1}}) as url:
         assert prov.server_versions(url, "sglang") == {"sglang": "0.5.1"}
+    with stub_server({"/version": {"engine": "ours", "version": "0.1.0"}}) as url:
+        assert prov.server_versions(url) == {"ours": "0.1.0"}  # not mislabelled as vLLM
 
 
 def test_server_without_version_route_gives_none_and_why():
