@@ -104,6 +104,24 @@ def test_git_outside_a_checkout_gives_none_and_why(tmp_path):
     assert str(tmp_path) in why
 
 
+def test_missing_git_gives_none_and_why(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no git executable to find
+    commit, dirty, why = prov.git_state(REPO)
+    assert commit is None and dirty is None and "git" in why
+
+
+def test_gpu_names_from_torch(monkeypatch):
+    """The CUDA branch, on any machine: torch's answers replaced by two fake GPUs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"NVIDIA H200 #{i}")
+    capability, gpus, why = prov._torch_hardware()
+    assert gpus == ["NVIDIA H200 #0", "NVIDIA H200 #1"]
+    assert isinstance(capability, str) and why == {}
+
+
 # --- versions ------------------------------------------------------------------------------------
 def test_package_versions_name_what_is_missing():
     versions, missing = prov.package_versions(
