@@ -176,10 +176,13 @@ def _torch_hardware() -> tuple[str | None, list[str], dict[str, str]]:
     except (AttributeError, RuntimeError) as e:
         why["cpu_capability"] = f"torch.backends.cpu.get_cpu_capability(): {e}"
     gpus = []
-    if torch.cuda.is_available():
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        gpus = ["Apple MPS"]
+    try:
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        elif torch.backends.mps.is_available():
+            gpus = ["Apple MPS"]
+    except (AttributeError, RuntimeError) as e:  # a driver that answers half-way
+        why["gpu_names"] = f"asking torch for the GPUs: {e}"
     return capability, gpus, why
 
 
@@ -201,9 +204,15 @@ def _static() -> dict:
         unavailable["cpu_flags"] = f"cannot read /proc/cpuinfo ({e}); not Linux?"
     capability, gpus, why_torch = _torch_hardware()
     unavailable.update(why_torch)
-    venvs = {
-        name: venv_versions(REPO_ROOT / ".venvs" / name, d) for name, d in VENV_PACKAGES.items()
-    }
+    venvs = {}
+    for name, dists in VENV_PACKAGES.items():
+        try:
+            venvs[name] = venv_versions(REPO_ROOT / ".venvs" / name, dists)
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # unreadable metadata
+            venvs[name] = None
+            unavailable[f"venv {name}"] = f"reading .venvs/{name}: {e!r}"
+        if venvs[name] is None and f"venv {name}" not in unavailable:
+            unavailable[f"venv {name}"] = f".venvs/{name} does not exist (make setup-{name})"
     return {
         "git_commit": commit,
         "git_dirty": dirty,
