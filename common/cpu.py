@@ -77,7 +77,7 @@ def parse_cpuinfo(text: str) -> CpuCaps:
         key = key.strip()
         if key == "model name" and model == "unknown":
             model = value.strip()
-        elif key in ("flags", "Features") and not flags:  # x86 / Arm spelling
+        elif key == "flags" and not flags:  # x86's (an Arm cpuinfo says "Features")
             flags = frozenset(value.split())
     return CpuCaps(model=model, flags=flags)
 

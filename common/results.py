@@ -106,9 +106,33 @@ def read_json(path: Path | str) -> Any:
         raise ValueError(f"results file {path} is not valid JSON ({e}); delete it and rerun") from e
 
 
+def with_environment(results: dict) -> dict:
+    """`results` with a complete "environment" (machine + provenance), adding what is missing.
+
+    A writer that recorded `common.timing.environment()` itself (with its device or the
+    server's version) keeps its values; one that recorded nothing, or only part, gets the rest.
+    """
+    from common.provenance import PROVENANCE_KEYS  # torch-free
+    from common.timing import environment  # imports torch: only when a result is written
+
+    env = results.get("environment")
+    if isinstance(env, dict) and all(k in env for k in PROVENANCE_KEYS):
+        return results
+    env = env if isinstance(env, dict) else {}
+    return {**results, "environment": {**environment(), **env}}
+
+
+def write_results(path: Path | str, results: dict) -> Path:
+    """Write a results.json (atomically) that carries the environment and provenance.
+
+    Every results.json of the project goes through here or `save_results`.
+    """
+    return write_json_atomic(path, with_environment(results))
+
+
 def save_results(week: str, name: str, results: dict) -> Path:
-    """Write `runs/<week>/<name>/results.json` atomically and return its path."""
-    return write_json_atomic(run_dir(week, name) / "results.json", results)
+    """Write `runs/<week>/<name>/results.json` (with provenance) and return its path."""
+    return write_results(run_dir(week, name) / "results.json", results)
 
 
 class MetricsLogger:

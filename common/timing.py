@@ -12,10 +12,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from common.device import synchronize
+from common.provenance import parse_cpuinfo, provenance
 
 
 class Timer:
@@ -99,17 +101,21 @@ def benchmark(
 
 def _cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        model, _ = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        model = None
+    return model or platform.processor() or platform.machine()
 
 
-def environment(device: torch.device | str | None = None) -> dict:
-    """What a number was measured on: stored next to every result."""
+def environment(
+    device: torch.device | str | None = None, server_versions: dict | None = None
+) -> dict:
+    """What a number was measured on and what produced it: stored next to every result.
+
+    The machine (CPU, cores, threads, GPU) plus `common.provenance.provenance()`: git commit
+    and dirty flag, command line, library versions, CPU instruction sets, and for served runs
+    the serving engine's version (`server_versions`, from `common.provenance.server_versions`).
+    """
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -120,6 +126,7 @@ def environment(device: torch.device | str | None = None) -> dict:
         "cuda_available": torch.cuda.is_available(),
         "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "ci": bool(os.environ.get("CI")),
+        **provenance(server_versions=server_versions),
     }
     if device is not None:
         env["device"] = str(device)

@@ -90,7 +90,9 @@ def test_results_round_trip_and_location(runs_dir):
         "week0", "demo", {"acc": 0.5, "nan": float("nan"), "t": torch.tensor(2.0)}
     )
     assert path == runs_dir / "week0" / "demo" / "results.json"
-    assert results.read_json(path) == {"acc": 0.5, "nan": None, "t": 2.0}
+    saved = results.read_json(path)
+    assert "git_commit" in saved.pop("environment")  # added by save_results (test_provenance)
+    assert saved == {"acc": 0.5, "nan": None, "t": 2.0}
 
 
 def test_crash_mid_write_leaves_old_file_intact(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.hub import add_offline_arg, resolve_tokenizer
+from common.provenance import server_versions
 from common.results import get_logger, save_results
 from common.timing import environment
 from week2_serving.client import BACKENDS, Request, send_request
@@ -265,7 +266,7 @@ def main(cfg: BenchConfig) -> dict:
         "errors": errors[:20],
         "config": asdict(cfg),
         "server": cfg.server_info,
-        "environment": environment(),
+        "environment": environment(server_versions=server_versions(cfg.base_url, cfg.backend)),
         "requests": [r.to_dict() for r in records],
     }
     results["config"]["request_rate"] = results["request_rate"]

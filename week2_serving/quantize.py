@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
-from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
+from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic, write_results
 
 log = get_logger("week2.quantize")
 
@@ -308,7 +308,7 @@ def main(cfg: QuantizeConfig) -> dict:
         "config": asdict(cfg),
         "variants": variants,
     }
-    write_json_atomic(results_path, results)
+    write_results(results_path, results)
     log.info("wrote %s", results_path)
     return results
 

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import hub
-from common.results import REPO_ROOT, get_logger, read_json, runs_root, write_json_atomic
+from common.results import (
+    REPO_ROOT,
+    get_logger,
+    read_json,
+    runs_root,
+    write_json_atomic,
+    write_results,
+)
 from common.server import log_tail
 from week2_serving import bench
 from week2_serving.launch import (
@@ -154,7 +161,7 @@ def cell_status(cell: Cell) -> str:
 
 def save_cell(cell: Cell, res: dict) -> None:
     res.update(server_name=cell.server, load_name=cell.load, cell_hash=cell.hash)
-    write_json_atomic(cell.folder / "results.json", res)
+    write_results(cell.folder / "results.json", res)
     (cell.folder / "error.json").unlink(missing_ok=True)  # an earlier failure, now rerun
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.results import get_logger, run_dir, write_json_atomic
+from common.results import get_logger, run_dir, write_results
 
 log = get_logger("week3.data")
 
@@ -407,7 +407,7 @@ def main(cfg: DataConfig) -> dict:
         files[spec.task] = write_task(out / spec.task, train, test)
         log.info("%s (%s): %d train, %d test rows", spec.task, spec.path, len(train), len(test))
     results = {"config": asdict(cfg), "files": files}
-    write_json_atomic(out / "results.json", results)
+    write_results(out / "results.json", results)
     return results
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common.plots import plt, save
-from common.results import get_logger, run_dir, runs_root, write_json_atomic
+from common.results import get_logger, run_dir, runs_root, write_results
 from common.timing import environment
 from week3_finetune_lora.adapters import check_adapter_base, save_fingerprint
 from week3_finetune_lora.data import known_tasks, read_jsonl
@@ -296,7 +296,7 @@ def main(cfg: DPORunConfig) -> dict:
         "plots": ["before_after.png"],
         "environment": environment(),
     }
-    write_json_atomic(out / "results.json", results)
+    write_results(out / "results.json", results)
     return results
 
 

@@ -42,7 +42,8 @@ import httpx
 import torch
 
 from common.hub import is_offline, resolve_model
-from common.results import get_logger, run_dir, runs_root, write_json_atomic
+from common.provenance import server_versions
+from common.results import get_logger, run_dir, runs_root, write_results
 from common.timing import environment
 from week2_serving.bench import BenchConfig, run_load
 from week2_serving.launch import launch
@@ -389,6 +390,7 @@ def main(cfg: ServeConfig) -> dict:
     with server:
         results["startup_seconds"] = time.perf_counter() - t0
         url = server.url
+        versions = server_versions(url)  # vLLM's own version, from its /version
         models = httpx.get(url + "/v1/models", timeout=10).json()["data"]
         results["served_models"] = [{"id": m["id"], "parent": m.get("parent")} for m in models]
         results["scores"] = score_served_and_local(cfg, url, adapters)
@@ -429,8 +431,8 @@ def main(cfg: ServeConfig) -> dict:
             rows = rows[: cfg.eval_limit]
             res = evaluate_rows(rows, lambda p: generate_served(merged.url, "merged", p, 10))
             results["merged_served_exact"] = res["exact_match"]
-    results["environment"] = environment()
-    write_json_atomic(out / "results.json", results)
+    results["environment"] = environment(server_versions=versions)
+    write_results(out / "results.json", results)
     return results
 
 

@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 from common.device import pick_device, pick_dtype
 from common.hub import is_offline, resolve_model
 from common.plots import plot_curves
-from common.results import get_logger, run_dir, runs_root, write_json_atomic
+from common.results import get_logger, run_dir, runs_root, write_results
 from common.timing import environment
 from week3_finetune_lora.adapters import (
     LORA_TARGETS,
@@ -422,7 +422,7 @@ def main(cfg: SFTRunConfig) -> dict:
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    write_json_atomic(out / "results.json", results)
+    write_results(out / "results.json", results)
     return results
 
 

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from common.plots import plt, save
-from common.results import get_logger, read_json, runs_root, write_json_atomic
+from common.results import get_logger, read_json, runs_root, write_results
 from week3_finetune_lora.data import HUB_TASKS
 
 log = get_logger("week3.summary")
@@ -135,7 +135,7 @@ def main(runs: Path | None = None) -> dict:
     s["plots"] = ["before_after.png"]
     for name, a in s["acceptance"].items():
         log.info("%-20s %s %s", name, "PASS" if a["pass"] else "FAIL", a)
-    write_json_atomic(out / "results.json", s)
+    write_results(out / "results.json", s)
     return s
 
 
