@@ -306,7 +306,9 @@ def test_sweep_cells_carry_provenance(runs_dir, tmp_path):
 
     @contextlib.contextmanager
     def launcher(engine, model, extra=None, **kw):
-        yield type("Server", (), {"url": "http://127.0.0.1:1", "cmd": ["fake"]})()
+        yield type(
+            "Server", (), {"url": "http://127.0.0.1:1", "cmd": ["fake"], "alive": lambda s: True}
+        )()
 
     cfg = sweep.SweepConfig(
         name="prov",
@@ -316,7 +318,7 @@ def test_sweep_cells_carry_provenance(runs_dir, tmp_path):
         loads=[{"name": "c1", "max_concurrency": 1}],
         bench={"num_prompts": 1},
     )
-    out = sweep.run_sweep(cfg, launcher, lambda c: {"output_throughput": 1.0})
+    out = sweep.run_sweep(cfg, launcher, lambda c: {"output_throughput": 1.0, "completed": 1})
     check_provenance(read_json(out / "a" / "c1" / "results.json")["environment"])
 
 
