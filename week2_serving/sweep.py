@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
-from common.server import ServerError
+from common.server import ServerError, sigterm_as_interrupt
 from week2_serving import bench
 from week2_serving.launch import ENGINES, launch
 
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     p.add_argument("config", type=Path, help="sweep YAML, e.g. week2_serving/configs/cpu.yaml")
     a = p.parse_args(argv)
-    return run_sweep(SweepConfig.from_yaml(a.config))
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the running server is stopped
+        return run_sweep(SweepConfig.from_yaml(a.config))
 
 
 if __name__ == "__main__":
