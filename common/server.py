@@ -241,7 +241,8 @@ class ManagedServer:
         the group is gone. Safe to call again."""
         hurry = threading.Event()
         with signals_held(on_signal=hurry.set):
-            if self.pgid is not None and _end_group(self.pgid, self.proc, grace_s, hurry):
+            pgid = self.pgid  # read once: another thread may be stopping it too
+            if pgid is not None and _end_group(pgid, self.proc, grace_s, hurry):
                 self.pgid = None  # gone: never signal that number again (pids are reused)
                 _STARTED.discard(self)
             if self.proc is not None:

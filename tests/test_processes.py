@@ -371,9 +371,10 @@ def test_sweep_interrupted_mid_load_stops_its_server(tiny_gpt, tmp_path, sig):
         "engine": "engine",
         "model": str(tiny_gpt["hf_dir"]),
         "served_model_name": "tiny",
-        "bench": {"random_input_len": 8, "random_output_len": 32, "num_warmups": 0},
+        "bench": {"random_input_len": 8, "random_output_len": 64, "num_warmups": 0},
         "servers": [{"name": "s", "args": ["--num-kv-blocks", "64", "--block-size", "8"]}],
-        "loads": [{"name": "long", "max_concurrency": 4, "num_prompts": 2000}],  # minutes
+        # two requests a second for 1000 requests: longer than the test by far, light on the CPU
+        "loads": [{"name": "long", "max_concurrency": 4, "num_prompts": 1000, "request_rate": 2}],
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -394,11 +395,38 @@ def test_sweep_interrupted_mid_load_stops_its_server(tiny_gpt, tmp_path, sig):
         wait_for("requests in flight", lambda: requests_running(port), 120)
         sweep.send_signal(sig)
         sweep.wait(timeout=90)
-        assert sweep.returncode != 0
+        assert sweep.returncode == 128 + sig, stderr.read_text()[-3000:]
+        assert f"interrupted by {sig.name}" in stderr.read_text()
         assert_group_gone_and_port_free(pgid, port)
         runs = Path(os.environ["IE_RUNS_DIR"]) / "week2" / "sweep-interrupted" / "s" / "long"
         assert not (runs / "results.json").exists()  # the cell was cut, not finished
     finally:
         sweep.kill()
         sweep.wait(timeout=30)
+        kill_group(pgid)
+
+
+@pytest.mark.slow
+def test_launch_stopped_by_sigterm_during_start_up(tiny_gpt, tmp_path):
+    """`python -m week2_serving.launch` is told to stop while our engine is still loading."""
+    port = free_port()
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "week2_serving.launch", "engine"]
+        + ["--model", str(tiny_gpt["hf_dir"]), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pgid = None
+    try:
+        server = wait_for("the engine server", lambda: engine_server_of(launcher.pid), 120)
+        pgid = server.pid
+        launcher.send_signal(signal.SIGTERM)
+        out, err = launcher.communicate(timeout=60)
+        assert launcher.returncode == 0, err  # asked to stop, it stopped: not a failure
+        assert "ready at" not in out  # it was still starting
+        assert_group_gone_and_port_free(pgid, port)
+    finally:
+        launcher.kill()
         kill_group(pgid)

@@ -14,6 +14,7 @@ in its cells (error.json) and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
-from common.server import ServerError, sigterm_as_interrupt
+from common.server import ServerError, Terminated, sigterm_as_interrupt
 from week2_serving import bench
 from week2_serving.launch import ENGINES, launch
 
@@ -157,7 +158,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("config", type=Path, help="sweep YAML, e.g. week2_serving/configs/cpu.yaml")
     a = p.parse_args(argv)
     with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the running server is stopped
-        return run_sweep(SweepConfig.from_yaml(a.config))
+        try:
+            return run_sweep(SweepConfig.from_yaml(a.config))
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as Terminated
+            sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            log.warning("interrupted by %s; finished cells are kept: rerun to resume", sig.name)
+            raise SystemExit(128 + sig) from None
 
 
 if __name__ == "__main__":
