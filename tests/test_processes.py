@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from common import procs
-from common.server import ManagedServer, ServerError, free_port
+from common.server import ManagedServer, ServerError, free_port, vllm_available
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -429,4 +429,51 @@ def test_launch_stopped_by_sigterm_during_start_up(tiny_gpt, tmp_path):
         assert_group_gone_and_port_free(pgid, port)
     finally:
         launcher.kill()
+        kill_group(pgid)
+
+
+VLLM_DRIVER = textwrap.dedent(
+    """
+    import sys
+    from common.server import sigterm_as_interrupt, vllm_server
+    model, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    with sigterm_as_interrupt(), vllm_server(model, port, log, max_model_len=128):
+        print("started", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM venv .venvs/vllm is absent")
+def test_vllm_interrupted_while_loading_leaves_no_engine_process(tiny_gpt, tmp_path):
+    """The defect this file was written for: Ctrl-C while vLLM loads left its API server,
+    engine core and workers running, holding the port and their memory."""
+    port = free_port()
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            VLLM_DRIVER,
+            str(tiny_gpt["hf_dir"]),
+            str(port),
+            str(tmp_path / "v.log"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pgid = None
+    try:
+        server = wait_for("vLLM's process", lambda: psutil.Process(driver.pid).children(), 60)[0]
+        pgid = server.pid
+        wait_for("vLLM's engine process", lambda: len(running_in_group(pgid)) > 1, 180)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=90)
+        assert "started" not in out  # interrupted while loading
+        assert driver.returncode != 0 and "KeyboardInterrupt" in err, (out, err[-2000:])
+        assert_group_gone_and_port_free(pgid, port)
+    finally:
+        driver.kill()
         kill_group(pgid)
