@@ -1,4 +1,4 @@
-"""Processes and the ports they listen on, read from Linux's /proc (no extra dependency).
+"""Processes, the ports they listen on, and the signals that stop them.
 
 /proc/net/tcp and /proc/net/tcp6 list every TCP socket of this network namespace with its local
 address and port, its state (0A = LISTEN) and its inode; a process holds a socket when a link in
@@ -6,19 +6,27 @@ address and port, its state (0A = LISTEN) and its inode; a process holds a socke
 common.server uses these facts to refuse a port that is already taken, to accept as ready only a
 server whose listening socket belongs to its own process group, and to tell when every process
 of that group is gone. Where there is no /proc (not Linux) the readers answer None: "cannot tell".
+
+Signals: `sigterm_as_interrupt` turns SIGTERM into an exception so `with` blocks clean up, and
+`signals_held` keeps SIGINT/SIGTERM from cutting a step (starting or stopping a server) in half.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import struct
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PROC = Path("/proc")
 LISTEN = "0A"  # the TCP state code /proc/net/tcp prints for a listening socket
 # Listening addresses that a connection to 127.0.0.1 (where our servers bind) can reach.
 REACHES_LOOPBACK = {"127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1"}
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def decode_address(hex_addr: str) -> str:
@@ -154,3 +162,57 @@ def describe(pid: int) -> str:
     except OSError:
         cmd = "?"
     return f"pid {pid} ({cmd[:100]})"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt (see `sigterm_as_interrupt`)."""
+
+
+@contextlib.contextmanager
+def signals_held(on_signal: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs, then deliver the first that came.
+
+    Some steps must not be cut in half: a Ctrl-C between fork and the line that records the
+    child would lose the child; one in the middle of stop() would leave part of the group
+    running. `on_signal` runs at each held signal (stop() uses it to cut the grace period
+    short). Only the main thread may set handlers; elsewhere the block runs as it is (Python
+    delivers signals to the main thread anyway).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+        if on_signal is not None:
+            on_signal()
+
+    previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])  # now handled as it would have been
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread.
+
+    Python's default for SIGTERM is to end at once: no `finally`, no `__exit__`, so a server
+    started in a `with` block would run on, holding its port and memory. Raised as an exception
+    it unwinds every `with` block as Ctrl-C does. Entry points (launch, sweep) wrap their work
+    in it; call it from the main thread.
+    """
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(f"signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -9,7 +9,8 @@ has exited. A port something already listens on is refused before anything start
 ready when its ready path answers 200 from a socket that a process of its own group holds (so a
 leftover server on the port is never taken for the new one). A signal at any moment, start-up
 included, stops the group before the exception goes on; entry points wrap their work in
-`sigterm_as_interrupt()` so SIGTERM unwinds like Ctrl-C. Servers bind 127.0.0.1 only.
+`common.procs.sigterm_as_interrupt()` so SIGTERM unwinds like Ctrl-C. Servers bind 127.0.0.1
+only.
 """
 
 from __future__ import annotations
@@ -24,27 +25,28 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
-from common.procs import describe, group_members, listener_groups, listener_owner, listener_pids
+from common.procs import (
+    describe,
+    group_members,
+    listener_groups,
+    listener_owner,
+    listener_pids,
+    signals_held,
+)
 from common.results import REPO_ROOT, get_logger
 
 log = get_logger("server")
 VLLM_PYTHON = REPO_ROOT / ".venvs" / "vllm" / "bin" / "python"
-HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 class ServerError(RuntimeError):
     """The server did not start, or died."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt (see `sigterm_as_interrupt`)."""
 
 
 def free_port() -> int:
@@ -85,56 +87,6 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-@contextlib.contextmanager
-def signals_held(on_signal: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs, then deliver the first that came.
-
-    Some steps must not be cut in half: a Ctrl-C between fork and the line that records the
-    child would lose the child; one in the middle of stop() would leave part of the group
-    running. `on_signal` runs at each held signal (stop() uses it to cut the grace period
-    short). Only the main thread may set handlers; elsewhere the block runs as it is (Python
-    delivers signals to the main thread anyway).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        held.append(signum)
-        if on_signal is not None:
-            on_signal()
-
-    previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        if held:
-            signal.raise_signal(held[0])  # now handled as it would have been
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread.
-
-    Python's default for SIGTERM is to end at once: no `finally`, no `__exit__`, so a server
-    started in a `with` block would run on, holding its port and memory. Raised as an exception
-    it unwinds every `with` block as Ctrl-C does. Entry points (launch, sweep) wrap their work
-    in it; call it from the main thread.
-    """
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated(f"signal {signum} (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class ManagedServer:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from common import procs
+from common.procs import Terminated, signals_held, sigterm_as_interrupt
 from common.server import ManagedServer, ServerError, free_port, vllm_available
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,12 +180,30 @@ def test_group_members_lists_running_processes_only(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], process_group=0)
     try:
         assert procs.group_members(proc.pid) == [proc.pid]
-        proc.kill()
-        time.sleep(0.5)  # now a zombie until reaped: not a running member
-        assert procs.group_members(proc.pid) == []
+        proc.kill()  # a zombie until reaped: not a running member
+        assert wait_for_none(lambda: procs.group_members(proc.pid), timeout_s=10) == []
+        assert psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_sigterm_as_interrupt_raises_and_restores_the_old_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), sigterm_as_interrupt():
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(1)  # not reached: the handler raises at once
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_signals_held_delivers_the_signal_after_the_block():
+    seen, done = [], []
+    with pytest.raises(KeyboardInterrupt), signals_held(on_signal=lambda: seen.append(1)):
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.1)  # the held signal does not interrupt the block
+        done.append(True)
+    assert seen == [1] and done == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # -- a busy port, a port answered by someone else ---------------------------------------------
@@ -269,7 +288,8 @@ def test_stop_after_the_leader_was_reaped_still_ends_its_children(tmp_path):
 DRIVER = textwrap.dedent(
     """
     import json, sys
-    from common.server import ManagedServer, sigterm_as_interrupt
+    from common.procs import sigterm_as_interrupt
+    from common.server import ManagedServer
     cmd, port, log = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     with sigterm_as_interrupt(), ManagedServer(cmd, port, log, ready_path="/", timeout_s=300):
         print("started", flush=True)
@@ -435,7 +455,8 @@ def test_launch_stopped_by_sigterm_during_start_up(tiny_gpt, tmp_path):
 VLLM_DRIVER = textwrap.dedent(
     """
     import sys
-    from common.server import sigterm_as_interrupt, vllm_server
+    from common.procs import sigterm_as_interrupt
+    from common.server import vllm_server
     model, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with sigterm_as_interrupt(), vllm_server(model, port, log, max_model_len=128):
         print("started", flush=True)

@@ -22,14 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from common.procs import sigterm_as_interrupt
 from common.results import REPO_ROOT, get_logger, runs_root
-from common.server import (
-    ManagedServer,
-    ServerError,
-    free_port,
-    sigterm_as_interrupt,
-    vllm_server,
-)
+from common.server import ManagedServer, ServerError, free_port, vllm_server
 
 log = get_logger("week2.launch")
 ENGINES = ("vllm", "sglang", "engine")  # engine = our own (week2_serving/engine)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from common.procs import Terminated, sigterm_as_interrupt
 from common.results import REPO_ROOT, get_logger, runs_root, write_json_atomic
-from common.server import ServerError, Terminated, sigterm_as_interrupt
+from common.server import ServerError
 from week2_serving import bench
 from week2_serving.launch import ENGINES, launch
 
