@@ -238,7 +238,7 @@ class _Answer200(http.server.BaseHTTPRequestHandler):
 
 def test_another_process_answering_is_not_taken_for_our_server(tmp_path, monkeypatch):
     """Someone takes the port after the check (or the check could not tell): their 200 is not
-    our readiness. Today's and yesterday's mistake: a leftover server taken for the new one."""
+    our readiness (the old mistake: a leftover server taken for the new one)."""
     foreign = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer200)
     port = foreign.server_address[1]
     threading.Thread(target=foreign.serve_forever, daemon=True).start()
