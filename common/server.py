@@ -4,20 +4,27 @@
         httpx.get(srv.url + "/v1/models")
 
 The child runs in its own process group (in the caller's session), so stopping it also stops
-every process it spawned (vLLM starts worker processes). Readiness is polled over HTTP with a
-timeout; if the child dies first, the error shows the tail of its log. Servers bind 127.0.0.1
+every process it spawned (vLLM starts engine and worker processes), even after the child itself
+has exited. A port something already listens on is refused before anything starts; the server is
+ready when its ready path answers 200 from a socket that a process of its own group holds (so a
+leftover server on the port is never taken for the new one). A signal at any moment, start-up
+included, stops the group before the exception goes on; entry points wrap their work in
+`common.procs.sigterm_as_interrupt()` so SIGTERM unwinds like Ctrl-C. Servers bind 127.0.0.1
 only.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,11 +32,18 @@ import httpx
 
 from common.cpu import CpuCaps, cpu_caps, model_quantization, vllm_cpu_dtype
 from common.hub import hub_env, hub_reachable, is_offline
+from common.procs import (
+    describe,
+    group_members,
+    listener_groups,
+    listener_owner,
+    listener_pids,
+    signals_held,
+)
 from common.results import REPO_ROOT, get_logger
 
 log = get_logger("server")
 VLLM_PYTHON = REPO_ROOT / ".venvs" / "vllm" / "bin" / "python"
-
 
 _OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
@@ -42,6 +56,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could bind 127.0.0.1:`port` now. SO_REUSEADDR, as servers set it:
+    connections an earlier server left in TIME_WAIT do not count, a listener does."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def check_port_free(port: int) -> None:
+    """Raise ServerError, naming who holds it, when something listens on `port` already."""
+    holders = listener_pids(port)  # None: this system cannot tell who
+    if port_free(port) and not holders:
+        return
+    who = ", ".join(describe(pid) for pid in sorted(holders or ())) or "a process we cannot see"
+    kill = f"stop it (kill {' '.join(map(str, sorted(holders)))})" if holders else "stop it"
+    raise ServerError(
+        f"port {port} is already in use by {who}; {kill} or choose another port "
+        "(launch's --port, or common.server.free_port() for a free one)"
+    )
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -61,88 +102,110 @@ class ManagedServer:
         ready_path: str = "/v1/models",
         timeout_s: float = 300.0,
     ):
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is outside 1..65535; pick one such as free_port()")
         self.cmd, self.port, self.log_path = cmd, port, Path(log_path)
         self.env = {**os.environ, **(env or {})}
         self.ready_path, self.timeout_s = ready_path, timeout_s
         self.proc: subprocess.Popen | None = None
+        self.pgid: int | None = None  # the child's group (its pid), kept until the group is gone
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ManagedServer:
+        """Refuse a busy port, start the child, wait until it is ready. Whatever ends the wait
+        (not ready in time, the child died, Ctrl-C, SIGTERM) stops the whole group first."""
+        check_port_free(self.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self._log.write("$ " + " ".join(self.cmd) + "\n")
         self._log.flush()
         log.info("starting: %s (log: %s)", " ".join(self.cmd[:4]) + " ...", self.log_path)
-        self.proc = subprocess.Popen(
-            self.cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            # Its own process group (stop() signals the whole group), but not its own session:
-            # with the kernel's autogroup scheduling (sched_autogroup_enabled=1, the default on
-            # desktop and many VM kernels) a new session is a new scheduling group that gets
-            # an equal share of CPU against the client's. On 2 cores that stalled vLLM's
-            # streams for seconds at a time (measured: 3.5-9.8 s TTFT outliers in most runs, 0
-            # of 6 with the server in the client's session).
-            **_OWN_GROUP,
-            stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
-        )
-        self.wait_ready()
+        try:
+            with signals_held():  # a signal between fork and `self.proc = ...` would lose the child
+                self.proc = subprocess.Popen(
+                    self.cmd,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    # Its own process group (stop() signals the whole group), but not its own
+                    # session: with the kernel's autogroup scheduling (sched_autogroup_enabled=1,
+                    # the default on desktop and many VM kernels) a new session is a new
+                    # scheduling group that gets an equal share of CPU against the client's. On 2
+                    # cores that stalled vLLM's streams for seconds at a time (measured: 3.5-9.8 s
+                    # TTFT outliers in most runs, 0 of 6 with the server in the client's session).
+                    **_OWN_GROUP,
+                    stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
+                )
+                self.pgid = self.proc.pid  # it leads its own group: pgid == pid
+                _STARTED.add(self)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self) -> None:
+        """Poll until the ready path answers 200 from our own group's socket (see `is_ready`);
+        raise ServerError if the child exits, another process answers, or time runs out."""
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.stop()
                 raise ServerError(
                     f"server exited with code {self.proc.returncode} before it was ready; "
                     f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
                 )
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200:
-                    log.info("server ready at %s", self.url)
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.is_ready():
+                log.info("server ready at %s", self.url)
+                return
             time.sleep(0.5)
-        self.stop()
         raise ServerError(
             f"server not ready after {self.timeout_s:.0f}s; last lines of {self.log_path}:\n"
             f"{log_tail(self.log_path)}"
         )
 
+    def is_ready(self) -> bool:
+        """The ready path answers 200 and the socket answering is our group's. Where the system
+        cannot tell who listens (no /proc), the answer alone counts: start() refused a port that
+        was busy before, so only a process that took it since could answer in our place."""
+        try:
+            if httpx.get(self.url + self.ready_path, timeout=2.0).status_code != 200:
+                return False
+        except httpx.HTTPError:
+            return False
+        owner = listener_owner(listener_groups(self.port), self.pgid)
+        if owner == "foreign":
+            who = ", ".join(describe(pid) for pid in sorted(listener_pids(self.port) or ()))
+            raise ServerError(
+                f"port {self.port} answered, but from {who or 'another process'}, not from our "
+                f"server (process group {self.pgid}); stop that process or choose another port"
+            )
+        return owner in ("ours", "unknown")
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`."""
-        if self.proc is None:
-            return
-        try:
-            pgid = os.getpgid(self.proc.pid)
-        except ProcessLookupError:
-            pgid = None
-        if pgid is not None:
-            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                # poll() reaps the leader once it exits: an unreaped (zombie) leader still
-                # counts as a member of its group, and the wait would run out its full grace
-                while time.monotonic() < deadline and (self.proc.poll(), _group_alive(pgid))[1]:
-                    time.sleep(0.1)
-                if not _group_alive(pgid):
-                    break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        if not self._log.closed:
-            self._log.close()
+        """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`.
+
+        The group is the one recorded at start, so this works after the child itself has exited
+        and been reaped (its children live on in the group). SIGINT and SIGTERM are held while
+        it runs: one arriving cuts the grace short (straight to SIGKILL) and is delivered once
+        the group is gone. Safe to call again."""
+        hurry = threading.Event()
+        with signals_held(on_signal=hurry.set):
+            pgid = self.pgid  # read once: another thread may be stopping it too
+            if pgid is not None and _end_group(pgid, self.proc, grace_s, hurry):
+                self.pgid = None  # gone: never signal that number again (pids are reused)
+                _STARTED.discard(self)
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+            log_file = getattr(self, "_log", None)  # absent if start() refused the port
+            if log_file is not None and not log_file.closed:
+                log_file.close()
 
     def __enter__(self) -> ManagedServer:
         return self.start()
@@ -151,14 +214,46 @@ class ManagedServer:
         self.stop()
 
 
+def _end_group(pgid: int, leader: subprocess.Popen, grace_s: float, hurry: threading.Event) -> bool:
+    """SIGTERM, wait up to `grace_s` (less if `hurry` is set), SIGKILL, wait; True when no
+    process of the group is left."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not (sig == signal.SIGTERM and hurry.is_set()):
+            leader.poll()  # reap the leader once it exits, or it lingers as a zombie
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.1)
+    leader.poll()
+    return not _group_alive(pgid)
+
+
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies, which only wait to be reaped,
+    do not count)."""
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    members = group_members(pgid)
+    return members is None or bool(members)
+
+
+# Every server started and not yet seen gone: stopped when the interpreter exits, whatever way
+# it exits (an exception that escaped a `with` block in the instant before its cleanup began).
+_STARTED: set[ManagedServer] = set()
+
+
+@atexit.register
+def _stop_started_servers() -> None:
+    for server in list(_STARTED):
+        server.stop(grace_s=5.0)
 
 
 def vllm_dtype_args(

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.hub import CONFIG_PATTERNS, is_offline, resolve_model
+from common.procs import sigterm_as_interrupt
 from common.results import REPO_ROOT, get_logger, runs_root
 from common.server import (
     VLLM_PYTHON,
@@ -303,27 +303,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
     a = p.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with launch(
-            a.engine,
-            a.model,
-            a.port,
-            extra,
-            a.max_model_len,
-            timeout_s=a.timeout,
-            served_name=a.served_model_name,
-        ) as server:
+        with (
+            sigterm_as_interrupt(),
+            launch(
+                a.engine,
+                a.model,
+                a.port,
+                extra,
+                a.max_model_len,
+                timeout_s=a.timeout,
+                served_name=a.served_model_name,
+            ) as server,
+        ):
             print(
                 f"{a.engine} ready at {server.url} (log: {server.log_path}); Ctrl-C to stop",
                 flush=True,
             )
-            while not stop.wait(1.0):
-                if not server.alive():
-                    log.error("server exited; see %s", server.log_path)
-                    return 1
-    except KeyboardInterrupt:
+            while server.alive():
+                time.sleep(1.0)
+            log.error("server exited; see %s", server.log_path)
+            return 1
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (raised as Terminated, a KeyboardInterrupt)
         pass
     except ServerError as e:
         log.error("%s", e)

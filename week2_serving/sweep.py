@@ -24,12 +24,14 @@ import argparse
 import hashlib
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import hub
+from common.procs import Terminated, sigterm_as_interrupt
 from common.results import (
     REPO_ROOT,
     get_logger,
@@ -323,7 +325,13 @@ def main(argv: list[str] | None = None) -> Path:
     a = p.parse_args(argv)
     if a.dry_run:
         raise SystemExit(dry_run_file(a.config))
-    return run_sweep(SweepConfig.from_yaml(a.config))
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the running server is stopped
+        try:
+            return run_sweep(SweepConfig.from_yaml(a.config))
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as Terminated
+            sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            log.warning("interrupted by %s; finished cells are kept: rerun to resume", sig.name)
+            raise SystemExit(128 + sig) from None
 
 
 if __name__ == "__main__":
