@@ -95,6 +95,16 @@ def test_models_health_and_a_completion(engine_srv):
     assert body["choices"][0]["finish_reason"] in ("length", "stop")
 
 
+def test_version_is_recorded_by_provenance(engine_srv):
+    from importlib.metadata import version
+
+    from common.provenance import server_versions
+
+    assert httpx.get(engine_srv.url + "/version").json()["engine"] == "ie-engine"
+    got = server_versions(engine_srv.url)
+    assert got.get("ie-engine") == version("inference-engineering"), got
+
+
 def test_client_that_disconnects_mid_stream_is_aborted(engine_srv):
     before = metrics(engine_srv.url)["requests_aborted"]
     body = {"model": "tiny", "prompt": "The", "max_tokens": 100, "ignore_eos": True, "stream": True}

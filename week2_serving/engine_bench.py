@@ -97,7 +97,7 @@ def memory_trace(model: str, num_requests: int = 64, max_num_seqs: int = 32, see
             sum(s.num_prompt_tokens + s.params.max_tokens for s in running)
         )
     total = {k: sum(v) for k, v in trace.items()}
-    per_token = eng.runner.bytes_per_block(eng.runner.cfg, 1)
+    per_token = eng.runner.bytes_per_block(eng.runner.cfg, 1, eng.runner.dtype)
     summary = {
         "steps": len(trace["filled"]),
         "bytes_per_token": per_token,

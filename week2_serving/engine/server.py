@@ -211,6 +211,16 @@ class APIKeyMiddleware:
 
 
 # --- the app ----------------------------------------------------------------------------------
+def _package_version() -> str | None:
+    """This project's installed version (the engine ships inside it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("inference-engineering")
+    except PackageNotFoundError:
+        return None
+
+
 def create_app(
     engine: LLMEngine, served_name: str, api_key: str | None = None, cpus: set[int] | None = None
 ) -> FastAPI:
@@ -251,6 +261,10 @@ def create_app(
         if aeng.error is not None:
             raise APIError(500, f"engine failed: {aeng.error!r}", "InternalServerError")
         return {"status": "ok"}
+
+    @app.get("/version")
+    async def version():  # what provenance records of the server, as vLLM answers /version
+        return {"engine": "ie-engine", "version": _package_version()}
 
     @app.get("/v1/models")
     async def models():
