@@ -292,23 +292,3 @@ def test_vllm_server_is_offline_only_when_asked(tmp_path, monkeypatch):
     assert "HF_HUB_OFFLINE" not in env_of(None)  # the hub answers: online
     assert env_of(None, reachable=False)["HF_HUB_OFFLINE"] == "1"  # this machine is offline
     assert env_of(True)["HF_HUB_OFFLINE"] == "1" and env_of(True)["TRANSFORMERS_OFFLINE"] == "1"
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_vllm_serves_a_hub_id_from_the_cache_and_bench_finds_its_tokenizer(hub_cache, tmp_path):
-    """The GPU config's path (`model: org/name`), offline: vLLM resolves the id in the cache,
-    /v1/models reports the id as the model's root, and the bench loads that tokenizer."""
-    from week2_serving import bench
-
-    if not server.vllm_available():
-        pytest.skip("vLLM venv .venvs/vllm is absent (make setup-vllm)")
-    port = server.free_port()
-    with server.vllm_server(REPO_ID, port, tmp_path / "vllm.log", 128, offline=True) as srv:
-        assert bench.discover_model(srv.url, "openai") == (REPO_ID, REPO_ID)
-        cfg = bench.BenchConfig(
-            base_url=srv.url, num_prompts=4, random_input_len=8, random_output_len=4, save=False
-        )
-        res = bench.main(cfg)
-    assert res["completed"] == 4 and res["tokenizer_id"] == REPO_ID
-    assert res["total_input_tokens"] == 4 * 8  # token-exact prompts: the tokenizer was loaded
