@@ -47,15 +47,22 @@ def _s(name: str, cmd: str, needs: tuple[str, ...] = (), group: str = "") -> Ste
     return Step(name, group or name.split("/")[0], tuple(shlex.split(cmd)), needs)
 
 
-def cpu_steps() -> list[Step]:
+def _weeks01(preset: str, device: str) -> list[Step]:
+    """Weeks 0 and 1 on their `preset`; `device` is added to the steps that pick one."""
     return [
-        _s("week0/train", "week0_pytorch.train --preset cpu"),
+        _s("week0/train", f"week0_pytorch.train --preset {preset}{device}"),
         _s("week0/quantize", "week0_pytorch.quantize", ("week0/train",)),
         _s("week0/micrograd", "week0_pytorch.micrograd.train"),
         _s("week1/prepare", "week1_gpt_kvcache.prepare"),
-        _s("week1/train", "week1_gpt_kvcache.train --preset cpu", ("week1/prepare",)),
+        _s("week1/train", f"week1_gpt_kvcache.train --preset {preset}", ("week1/prepare",)),
         _s("week1/export", "week1_gpt_kvcache.export", ("week1/train",)),
-        _s("week1/bench", "week1_gpt_kvcache.bench", ("week1/export",)),
+        _s("week1/bench", f"week1_gpt_kvcache.bench{device}", ("week1/export",)),
+    ]
+
+
+def cpu_steps() -> list[Step]:
+    return [
+        *_weeks01("cpu", ""),
         _s("week2/quantize", "week2_serving.quantize", ("week1/export",)),
         _s(
             "week2/sweep",
@@ -120,13 +127,7 @@ def _week3_gpu_steps() -> list[Step]:
 def gpu_steps() -> list[Step]:
     """Weeks 0-1 on their GPU presets; weeks 2-3 on GPU_MODEL from the hub (needs internet)."""
     return [
-        _s("week0/train", "week0_pytorch.train --preset gpu --device cuda"),
-        _s("week0/quantize", "week0_pytorch.quantize", ("week0/train",)),
-        _s("week0/micrograd", "week0_pytorch.micrograd.train"),
-        _s("week1/prepare", "week1_gpt_kvcache.prepare"),
-        _s("week1/train", "week1_gpt_kvcache.train --preset gpu", ("week1/prepare",)),
-        _s("week1/export", "week1_gpt_kvcache.export", ("week1/train",)),
-        _s("week1/bench", "week1_gpt_kvcache.bench --device cuda", ("week1/export",)),
+        *_weeks01("gpu", " --device cuda"),
         _s("week2/sweep", "week2_serving.sweep week2_serving/configs/gpu-vllm.yaml"),
         _s("week2/report", "week2_serving.report runs/week2/sweep-gpu-vllm", ("week2/sweep",)),
         *_week3_gpu_steps(),
