@@ -297,18 +297,23 @@ DRIVER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_during_start_up_leaves_no_process_and_frees_the_port(tmp_path, sig):
-    port = free_port()
-    cmd = fake_server(tmp_path, port, delay=600)  # would take 10 minutes to be ready
-    driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(cmd), str(port), str(tmp_path / "s.log")],
+def start_driver(script: str, cmd: list[str], port: int, tmp_path: Path) -> subprocess.Popen:
+    """Run `script` (one of the drivers above) in its own Python, output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(cmd), str(port), str(tmp_path / "s.log")],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_start_up_leaves_no_process_and_frees_the_port(tmp_path, sig):
+    port = free_port()
+    cmd = fake_server(tmp_path, port, delay=600)  # would take 10 minutes to be ready
+    driver = start_driver(DRIVER, cmd, port, tmp_path)
     facts = None
     try:
         facts = wait_for("the fake server's record", lambda: read_record(tmp_path), 60)
@@ -345,13 +350,7 @@ IMPATIENT = textwrap.dedent(
 def test_signal_during_stop_cuts_the_grace_short_and_leaves_nothing(tmp_path):
     port = free_port()
     cmd = fake_server(tmp_path, port, delay=0, term_mode="ignore")
-    driver = subprocess.Popen(
-        [sys.executable, "-c", IMPATIENT, json.dumps(cmd), str(port), str(tmp_path / "s.log")],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = start_driver(IMPATIENT, cmd, port, tmp_path)
     facts = None
     try:
         out, err = driver.communicate(timeout=120)
