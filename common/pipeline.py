@@ -63,19 +63,19 @@ def _weeks01(preset: str, device: str) -> list[Step]:
 def cpu_steps() -> list[Step]:
     return [
         *_weeks01("cpu", ""),
-        _s("week2/quantize", "week2_serving.quantize", ("week1/export",)),
+        _s("week2/quantize", "week2_serving.quant.quantize", ("week1/export",)),
         _s(
             "week2/sweep",
-            "week2_serving.sweep week2_serving/configs/cpu.yaml",
+            "week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml",
             ("week1/export",),
         ),
-        _s("week2/quality", "week2_serving.quantize_quality", ("week2/quantize",)),
-        _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
-        _s("week2/validate", "week2_serving.validate", ("week1/export",)),
-        _s("week2/engine-bench", "week2_serving.engine_bench", ("week1/export",), "week2-engine"),
+        _s("week2/quality", "week2_serving.quant.quality", ("week2/quantize",)),
+        _s("week2/report", "week2_serving.harness.report runs/week2/sweep-cpu", ("week2/sweep",)),
+        _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),
+        _s("week2/engine-bench", "week2_serving.engine.bench", ("week1/export",), "week2-engine"),
         _s(
             "week2/engine-report",
-            "week2_serving.report runs/week2/sweep-engine-cpu",
+            "week2_serving.harness.report runs/week2/sweep-engine-cpu",
             ("week2/engine-bench",),
             "week2-engine",
         ),
@@ -128,8 +128,14 @@ def gpu_steps() -> list[Step]:
     """Weeks 0-1 on their GPU presets; weeks 2-3 on GPU_MODEL from the hub (needs internet)."""
     return [
         *_weeks01("gpu", " --device cuda"),
-        _s("week2/sweep", "week2_serving.sweep week2_serving/configs/gpu-vllm.yaml"),
-        _s("week2/report", "week2_serving.report runs/week2/sweep-gpu-vllm", ("week2/sweep",)),
+        _s(
+            "week2/sweep", "week2_serving.harness.sweep week2_serving/harness/configs/gpu-vllm.yaml"
+        ),
+        _s(
+            "week2/report",
+            "week2_serving.harness.report runs/week2/sweep-gpu-vllm",
+            ("week2/sweep",),
+        ),
         *_week3_gpu_steps(),
         _s("report", "common.report"),
     ]

@@ -20,13 +20,13 @@ ENTRY_POINTS = [
     "week1_gpt_kvcache.generate",
     "week1_gpt_kvcache.export",
     "week1_gpt_kvcache.bench",
-    "week2_serving.launch",
-    "week2_serving.bench",
-    "week2_serving.validate",
-    "week2_serving.sweep",
-    "week2_serving.report",
+    "week2_serving.harness.launch",
+    "week2_serving.harness.bench",
+    "week2_serving.harness.validate",
+    "week2_serving.harness.sweep",
+    "week2_serving.harness.report",
     "week2_serving.engine.server",
-    "week2_serving.engine_bench",
+    "week2_serving.engine.bench",
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from common.cpu import CpuCaps, cpu_caps, model_quantization, parse_cpuinfo, vllm_cpu_dtype
 from common.server import vllm_dtype_args, vllm_server
-from week2_serving import quantize_quality
+from week2_serving.quant import quality as quantize_quality
 
 BASE = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx fma"
 CPUINFO = {

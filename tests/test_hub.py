@@ -128,9 +128,17 @@ def test_hub_cache_dir_is_read_at_call_time(tmp_path):
 def test_local_folders_resolve_to_themselves(tmp_path, monkeypatch, no_network):
     assert resolve_model(tmp_path) == tmp_path
     monkeypatch.chdir(tmp_path)  # relative to the repository when not in the current folder
-    assert resolve_model("week2_serving/configs") == REPO_ROOT / "week2_serving" / "configs"
-    (tmp_path / "week2_serving" / "configs").mkdir(parents=True)  # ... and the current folder first
-    assert resolve_model("week2_serving/configs") == tmp_path / "week2_serving" / "configs"
+    assert (
+        resolve_model("week2_serving/harness/configs")
+        == REPO_ROOT / "week2_serving" / "harness" / "configs"
+    )
+    (tmp_path / "week2_serving" / "harness" / "configs").mkdir(
+        parents=True
+    )  # ... and the current folder first
+    assert (
+        resolve_model("week2_serving/harness/configs")
+        == tmp_path / "week2_serving" / "harness" / "configs"
+    )
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(NotADirectoryError, match="config.json"):
         resolve_model("config.json")
@@ -166,7 +174,7 @@ def test_neither_a_folder_nor_a_hub_id(no_network):
 def test_bench_loads_a_hub_tokenizer(fake_hub, tiny_gpt):
     from transformers import AutoTokenizer
 
-    from week2_serving import bench
+    from week2_serving.harness import bench
 
     text = "def f(x): return x"
     want = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])(text)["input_ids"]
@@ -177,7 +185,7 @@ def test_bench_loads_a_hub_tokenizer(fake_hub, tiny_gpt):
 
 
 def test_sweep_and_launch_resolve_a_hub_id(fake_hub):
-    from week2_serving import launch, sweep
+    from week2_serving.harness import launch, sweep
 
     assert sweep.resolve_model(REPO_ID) == str(fake_hub)
     config = json.loads((fake_hub / "config.json").read_text())
@@ -187,7 +195,7 @@ def test_sweep_and_launch_resolve_a_hub_id(fake_hub):
 def test_quantize_resolves_a_hub_id_and_passes_offline_to_its_worker(
     fake_hub, tmp_path, monkeypatch
 ):
-    from week2_serving import quantize
+    from week2_serving.quant import quantize
 
     calls = []
 
@@ -222,7 +230,7 @@ def test_quantize_resolves_a_hub_id_and_passes_offline_to_its_worker(
 
 
 def test_quantize_workers_take_a_hub_id(fake_hub, tmp_path):
-    from week2_serving.quantize import worker_args
+    from week2_serving.quant.quantize import worker_args
 
     argv = ["--model", REPO_ID, "--out", str(tmp_path), "--data", str(tmp_path)]
     assert worker_args([*argv, "--offline"], "").model == str(fake_hub)
@@ -231,7 +239,7 @@ def test_quantize_workers_take_a_hub_id(fake_hub, tmp_path):
 
 
 def test_quality_serves_the_hub_model_from_its_snapshot(fake_hub, tmp_path, monkeypatch):
-    from week2_serving import quantize_quality
+    from week2_serving.quant import quality as quantize_quality
 
     np.arange(2000, dtype=np.uint16).tofile(tmp_path / "val.bin")
     launched = []
@@ -255,7 +263,7 @@ def test_quality_serves_the_hub_model_from_its_snapshot(fake_hub, tmp_path, monk
 
 
 def test_validate_resolves_a_hub_id(fake_hub):
-    from week2_serving import validate
+    from week2_serving.harness import validate
 
     assert validate.model_folder(validate.ValidateConfig(model=REPO_ID, offline=True)) == str(
         fake_hub
@@ -263,7 +271,9 @@ def test_validate_resolves_a_hub_id(fake_hub):
 
 
 def test_offline_flag_on_every_command_line():
-    from week2_serving import bench, quantize, quantize_quality, validate
+    from week2_serving.harness import bench, validate
+    from week2_serving.quant import quality as quantize_quality
+    from week2_serving.quant import quantize
 
     for parse in (
         bench.parse_args,

@@ -400,7 +400,7 @@ def test_sweep_interrupted_mid_load_stops_its_server(tiny_gpt, tmp_path, sig):
     stderr = tmp_path / "sweep.err"
     with open(stderr, "w") as err_file:
         sweep = subprocess.Popen(
-            [sys.executable, "-m", "week2_serving.sweep", str(path)],
+            [sys.executable, "-m", "week2_serving.harness.sweep", str(path)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=err_file,
@@ -427,10 +427,10 @@ def test_sweep_interrupted_mid_load_stops_its_server(tiny_gpt, tmp_path, sig):
 
 @pytest.mark.slow
 def test_launch_stopped_by_sigterm_during_start_up(tiny_gpt, tmp_path):
-    """`python -m week2_serving.launch` is told to stop while our engine is still loading."""
+    """`python -m week2_serving.harness.launch` is told to stop while our engine is still loading."""
     port = free_port()
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "week2_serving.launch", "engine"]
+        [sys.executable, "-m", "week2_serving.harness.launch", "engine"]
         + ["--model", str(tiny_gpt["hf_dir"]), "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -302,7 +302,7 @@ def test_cheap_entry_points_write_provenance(runs_dir):
 
 
 def test_sweep_cells_carry_provenance(runs_dir, tmp_path):
-    from week2_serving import sweep
+    from week2_serving.harness import sweep
 
     @contextlib.contextmanager
     def launcher(engine, model, extra=None, **kw):

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from week2_serving import bench
-from week2_serving.launch import launch
+from week2_serving.harness import bench
+from week2_serving.harness.launch import launch
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from common.server import free_port
-from week2_serving.bench import BenchConfig, arrival_intervals, parse_goodput
-from week2_serving.client import Request, StreamParser, build_payload, send_request
-from week2_serving.metrics import RequestRecord, compute_metrics
-from week2_serving.workloads import file_requests, random_requests, shared_prefix_requests
+from week2_serving.harness.bench import BenchConfig, arrival_intervals, parse_goodput
+from week2_serving.harness.client import Request, StreamParser, build_payload, send_request
+from week2_serving.harness.metrics import RequestRecord, compute_metrics
+from week2_serving.harness.workloads import file_requests, random_requests, shared_prefix_requests
 
 DATA = Path(__file__).parent / "data"
 

@@ -15,14 +15,16 @@ from common.cpu import model_quantization
 from common.results import write_json_atomic
 from common.server import VLLM_PYTHON, vllm_available
 from tests.test_week2_report import cell
-from week2_serving import quantize, quantize_quality, report
-from week2_serving.quantize import QuantizeConfig, pick_group_size, token_windows
-from week2_serving.quantize_quality import (
+from week2_serving.harness import report
+from week2_serving.quant import quality as quantize_quality
+from week2_serving.quant import quantize
+from week2_serving.quant.quality import (
     greedy_agreement,
     perplexity,
     prompt_token_logprobs,
     prompt_top1,
 )
+from week2_serving.quant.quantize import QuantizeConfig, pick_group_size, token_windows
 
 # ---- metrics on known inputs ----
 
@@ -97,7 +99,7 @@ def test_group_size_divides_every_linear_input():
 
 
 def test_awq_clip_search_only_where_output_widths_tile():
-    from week2_serving.quantize_awq import clip_supported
+    from week2_serving.quant.awq_worker import clip_supported
 
     week1 = {"hidden_size": 256, "intermediate_size": 704, "num_attention_heads": 4}
     assert clip_supported({**week1, "num_key_value_heads": 2, "head_dim": 64})  # v_proj 128
@@ -317,7 +319,7 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
     ok, reason = READY[variant]
     if not ok:
         pytest.skip(reason)
-    from week2_serving.launch import launch
+    from week2_serving.harness.launch import launch
 
     res, cfg = quantized_tiny
     rec = res["variants"][variant]
@@ -352,10 +354,10 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
 @pytest.mark.parametrize(
     "module, python",
     [
-        ("week2_serving.quantize", Path(sys.executable)),
-        ("week2_serving.quantize_quality", Path(sys.executable)),
-        ("week2_serving.quantize_w8a8", QUANT_PYTHON),
-        ("week2_serving.quantize_awq", VLLM_PYTHON),
+        ("week2_serving.quant.quantize", Path(sys.executable)),
+        ("week2_serving.quant.quality", Path(sys.executable)),
+        ("week2_serving.quant.w8a8_worker", QUANT_PYTHON),
+        ("week2_serving.quant.awq_worker", VLLM_PYTHON),
     ],
 )
 def test_help(module, python):

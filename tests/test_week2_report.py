@@ -7,7 +7,7 @@ import json
 import pytest
 
 from common.results import write_json_atomic
-from week2_serving import report
+from week2_serving.harness import report
 
 
 def cell(server, load, conc, tput, ttft, tpot, model_dir, dataset="random"):
@@ -114,7 +114,7 @@ def test_bandwidth_measurement_is_plausible():
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run python -m week2_serving.sweep first"):
+    with pytest.raises(FileNotFoundError, match="run python -m week2_serving.harness.sweep first"):
         report.build(tmp_path)
 
 

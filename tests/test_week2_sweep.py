@@ -14,19 +14,19 @@ import yaml
 
 from common.server import ServerError
 from tests.conftest import REPO
-from week2_serving import launch as launch_mod
-from week2_serving import sweep
-from week2_serving.launch import Machine
-from week2_serving.sweep import SweepConfig
+from week2_serving.harness import launch as launch_mod
+from week2_serving.harness import sweep
+from week2_serving.harness.launch import Machine
+from week2_serving.harness.sweep import SweepConfig
 
-CONFIGS = sorted((REPO / "week2_serving" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "week2_serving" / "harness" / "configs").glob("*.yaml"))
 
 
 def config(**kw) -> SweepConfig:
     base = dict(
         name="t",
         engine="vllm",
-        model="week2_serving/configs",  # any existing folder: the fake launchers never read it
+        model="week2_serving/harness/configs",  # any existing folder: the fake launchers never read it
         servers=[{"name": "a", "args": []}, {"name": "b", "args": ["--max-num-seqs", "4"]}],
         loads=[
             {"name": "c1", "max_concurrency": 1},
@@ -112,7 +112,9 @@ def test_server_failure_is_recorded_and_the_sweep_goes_on(runs_dir):
     assert done_cells(runs_dir) == ["a/c1", "a/c32", "a/c8"]
     err = json.loads((out_dir(runs_dir) / "b" / "c8" / "error.json").read_text())
     assert err["server_name"] == "b" and err["load_name"] == "c8"
-    assert err["engine"] == "vllm" and err["model"] == str(REPO / "week2_serving" / "configs")
+    assert err["engine"] == "vllm" and err["model"] == str(
+        REPO / "week2_serving" / "harness" / "configs"
+    )
     assert err["args"] == ["--max-num-seqs", "4"] and "unknown flag" in err["error"]
     b8 = [c for c in sweep.plan(config()) if (c.server, c.load) == ("b", "c8")]
     assert err["cell_hash"] == b8[0].hash

@@ -11,7 +11,7 @@ import pytest
 
 from common.results import read_json
 from common.server import _group_alive, free_port, vllm_available, vllm_server
-from week2_serving import bench
+from week2_serving.harness import bench
 
 pytestmark = [
     pytest.mark.vllm,
@@ -115,7 +115,7 @@ def test_server_killed_mid_run_is_recorded_and_leaves_nothing_behind(
 def test_validation_runs_both_tools_on_the_same_prompts(vllm_tiny, tiny_gpt, tmp_path):
     """The validation's machinery on a small load: vllm bench (the installed version accepts our
     flags) and our harness read one prompt file and each completes every request."""
-    from week2_serving import validate
+    from week2_serving.harness import validate
 
     cfg = validate.ValidateConfig(
         num_prompts=8, input_len=8, output_len=8, max_concurrency=4, range_ratio=0.0

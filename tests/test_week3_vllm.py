@@ -48,7 +48,7 @@ def two_adapters(tiny_gpt: dict, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def test_two_adapters_served_with_their_own_behaviour(two_adapters, tmp_path):
-    from week2_serving.launch import launch
+    from week2_serving.harness.launch import launch
     from week3_finetune_lora.data import read_jsonl
     from week3_finetune_lora.evaluate import generate_local, generate_served, load_local
     from week3_finetune_lora.serve import load_runtime_adapter, lora_args, pick_max_rank

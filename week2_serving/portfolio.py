@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.report import md_table, rel_link
 from common.results import read_json
-from week2_serving import quantize_quality
+from week2_serving.quant import quality as quantize_quality
 
 
 def section(runs: Path) -> str | None:
@@ -103,7 +103,7 @@ def engine_section(week: Path, report_dir: Path) -> str | None:
     ]
     text = (
         "**Our engine** (paged KV cache, continuous batching, prefix caching), output-token "
-        "throughput ratios from one run of `python -m week2_serving.engine_bench`:\n\n"
+        "throughput ratios from one run of `python -m week2_serving.engine.bench`:\n\n"
     )
     text += md_table(["comparison", "measured"], rows)
     for png in ("throughput.png", "kv_memory.png"):

@@ -45,10 +45,10 @@ from common.hub import is_offline, resolve_model
 from common.provenance import server_versions
 from common.results import get_logger, run_dir, runs_root, write_results
 from common.timing import environment
-from week2_serving.bench import BenchConfig, run_load
-from week2_serving.launch import launch
-from week2_serving.metrics import compute_metrics
-from week2_serving.workloads import random_requests
+from week2_serving.harness.bench import BenchConfig, run_load
+from week2_serving.harness.launch import launch
+from week2_serving.harness.metrics import compute_metrics
+from week2_serving.harness.workloads import random_requests
 from week3_finetune_lora.adapters import AdapterError, adapter_rank, check_adapter_base
 from week3_finetune_lora.data import known_tasks, read_jsonl
 from week3_finetune_lora.evaluate import evaluate_rows, generate_local, generate_served

@@ -2,7 +2,7 @@
 
     python -m week2_serving.engine.server --model runs/week1/hf-model --port 8000
     python -m week2_serving.engine.server --model org/name --device cuda --dtype bfloat16  # GPU
-    python -m week2_serving.launch engine --model runs/week1/hf-model      # same, managed
+    python -m week2_serving.harness.launch engine --model runs/week1/hf-model      # same, managed
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (streaming with SSE, or not),
 GET /v1/models, /health, /metrics (Prometheus text). Binds 127.0.0.1 unless told otherwise.

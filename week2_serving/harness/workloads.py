@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from week2_serving.client import Request
+from week2_serving.harness.client import Request
 
 WORKLOADS = ("random", "file", "shared-prefix")
 

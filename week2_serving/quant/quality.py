@@ -1,8 +1,8 @@
 """Quality of the quantized variants as vLLM serves them: held-out perplexity and greedy agreement.
 
-    python -m week2_serving.quantize_quality           # after week2_serving.quantize, ~5 min
-    python -m week2_serving.quantize_quality --variants fp32,int4-awq --num-prompts 8
-    python -m week2_serving.quantize_quality --model org/name --offline   # fp32 from the hub cache
+    python -m week2_serving.quant.quality           # after week2_serving.quant.quantize, ~5 min
+    python -m week2_serving.quant.quality --variants fp32,int4-awq --num-prompts 8
+    python -m week2_serving.quant.quality --model org/name --offline   # fp32 from the hub cache
 
 For each variant (fp32 = the week 1 export, a bf16 control = the same weights served in
 bfloat16, and the quantized folders from runs/week2/quantized/), start real vLLM on it and ask:
@@ -45,8 +45,8 @@ from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
 from common.results import get_logger, read_json, runs_root, save_results
 from common.server import ServerError
 from common.timing import environment
-from week2_serving.launch import launch
-from week2_serving.quantize import token_windows
+from week2_serving.harness.launch import launch
+from week2_serving.quant.quantize import token_windows
 
 log = get_logger("week2.quant_quality")
 
@@ -420,7 +420,7 @@ def _missing_error(name: str, folder: Path, cfg: QualityConfig) -> str:
         rec = read_json(path).get("variants", {}).get(name, {})
         if rec.get("status") == "error":
             return f"not produced: {rec.get('error', '?')}"
-    return f"{folder}/config.json not found: run python -m week2_serving.quantize"
+    return f"{folder}/config.json not found: run python -m week2_serving.quant.quantize"
 
 
 def _sizes(dirs: dict[str, Path], qdir: Path) -> dict[str, dict]:

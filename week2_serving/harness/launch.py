@@ -1,9 +1,9 @@
 """Start an inference server from its own venv, wait until it is ready, stop it on exit.
 
-    python -m week2_serving.launch vllm --model runs/week1/hf-model --port 8000
-    python -m week2_serving.launch vllm --model DIR -- --max-num-seqs 8 --enable-prefix-caching
-    python -m week2_serving.launch sglang --model Qwen/Qwen2.5-0.5B-Instruct    # CUDA machines only
-    python -m week2_serving.launch engine --model runs/week1/hf-model -- --scheduling static
+    python -m week2_serving.harness.launch vllm --model runs/week1/hf-model --port 8000
+    python -m week2_serving.harness.launch vllm --model DIR -- --max-num-seqs 8 --enable-prefix-caching
+    python -m week2_serving.harness.launch sglang --model Qwen/Qwen2.5-0.5B-Instruct    # CUDA machines only
+    python -m week2_serving.harness.launch engine --model runs/week1/hf-model -- --scheduling static
 
 Flags after `--` go to the server unchanged. The server runs as a child process in its own
 process group, bound to 127.0.0.1, logging to runs/week2/servers/<engine>-<port>.log; Ctrl-C,
@@ -136,7 +136,7 @@ def check_model(model: str | Path, offline: bool | None = None) -> tuple[str, st
     if model.startswith(PATH_PREFIXES):
         return "missing", (
             f"model folder {model} does not exist; build it first (runs/week1/hf-model: "
-            "`make week1`; runs/week2/quantized/*: `python -m week2_serving.quantize`) or fix the path"
+            "`make week1`; runs/week2/quantized/*: `python -m week2_serving.quant.quantize`) or fix the path"
         )
     return "missing", (
         f"model {model!r} is neither an existing folder nor a hub id (org/name): fix the name"

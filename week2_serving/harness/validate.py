@@ -1,7 +1,7 @@
 """Check the harness against vLLM's own benchmark: same server, same workload, side by side.
 
-    python -m week2_serving.validate                    # serves runs/week1/hf-model on vLLM CPU
-    python -m week2_serving.validate --model org/name --offline   # a hub id from the hub cache
+    python -m week2_serving.harness.validate                    # serves runs/week1/hf-model on vLLM CPU
+    python -m week2_serving.harness.validate --model org/name --offline   # a hub id from the hub cache
 
 Starts vLLM on the model and, each round, writes one prompt file (random token ids decoded to
 text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom` dataset, no chat
@@ -32,9 +32,9 @@ from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
 from common.results import get_logger, run_dir, runs_root, save_results
 from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
-from week2_serving import bench
-from week2_serving.launch import launch
-from week2_serving.workloads import random_requests
+from week2_serving.harness import bench
+from week2_serving.harness.launch import launch
+from week2_serving.harness.workloads import random_requests
 
 log = get_logger("week2.validate")
 

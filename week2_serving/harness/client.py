@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from week2_serving.metrics import RequestRecord
+from week2_serving.harness.metrics import RequestRecord
 
 BACKENDS = ("openai", "openai-chat", "sglang")
 ENDPOINTS = {

@@ -1,9 +1,9 @@
 """INT4 AWQ of an HF Llama folder with autoawq, on CPU. Runs in vLLM's venv (make setup-awq).
 
-    .venvs/vllm/bin/python -m week2_serving.quantize_awq --model runs/week1/hf-model \
+    .venvs/vllm/bin/python -m week2_serving.quant.awq_worker --model runs/week1/hf-model \
         --out runs/week2/quantized/int4-awq --data runs/week1/data-bpe --group-size 64
 
-Usually started by `python -m week2_serving.quantize`. `--model` may be a hub id (from the hub
+Usually started by `python -m week2_serving.quant.quantize`. `--model` may be a hub id (from the hub
 cache with --offline). AWQ (activation-aware weight
 quantization) looks at calibration activations to find, per input channel, a scale that
 protects the weights that meet large activations, then rounds weights to 4 bits in groups of
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from week2_serving.quantize import finish_variant, token_windows, worker_args
+from week2_serving.quant.quantize import finish_variant, token_windows, worker_args
 
 
 def clip_supported(config: dict) -> bool:
@@ -70,7 +70,9 @@ def quantize_awq(
 def main(argv: list[str] | None = None) -> dict:
     a = worker_args(argv, __doc__)
     if a.group_size is None:
-        raise ValueError("--group-size is required (week2_serving.quantize picks it from config)")
+        raise ValueError(
+            "--group-size is required (week2_serving.quant.quantize picks it from config)"
+        )
     info = quantize_awq(a.model, a.out, a.data, a.num_calib, a.calib_len, a.group_size, a.seed)
     finish_variant(Path(a.out), Path(a.model), info)
     return info

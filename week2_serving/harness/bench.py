@@ -1,12 +1,12 @@
 """Load-test an OpenAI-compatible server (vLLM, SGLang, our engine) and measure it.
 
-    python -m week2_serving.launch vllm --model runs/week1/hf-model &     # or any server
-    python -m week2_serving.bench --base-url http://127.0.0.1:8000 --num-prompts 64 \
+    python -m week2_serving.harness.launch vllm --model runs/week1/hf-model &     # or any server
+    python -m week2_serving.harness.bench --base-url http://127.0.0.1:8000 --num-prompts 64 \
         --random-input-len 64 --random-output-len 64 --max-concurrency 8
-    python -m week2_serving.bench ... --request-rate 4 --burstiness 0.5  # Poisson-ish arrivals
-    python -m week2_serving.bench ... --dataset-name shared-prefix --prefix-len 256
-    python -m week2_serving.bench ... --goodput ttft:200 tpot:20          # SLOs in ms
-    python -m week2_serving.bench ... --tokenizer Qwen/Qwen2.5-0.5B-Instruct --offline  # cached id
+    python -m week2_serving.harness.bench ... --request-rate 4 --burstiness 0.5  # Poisson-ish arrivals
+    python -m week2_serving.harness.bench ... --dataset-name shared-prefix --prefix-len 256
+    python -m week2_serving.harness.bench ... --goodput ttft:200 tpot:20          # SLOs in ms
+    python -m week2_serving.harness.bench ... --tokenizer Qwen/Qwen2.5-0.5B-Instruct --offline  # cached id
 
 Metrics and result field names follow `vllm bench serve` (see metrics.py). Every request's
 record (timeline, token counts, error) is kept in results.json; failed requests are counted,
@@ -32,9 +32,9 @@ from common.hub import add_offline_arg, resolve_tokenizer
 from common.provenance import server_versions
 from common.results import get_logger, save_results
 from common.timing import environment
-from week2_serving.client import BACKENDS, Request, send_request
-from week2_serving.metrics import DEFAULT_PERCENTILES, RequestRecord, compute_metrics
-from week2_serving.workloads import (
+from week2_serving.harness.client import BACKENDS, Request, send_request
+from week2_serving.harness.metrics import DEFAULT_PERCENTILES, RequestRecord, compute_metrics
+from week2_serving.harness.workloads import (
     WORKLOADS,
     file_requests,
     random_requests,

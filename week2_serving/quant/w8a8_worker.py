@@ -1,10 +1,10 @@
 """INT8 W8A8 of an HF Llama folder with llm-compressor, on CPU. Runs in .venvs/quant (make
 setup-quant): llm-compressor pins versions that clash with vLLM's venv.
 
-    .venvs/quant/bin/python -m week2_serving.quantize_w8a8 --model runs/week1/hf-model \
+    .venvs/quant/bin/python -m week2_serving.quant.w8a8_worker --model runs/week1/hf-model \
         --out runs/week2/quantized/int8-w8a8 --data runs/week1/data-bpe
 
-Usually started by `python -m week2_serving.quantize`. `--model` may be a hub id (from the hub
+Usually started by `python -m week2_serving.quant.quantize`. `--model` may be a hub id (from the hub
 cache with --offline). The recipe is llm-compressor's usual
 W8A8: SmoothQuant first moves part of each activation outlier into the next layer's weights
 (activations become easier to round to 8 bits), then GPTQ rounds every Linear weight to int8,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from week2_serving.quantize import finish_variant, token_windows, worker_args
+from week2_serving.quant.quantize import finish_variant, token_windows, worker_args
 
 
 def allow_cpu_only() -> None:

@@ -1,6 +1,6 @@
 """A sweep's YAML as a validated dataclass: every problem of a config, not only the first.
 
-    cfg = SweepConfig.from_yaml("week2_serving/configs/cpu.yaml")
+    cfg = SweepConfig.from_yaml("week2_serving/harness/configs/cpu.yaml")
 
 A config names an `engine` and a `model`, the `servers` (each with a unique `name`, its `args`,
 and optionally its own `model`, `engine` and the `loads` it runs), the `loads` (BenchConfig
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from week2_serving import bench
-from week2_serving.launch import ENGINES
+from week2_serving.harness import bench
+from week2_serving.harness.launch import ENGINES
 
 SERVER_KEYS = ("name", "args", "model", "engine", "loads")
 SET_BY_SWEEP = ("base_url", "model", "tokenizer", "save", "server_info")  # not load fields

@@ -1,8 +1,8 @@
 """Sweep the serving levers: every server setting × every load setting, resumable.
 
-    python -m week2_serving.sweep week2_serving/configs/cpu.yaml --dry-run  # what would run
-    python -m week2_serving.sweep week2_serving/configs/cpu.yaml     # ~10 min on 2 cores
-    python -m week2_serving.report runs/week2/sweep-cpu              # the one-page report
+    python -m week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml --dry-run  # what would run
+    python -m week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml     # ~10 min on 2 cores
+    python -m week2_serving.harness.report runs/week2/sweep-cpu              # the one-page report
 
 The YAML names an engine and a model, `servers` (flags for the server, and optionally another
 `model` such as a quantized variant: each one restarts the server),
@@ -41,8 +41,8 @@ from common.results import (
     write_results,
 )
 from common.server import log_tail
-from week2_serving import bench
-from week2_serving.launch import (
+from week2_serving.harness import bench
+from week2_serving.harness.launch import (
     Machine,
     check_model,
     detect_machine,
@@ -50,7 +50,7 @@ from week2_serving.launch import (
     preflight,
     server_spec,
 )
-from week2_serving.sweep_config import SweepConfig, load_fields
+from week2_serving.harness.sweep_config import SweepConfig, load_fields
 
 log = get_logger("week2.sweep")
 LOG_LINES = 30  # lines of the server's log kept in error.json
@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("config", type=Path, help="sweep YAML, e.g. week2_serving/configs/cpu.yaml")
+    p.add_argument(
+        "config", type=Path, help="sweep YAML, e.g. week2_serving/harness/configs/cpu.yaml"
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -1,6 +1,6 @@
 """The one-page serving report of a sweep: plots, the lever table, cost, and the decode roofline.
 
-    python -m week2_serving.report runs/week2/sweep-cpu --gpu-hour-usd 2.0
+    python -m week2_serving.harness.report runs/week2/sweep-cpu --gpu-hour-usd 2.0
 
 Writes SWEEP_DIR/report.md and PNGs beside it:
 - throughput vs concurrency, TTFT and TPOT (p50 / p99) vs concurrency, per server setting;
@@ -25,7 +25,7 @@ import torch
 from common.plots import plt, save
 from common.report import md_table
 from common.results import atomic_write_bytes, get_logger, read_json
-from week2_serving import quantize_quality
+from week2_serving.quant import quality as quantize_quality
 
 log = get_logger("week2.report")
 
@@ -248,7 +248,7 @@ def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = 
         raise FileNotFoundError(
             f"{sweep} has no */*/results.json cells"
             + (f" ({failed} failed: see */*/error.json)" if failed else "")
-            + "; run python -m week2_serving.sweep first"
+            + "; run python -m week2_serving.harness.sweep first"
         )
     meta = read_json(sweep / "sweep.json")["config"] if (sweep / "sweep.json").exists() else {}
     servers = [s["name"] for s in meta.get("servers", [])] or sorted(

@@ -1,7 +1,7 @@
 """Our engine against itself and against vLLM: what paging, batching and prefix caching buy.
 
-    python -m week2_serving.engine_bench                       # sweep + analysis (~8 min, 2 cores)
-    python -m week2_serving.engine_bench --skip-sweep          # analysis of a finished sweep only
+    python -m week2_serving.engine.bench                       # sweep + analysis (~8 min, 2 cores)
+    python -m week2_serving.engine.bench --skip-sweep          # analysis of a finished sweep only
 
 1. Runs the sweep `configs/engine-cpu.yaml` with the week 2a harness, over HTTP: vLLM CPU and
    our engine (continuous / static / sequential scheduling, prefix caching on / off) on the
@@ -23,10 +23,10 @@ from pathlib import Path
 from common.plots import plt, save
 from common.results import REPO_ROOT, get_logger, runs_root, save_results
 from common.timing import environment
-from week2_serving import report, sweep
+from week2_serving.harness import report, sweep
 
 log = get_logger("week2.engine_bench")
-CONFIG = REPO_ROOT / "week2_serving" / "configs" / "engine-cpu.yaml"
+CONFIG = REPO_ROOT / "week2_serving" / "harness" / "configs" / "engine-cpu.yaml"
 
 
 def load_cells(sweep_dir: Path) -> dict[tuple[str, str], dict]:
