@@ -140,7 +140,9 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any, h
     )
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     shown = "required" if required else f"default: {_show(default)}"
-    kw: dict[str, Any] = {"dest": f.name, "help": f"{help_text} ({shown})".strip()}
+    if "default:" in help_text:  # the comment states its default itself (e.g. a computed one)
+        shown = "required" if required else ""
+    kw: dict[str, Any] = {"dest": f.name, "help": f"{help_text} ({shown})" if shown else help_text}
     if required:
         kw["required"] = True
     origin = typing.get_origin(tp)
