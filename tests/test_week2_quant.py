@@ -54,7 +54,7 @@ def test_variants_flag_takes_spaces_or_commas():
 def test_unknown_variant_is_rejected_with_the_tables_names():
     with pytest.raises(ValueError, match=r"int3.*'int8-w8a8', 'int4-awq'"):
         QuantizeConfig(variants=["int3"])
-    with pytest.raises(ValueError, match="a quantizer makes"):
+    with pytest.raises(ValueError, match="not made by a quantizer"):
         QuantizeConfig(variants=["fp32"])  # served, but nothing to make
     with pytest.raises(ValueError, match=r"int3.*'fp32', 'bf16'"):
         quality.QualityConfig(variants=["fp32", "int3"])

@@ -71,7 +71,7 @@ EAGER = ["--enforce-eager"]
 
 @dataclass
 class QualityConfig:
-    """Serve each variant on vLLM and measure its quality (python -m week2_serving.quant.quality)."""
+    """Serve each variant on vLLM, measure its quality (python -m week2_serving.quant.quality)."""
 
     variants: list[str] = field(
         default_factory=lambda: list(VARIANTS),
@@ -80,16 +80,16 @@ class QualityConfig:
             f"{list(VARIANTS)}"
         },
     )
-    model: str | None = None  # fp32 HF folder or hub id (default runs/week1/hf-model)
-    quantized: str | None = None  # the quantized variants' folder (default runs/week2/quantized)
-    data: str | None = None  # token splits (default runs/week1/data-bpe)
+    model: str | None = None  # fp32 HF folder or hub id; None: runs/week1/hf-model
+    quantized: str | None = None  # the quantized variants' folder; None: runs/week2/quantized
+    data: str | None = None  # folder with val.bin; None: runs/week1/data-bpe
     eval_len: int = 256  # tokens per perplexity window
     num_eval: int = 48  # perplexity windows (val split, consecutive from its start)
     num_prompts: int = 32  # greedy prompts
     prompt_len: int = 32  # tokens per greedy prompt (the start of a val window)
     max_tokens: int = 64  # greedy tokens per prompt
     name: str = "quant-quality"  # run name: results go to runs/week2/<name>/
-    offline: bool | None = None  # True: a hub id must be cached, servers too; None: HF_HUB_OFFLINE
+    offline: bool | None = None  # True: never ask the hub, servers too; None: HF_HUB_OFFLINE
 
     def __post_init__(self) -> None:
         self.variants = check_names(self.variants)

@@ -49,9 +49,9 @@ log = get_logger("week2.quantize")
 class QuantizeConfig:
     """Make the quantized variants of a model (python -m week2_serving.quant.quantize)."""
 
-    model: str | None = None  # fp32 HF folder or hub id (default runs/week1/hf-model)
-    data: str | None = None  # folder with train.bin / val.bin (default runs/week1/data-bpe)
-    out: str | None = None  # where the variants go (default runs/week2/quantized)
+    model: str | None = None  # fp32 HF folder or hub id; None: runs/week1/hf-model
+    data: str | None = None  # folder with train.bin / val.bin; None: runs/week1/data-bpe
+    out: str | None = None  # where the variants go; None: runs/week2/quantized
     variants: list[str] = field(
         default_factory=quantized_names,
         metadata={"help": f"variants to make, space- or comma-separated: {quantized_names()}"},
@@ -62,7 +62,9 @@ class QuantizeConfig:
     force: bool = False  # redo variants that are already there
     seed: int = 0  # picks the calibration windows
     strict: bool = False  # exit 1 when a variant failed (else: record it and go on)
-    offline: bool | None = None  # True: a hub id must be cached; None: HF_HUB_OFFLINE decides
+    offline: bool | None = (
+        None  # True: never ask the hub (ids must be cached); None: HF_HUB_OFFLINE
+    )
 
     def __post_init__(self) -> None:
         self.variants = check_names(self.variants, quantized_only=True)

@@ -134,9 +134,9 @@ def check_names(names: Iterable[str], quantized_only: bool = False) -> list[str]
     allowed = quantized_names() if quantized_only else list(VARIANTS)
     bad = [n for n in out if n not in allowed]
     if bad:
-        what = "variant(s) a quantizer makes" if quantized_only else "variant(s)"
+        what = "not made by a quantizer" if quantized_only else "unknown variant(s)"
         raise ValueError(
-            f"unknown {what} {bad}; choose from {allowed} (week2_serving/quant/variants.py)"
+            f"{what}: {bad}; choose from {allowed} (the table in week2_serving/quant/variants.py)"
         )
     return out
 
