@@ -25,6 +25,8 @@ ENTRY_POINTS = [
     "week2_serving.harness.validate",
     "week2_serving.harness.sweep",
     "week2_serving.harness.report",
+    "week2_serving.quant.quantize",
+    "week2_serving.quant.quality",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
 ]

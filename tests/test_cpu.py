@@ -12,7 +12,7 @@ import pytest
 
 from common.cpu import CpuCaps, cpu_caps, model_quantization, parse_cpuinfo, vllm_cpu_dtype
 from common.server import vllm_dtype_args, vllm_server
-from week2_serving.quant import quality as quantize_quality
+from week2_serving.quant.variants import VARIANTS, compared_with, serve_dtype
 
 BASE = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx fma"
 CPUINFO = {
@@ -127,19 +127,19 @@ def test_vllm_server_builds_its_command_with_the_dtype(tmp_path, monkeypatch):
 
 def test_quality_variants_are_served_at_the_decided_dtype(kind):
     caps = caps_of(kind)
-    got = {v: quantize_quality.serve_dtype(v, caps) for v in quantize_quality.VARIANTS}
+    got = {v: serve_dtype(v, caps) for v in VARIANTS}
     assert got == {
         "fp32": "float32",
         "bf16": "bfloat16",
         "int8-w8a8": EXPECTED[kind]["int8-w8a8"],
         "int4-awq": "bfloat16",
     }
-    assert quantize_quality.serve_dtype("int8-w8a8", caps, cuda=True) == "auto"
+    assert serve_dtype("int8-w8a8", caps, cuda=True) == "auto"
 
 
 def test_quality_compares_like_with_like():
     ok = {"fp32", "bf16", "int8-w8a8", "int4-awq"}
-    cw = quantize_quality.compared_with
+    cw = compared_with
     assert cw("int4-awq", "bfloat16", ok) == "bf16"
     assert cw("int8-w8a8", "bfloat16", ok) == "bf16"  # an AMX machine
     assert cw("int8-w8a8", "float32", ok) == "fp32"  # elsewhere

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,7 @@ def test_quantize_resolves_a_hub_id_and_passes_offline_to_its_worker(
     fake_hub, tmp_path, monkeypatch
 ):
     from week2_serving.quant import quantize
+    from week2_serving.quant.variants import VARIANTS
 
     calls = []
 
@@ -204,9 +206,8 @@ def test_quantize_resolves_a_hub_id_and_passes_offline_to_its_worker(
         return subprocess.CompletedProcess(cmd, 1)
 
     monkeypatch.setattr(quantize.subprocess, "run", fake_run)
-    monkeypatch.setitem(
-        quantize.VARIANTS, "int4-awq", (Path(sys.executable), "week2_serving.x", "setup-awq")
-    )
+    awq = replace(VARIANTS["int4-awq"], python=Path(sys.executable), worker="week2_serving.x")
+    monkeypatch.setitem(VARIANTS, "int4-awq", awq)
     cfg = quantize.QuantizeConfig(
         model=REPO_ID,
         data=str(tmp_path),
@@ -230,7 +231,7 @@ def test_quantize_resolves_a_hub_id_and_passes_offline_to_its_worker(
 
 
 def test_quantize_workers_take_a_hub_id(fake_hub, tmp_path):
-    from week2_serving.quant.quantize import worker_args
+    from week2_serving.quant.shared import worker_args
 
     argv = ["--model", REPO_ID, "--out", str(tmp_path), "--data", str(tmp_path)]
     assert worker_args([*argv, "--offline"], "").model == str(fake_hub)
@@ -239,7 +240,7 @@ def test_quantize_workers_take_a_hub_id(fake_hub, tmp_path):
 
 
 def test_quality_serves_the_hub_model_from_its_snapshot(fake_hub, tmp_path, monkeypatch):
-    from week2_serving.quant import quality as quantize_quality
+    from week2_serving.quant import quality
 
     np.arange(2000, dtype=np.uint16).tofile(tmp_path / "val.bin")
     launched = []
@@ -248,15 +249,15 @@ def test_quality_serves_the_hub_model_from_its_snapshot(fake_hub, tmp_path, monk
         launched.append((folder, kwargs.get("env") or {}))
         raise ServerError("no vLLM in this test")
 
-    monkeypatch.setattr(quantize_quality, "launch", failing_launch)
-    cfg = quantize_quality.QualityConfig(
+    monkeypatch.setattr(quality, "launch", failing_launch)
+    cfg = quality.QualityConfig(
         variants=["fp32"],
         model=REPO_ID,
         quantized=str(tmp_path / "q"),
         data=str(tmp_path),
         offline=True,
     )
-    rows = quantize_quality.main(cfg)["variants"]
+    rows = quality.main(cfg)["variants"]
     assert launched[0][0] == fake_hub and rows["fp32"]["model"] == str(fake_hub)
     assert launched[0][1]["HF_HUB_OFFLINE"] == "1"
     assert rows["fp32"]["weight_bytes"] > 0  # the snapshot's weights were found and sized
@@ -272,13 +273,12 @@ def test_validate_resolves_a_hub_id(fake_hub):
 
 def test_offline_flag_on_every_command_line():
     from week2_serving.harness import bench, validate
-    from week2_serving.quant import quality as quantize_quality
-    from week2_serving.quant import quantize
+    from week2_serving.quant import quality, quantize
 
     for parse in (
         bench.parse_args,
         quantize.parse_args,
-        quantize_quality.parse_args,
+        quality.parse_args,
         validate.parse_args,
     ):
         assert parse(["--offline"]).offline is True, parse

@@ -1,87 +1,86 @@
-"""Quantized variants: the quality metrics on hand-computed inputs, the orchestration (group size,
-calibration windows, failures recorded), the report table, and — with the venvs present — the
-tiny model quantized to INT8 W8A8 and INT4 AWQ, served by real vLLM, agreeing with fp32."""
+"""Quantized variants: the registry, the orchestration (group size, calibration windows,
+failures recorded), the workers' imports, and, with the venvs present, the tiny model quantized
+to INT8 W8A8 and INT4 AWQ, served by real vLLM, agreeing with fp32.
+(The quality metrics and the report table: tests/test_week2_quant_quality.py.)"""
 
 from __future__ import annotations
 
 import json
-import math
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from common.cpu import model_quantization
-from common.results import write_json_atomic
+from common.cli import build_parser
+from common.cpu import model_quantization, parse_cpuinfo
 from common.server import VLLM_PYTHON, vllm_available
-from tests.test_week2_report import cell
-from week2_serving.harness import report
-from week2_serving.quant import quality as quantize_quality
-from week2_serving.quant import quantize
-from week2_serving.quant.quality import (
-    greedy_agreement,
-    perplexity,
-    prompt_token_logprobs,
-    prompt_top1,
+from tests.conftest import REPO
+from week2_serving.quant import quality, quantize, shared
+from week2_serving.quant.metrics import greedy_agreement, perplexity
+from week2_serving.quant.quantize import QuantizeConfig
+from week2_serving.quant.shared import token_windows
+from week2_serving.quant.variants import (
+    VARIANTS,
+    check_names,
+    pick_group_size,
+    quantized_names,
+    serve_args,
 )
-from week2_serving.quant.quantize import QuantizeConfig, pick_group_size, token_windows
 
-# ---- metrics on known inputs ----
-
-
-def test_perplexity_hand_computed():
-    # two tokens with p = 1/2 and 1/8 -> mean NLL = (ln 2 + ln 8) / 2 = 2 ln 2 -> perplexity 4
-    res = perplexity([[math.log(0.5)], [math.log(0.125)]])
-    assert res["perplexity"] == pytest.approx(4.0)
-    assert res["mean_nll"] == pytest.approx(2 * math.log(2))
-    assert res["tokens"] == 2
-    # a uniform model over V tokens has perplexity V
-    assert perplexity([[math.log(1 / 2048)] * 10])["perplexity"] == pytest.approx(2048)
+# ---- the registry ----
 
 
-@pytest.mark.parametrize("bad", [[], [[]], [[0.5]], [[float("nan")]]])
-def test_perplexity_rejects_bad_input(bad):
-    with pytest.raises(ValueError):
-        perplexity(bad)
+def test_registry_drives_both_command_lines():
+    assert quantized_names() == ["int8-w8a8", "int4-awq"]
+    assert QuantizeConfig().variants == quantized_names()
+    assert quality.QualityConfig().variants == list(VARIANTS)
+    help_text = " ".join(build_parser(QuantizeConfig).format_help().split())
+    assert "['int8-w8a8', 'int4-awq']" in help_text and "(default: int8-w8a8 int4-awq)" in help_text
+    for v in VARIANTS.values():
+        assert v.label and (v.worker is None) == (v.make_target is None) == (v.python is None)
 
 
-def test_greedy_agreement_hand_computed():
-    ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
-    other = [[1, 2, 9, 4], [5, 6, 7, 8]]
-    res = greedy_agreement(ref, other)
-    assert res["token_agreement"] == pytest.approx(7 / 8)
-    assert res["exact_match"] == pytest.approx(1 / 2)
-    assert res["mean_prefix_match"] == pytest.approx((2 / 4 + 4 / 4) / 2)
-    assert greedy_agreement(ref, ref)["token_agreement"] == 1.0
-    assert greedy_agreement(ref, [[0, 0, 0, 0], [0, 0, 0, 0]])["mean_prefix_match"] == 0.0
+def test_variants_flag_takes_spaces_or_commas():
+    assert quantize.parse_args(["--variants", "int4-awq"]).variants == ["int4-awq"]
+    both = quality.parse_args(["--variants", "fp32,int4-awq", "bf16"]).variants
+    assert both == ["fp32", "int4-awq", "bf16"]
+    assert quality.parse_args(["--num-prompts", "8"]).num_prompts == 8
+    cfg = quantize.parse_args(["--force", "--group-size", "32", "--strict", "--num-calib", "4"])
+    assert (cfg.force, cfg.group_size, cfg.strict, cfg.num_calib) == (True, 32, True, 4)
 
 
-def test_greedy_agreement_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="3 tokens vs 4"):
-        greedy_agreement([[1, 2, 3, 4]], [[1, 2, 3]])
-    with pytest.raises(ValueError, match="same number"):
-        greedy_agreement([[1]], [[1], [2]])
+def test_unknown_variant_is_rejected_with_the_tables_names():
+    with pytest.raises(ValueError, match=r"int3.*'int8-w8a8', 'int4-awq'"):
+        QuantizeConfig(variants=["int3"])
+    with pytest.raises(ValueError, match="not made by a quantizer"):
+        QuantizeConfig(variants=["fp32"])  # served, but nothing to make
+    with pytest.raises(ValueError, match=r"int3.*'fp32', 'bf16'"):
+        quality.QualityConfig(variants=["fp32", "int3"])
+    with pytest.raises(ValueError, match="reference 'fp32'"):
+        quality.QualityConfig(variants=["int4-awq"])
+    with pytest.raises(ValueError, match=r"\['a', 'b'\]"):  # commas split
+        check_names(["a,b"])
 
 
-# vLLM's prompt_logprobs for prompt [5, 6, 7] with prompt_logprobs=1: the actual token and the
-# rank-1 token per position (the shape of a real vLLM 0.32 CPU response)
-PROMPT_LOGPROBS = [
-    None,
-    {
-        "6": {"logprob": -11.5, "rank": 1138, "decoded_token": "&"},
-        "42": {"logprob": -0.7, "rank": 1, "decoded_token": "x"},
-    },
-    {"7": {"logprob": -0.25, "rank": 1, "decoded_token": "'"}},
-]
+def test_serve_args_from_the_registry():
+    amx = parse_cpuinfo("model name : Xeon\nflags : avx2 avx512f amx_tile amx_bf16")
+    assert serve_args("fp32", amx) == ["--dtype", "float32"]
+    assert serve_args("int8-w8a8", amx) == ["--dtype", "bfloat16"]
+    assert serve_args("int4-awq", amx, cuda=True) == []  # vLLM's 'auto'
 
 
-def test_prompt_logprobs_and_top1_from_vllm_response():
-    assert prompt_token_logprobs([5, 6, 7], PROMPT_LOGPROBS) == [-11.5, -0.25]
-    assert prompt_top1(PROMPT_LOGPROBS) == [42, 7]
-    with pytest.raises(ValueError, match="no entry for the prompt token 9"):
-        prompt_token_logprobs([5, 9, 7], PROMPT_LOGPROBS)
-    with pytest.raises(ValueError, match="3 prompt_logprobs entries for 2"):
-        prompt_token_logprobs([5, 6], PROMPT_LOGPROBS)
+def test_a_new_variant_is_one_entry(monkeypatch, tmp_path):
+    """A made-up variant added to the table alone is accepted and run by its worker."""
+    new = replace(VARIANTS["int8-w8a8"], name="int2-x", python=tmp_path / "none" / "python")
+    monkeypatch.setitem(VARIANTS, "int2-x", new)
+    model = fake_model(tmp_path / "model")
+    cfg = QuantizeConfig(
+        model=str(model), data=str(tmp_path), out=str(tmp_path / "q"), variants=["int2-x"]
+    )
+    rec = quantize.main(cfg)["variants"]["int2-x"]
+    assert rec["status"] == "error" and "make setup-quant" in rec["error"]
 
 
 # ---- orchestration ----
@@ -122,15 +121,6 @@ def test_token_windows(tmp_path):
         token_windows(tmp_path, "train", 1, 10)
 
 
-def test_unknown_variant_is_rejected():
-    with pytest.raises(ValueError, match="int3"):
-        QuantizeConfig(variants=["int3"])
-    with pytest.raises(ValueError, match="int3"):
-        quantize_quality.QualityConfig(variants=["fp32", "int3"])
-    with pytest.raises(ValueError, match="reference 'fp32'"):
-        quantize_quality.QualityConfig(variants=["int4-awq"])
-
-
 def fake_model(folder):
     folder.mkdir(parents=True)
     config = {
@@ -148,14 +138,10 @@ def fake_model(folder):
 
 def test_failed_variants_are_recorded_not_raised(tmp_path, monkeypatch):
     model = fake_model(tmp_path / "model")
-    monkeypatch.setattr(
-        quantize,
-        "VARIANTS",
-        {
-            "int8-w8a8": (tmp_path / "no-venv" / "python", "x", "setup-quant"),
-            "int4-awq": (Path(sys.executable), "week2_serving.no_such_module", "setup-awq"),
-        },
-    )
+    w8a8, awq = VARIANTS["int8-w8a8"], VARIANTS["int4-awq"]
+    monkeypatch.setitem(VARIANTS, "int8-w8a8", replace(w8a8, python=tmp_path / "no" / "python"))
+    no_module = replace(awq, python=Path(sys.executable), worker="week2_serving.no_such_module")
+    monkeypatch.setitem(VARIANTS, "int4-awq", no_module)
     res = quantize.main(
         QuantizeConfig(model=str(model), data=str(tmp_path), out=str(tmp_path / "q"))
     )
@@ -170,9 +156,8 @@ def test_failed_variants_are_recorded_not_raised(tmp_path, monkeypatch):
 
 def test_bad_awq_group_size_is_recorded_with_the_widths(tmp_path, monkeypatch):
     model = fake_model(tmp_path / "model")
-    monkeypatch.setitem(
-        quantize.VARIANTS, "int4-awq", (Path(sys.executable), "unused", "setup-awq")
-    )
+    awq = replace(VARIANTS["int4-awq"], python=Path(sys.executable), worker="unused")
+    monkeypatch.setitem(VARIANTS, "int4-awq", awq)
     cfg = QuantizeConfig(
         model=str(model), data=str(tmp_path), out=str(tmp_path / "q"), variants=["int4-awq"]
     )
@@ -186,90 +171,37 @@ def test_finished_variant_is_kept_until_the_source_changes(tmp_path):
     folder = tmp_path / "q" / "int8-w8a8"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    quantize.finish_variant(folder, model, {"quantize_seconds": 1.0})
-    assert quantize.is_done(folder, model)
+    shared.finish_variant(folder, model, {"quantize_seconds": 1.0})
+    assert shared.is_done(folder, model)
     (model / "model.safetensors").write_bytes(b"\1" * 2000)  # week 1 retrained
-    assert not quantize.is_done(folder, model)
+    assert not shared.is_done(folder, model)
 
 
-def test_quality_records_servers_that_fail_and_variants_never_made(tmp_path, monkeypatch):
-    import numpy as np
+# ---- the workers run in other venvs: they import only the quant library module ----
 
-    from common.server import ServerError
+WORKER_IMPORTS = {
+    "week2_serving",
+    "week2_serving.quant",
+    "week2_serving.quant.shared",
+    "common",
+    "common.cli",
+    "common.hub",
+    "common.results",
+}
 
-    model = fake_model(tmp_path / "model")
-    np.arange(2000, dtype=np.uint16).tofile(tmp_path / "val.bin")
-    qdir = tmp_path / "q"
-    write_json_atomic(
-        qdir / "results.json",
-        {"variants": {"int4-awq": {"status": "error", "error": "AWQ exploded"}}},
+
+@pytest.mark.parametrize("worker", ["awq_worker", "w8a8_worker"])
+def test_workers_import_only_the_quant_library(worker):
+    code = (
+        f"import sys, week2_serving.quant.{worker}; "
+        "print(*(m for m in sys.modules if m.split('.')[0] in ('common', 'week2_serving')))"
     )
-
-    def failing_launch(*args, **kwargs):
-        raise ServerError("server exited with code 1 before it was ready")
-
-    monkeypatch.setattr(quantize_quality, "launch", failing_launch)
-    cfg = quantize_quality.QualityConfig(
-        variants=["fp32", "int4-awq"], model=str(model), quantized=str(qdir), data=str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
-    rows = quantize_quality.main(cfg)["variants"]
-    assert rows["fp32"]["status"] == "error" and "before it was ready" in rows["fp32"]["error"]
-    assert rows["int4-awq"]["error"] == "not produced: AWQ exploded"
-    assert (tmp_path / "runs" / "week2" / "quant-quality" / "results.json").is_file()
-
-
-# ---- the report ----
-
-
-def test_quality_table_in_the_sweep_report(tmp_path):
-    model = fake_model(tmp_path / "model")
-    week = tmp_path / "week2"
-    sweep = week / "sweep-x"
-    cells = [
-        cell("default", "c1", 1, 100, 20, 9, model),
-        cell("int4-awq", "c1", 1, 150, 20, 6, model),
-    ]
-    for c in cells:
-        write_json_atomic(sweep / c["server_name"] / c["load_name"] / "results.json", c)
-    write_json_atomic(
-        sweep / "sweep.json",
-        {"config": {"servers": [{"name": "default"}, {"name": "int4-awq"}], "engine": "vllm"}},
-    )
-    g = {"token_agreement": 0.5, "exact_match": 0.0, "mean_prefix_match": 0.25}
-    quality = {
-        "reference": "fp32",
-        "variants": {
-            "fp32": {"status": "ok", "dtype": "float32", "perplexity": 10.0, "weight_bytes": 4e6},
-            "bf16": {"status": "ok", "dtype": "bfloat16", "perplexity": 10.0 * 1.1 / 1.05},
-            "int4-awq": {
-                "status": "ok",
-                "dtype": "bfloat16",
-                "compared_with": "bf16",
-                "perplexity": 11.0,
-                "weight_bytes": 1e6,
-                "quantize_seconds": 42,
-                "greedy": g,
-                "top1_agreement": 0.9,
-                "greedy_self_agreement": 1.0,
-            },
-            "int8-w8a8": {"status": "error", "error": "not produced: boom\nmore"},
-        },
-        "config": {"eval_len": 256, "num_prompts": 32, "max_tokens": 64},
-        "eval": {"windows": 48},
-    }
-    write_json_atomic(week / "quant-quality" / "results.json", quality)
-    text = report.build(sweep, bandwidth_gbs=10.0).read_text()
-    assert "## Quantization: quality beside speed" in text
-    # like with like: the bf16 variant is compared with the bf16 control, not with fp32
-    row = "| int4-awq | bfloat16 | 1.0 | 42 | 11.00 (+5.00% vs bf16) | 0.500 | 0.250 | 0.900 |"
-    assert row in text
-    assert "| fp32 | float32 | 4.0 | — | 10.00 (reference)" in text and "| 100 |" in text
-    assert "failed: not produced: boom |" in text
-    assert "| int4-awq | c1 | +50% |" in text  # the variant is a lever in the lever table
-
-
-def test_no_quality_section_without_results(tmp_path):
-    assert quantize_quality.report_section(tmp_path, [], None) is None
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split()) - {f"week2_serving.quant.{worker}"}
+    assert loaded <= WORKER_IMPORTS, sorted(loaded - WORKER_IMPORTS)
 
 
 # ---- real quantization and real vLLM on the tiny model ----
@@ -281,7 +213,7 @@ def _installed(python, dist: str) -> bool:
     )
 
 
-QUANT_PYTHON = quantize.VARIANTS["int8-w8a8"][0]
+QUANT_PYTHON = VARIANTS["int8-w8a8"].python
 READY = {
     "int8-w8a8": (
         _installed(QUANT_PYTHON, "llmcompressor"),
@@ -328,19 +260,19 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
     config = json.loads((Path(cfg.out) / variant / "config.json").read_text())
     assert "quantization_config" in config
     # the serving dtype is decided from what the checkpoint says it is
-    assert model_quantization(Path(cfg.out) / variant) == quantize_quality.VARIANTS[variant][0]
+    assert model_quantization(Path(cfg.out) / variant) == VARIANTS[variant].quantization
 
     windows = token_windows(cfg.data, "val", 8, 64)
     prompts = [w[:16] for w in windows]
-    ref = quantize_quality.evaluate_server(vllm_tiny.url, "tiny", windows, prompts, 16)
+    ref = quality.evaluate_server(vllm_tiny.url, "tiny", windows, prompts, 16)
     with launch(
         "vllm",
         Path(cfg.out) / variant,
-        extra=["--dtype", quantize_quality.serve_dtype(variant), *quantize_quality.EAGER],
+        extra=[*serve_args(variant), *quality.EAGER],
         max_model_len=128,
         served_name="q",
     ) as srv:
-        got = quantize_quality.evaluate_server(srv.url, "q", windows, prompts, 16)
+        got = quality.evaluate_server(srv.url, "q", windows, prompts, 16)
     ppl_ref = perplexity(ref["logprobs"])["perplexity"]
     ppl = perplexity(got["logprobs"])["perplexity"]
     top1 = greedy_agreement(ref["top1"], got["top1"])["token_agreement"]
@@ -361,10 +293,6 @@ def test_quantized_tiny_model_served_by_vllm_agrees_with_fp32(
     ],
 )
 def test_help(module, python):
-    import subprocess
-
-    from tests.conftest import REPO
-
     if not python.exists():
         pytest.skip(f"{python} is absent (make setup-quant / setup-vllm)")
     out = subprocess.run(

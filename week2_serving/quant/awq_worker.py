@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from week2_serving.quant.quantize import finish_variant, token_windows, worker_args
+from week2_serving.quant.shared import finish_variant, token_windows, worker_args
 
 
 def clip_supported(config: dict) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from week2_serving.quant.quantize import finish_variant, token_windows, worker_args
+from week2_serving.quant.shared import finish_variant, token_windows, worker_args
 
 
 def allow_cpu_only() -> None:
