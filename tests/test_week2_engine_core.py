@@ -43,7 +43,9 @@ def test_allocation_that_does_not_fit_changes_nothing():
     bm = BlockManager(num_blocks=2, block_size=4)
     s = seq(12)
     bm.allocate_prefix(s)
-    assert bm.allocate_slots(s, 12) is None
+    assert not bm.can_allocate_slots(s, 12) and bm.can_allocate_slots(s, 8)
+    with pytest.raises(BlockError, match="needs 3 free blocks"):
+        bm.allocate_slots(s, 12)
     assert s.block_table == [] and bm.num_free_blocks == 2
 
 
