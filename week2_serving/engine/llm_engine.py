@@ -14,8 +14,6 @@ What goes wrong, and where it lands:
   "error" (the message on its StepOutput), its blocks are freed, the others go on;
 - a fault in the batched forward pass: `step()` raises; the engine is not to be trusted any
   more, and its caller fails every request (the server answers `errors.EngineDead`).
-
-`metrics` (`metrics.EngineMetrics`) holds the Prometheus metrics the engine thread records.
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     scheduling: str = "continuous"  # how requests join the batch: a name in scheduler.POLICIES
     # Most requests waiting for a slot; one more is refused with EngineFull (0 = no bound). A
-    # few batches' worth (max_num_seqs is 64): enough to refill the batch as requests finish,
+    # few batches' worth of max_num_seqs: enough to refill the batch as requests finish,
     # while a client refused at once can retry or go elsewhere instead of waiting longer and
     # longer behind a queue that only grows.
     max_num_waiting: int = 256
@@ -72,9 +70,7 @@ class EngineConfig:
         self.torch_dtype = pick_dtype(self.torch_device, self.dtype)
         get_policy(self.scheduling)
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
-            raise ValueError(
-                f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0 (0 = no bound)"
-            )
+            raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
 
 
 @dataclass
@@ -130,6 +126,7 @@ class LLMEngine:
         self.num_failed = 0
         self.num_steps = 0
         self.step_time: float | None = None  # moving average of a step's seconds
+        # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
@@ -215,7 +212,7 @@ class LLMEngine:
         self.scheduler.add(seq)
         self.requests[seq.request_id] = seq
         self.num_prompt_tokens += seq.num_prompt_tokens
-        self.metrics.on_step_end(self.scheduler, self.block_manager)
+        self.metrics.record_state(self.scheduler, self.block_manager)
 
     def abort(self, request_id: str) -> bool:
         """Drop a request (waiting or running, even mid-prefill); its blocks are freed at once."""
@@ -226,7 +223,7 @@ class LLMEngine:
         self.sampler.forget(seq)
         self.num_aborted += 1
         self.metrics.on_abort()
-        self.metrics.on_step_end(self.scheduler, self.block_manager)
+        self.metrics.record_state(self.scheduler, self.block_manager)
         return True
 
     def has_unfinished(self) -> bool:
@@ -242,7 +239,7 @@ class LLMEngine:
         start = time.monotonic()
         batch = self.scheduler.schedule()
         if not batch.seqs:
-            self.metrics.on_step_end(self.scheduler, self.block_manager)
+            self.metrics.record_state(self.scheduler, self.block_manager)
             return []
         logits = self.runner.execute(batch)
         to_sample = batch.sampled_seqs
@@ -253,7 +250,7 @@ class LLMEngine:
         self.num_steps += 1
         dt = now - start
         self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
-        self.metrics.on_step_end(self.scheduler, self.block_manager)
+        self.metrics.record_state(self.scheduler, self.block_manager)
         return outs
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, int]:

@@ -4,8 +4,8 @@
     ...                                    # the engine thread records as it steps
     body = metrics.exposition()            # the HTTP thread renders (`CONTENT_TYPE`)
 
-Who writes what: only the engine thread records (`on_token`, `on_finish`, `on_abort`,
-`on_step_end` after each step and each change of the queues); any thread may call
+Who writes what: only the engine thread records (`on_token`, `on_finish`, `on_abort`, and
+`record_state` after each step and each change of the queues); any thread may call
 `exposition()`. prometheus_client's metrics are
 thread-safe, and the gauges that describe the block manager and the queues are *set* by the
 engine thread at the end of each step, so a render never reads the engine's own structures
@@ -115,9 +115,10 @@ class EngineMetrics:
     def on_abort(self) -> None:
         self.request_success.labels(self.model_name, "abort").inc()
 
-    def on_step_end(self, scheduler: Scheduler, block_manager: BlockManager) -> None:
+    def record_state(self, scheduler: Scheduler, block_manager: BlockManager) -> None:
         """Copy the queue lengths, the KV pool's usage and the cumulative prefix-cache and
-        preemption counts into the metrics (the counters grow by what is new since last time)."""
+        preemption counts into the metrics (the counters grow by what is new since last time).
+        The engine thread calls it after every step and every change of its queues."""
         bm = block_manager
         self.running.set(len(scheduler.running))
         self.waiting.set(len(scheduler.waiting))
