@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from week2_serving.engine.block_manager import BlockError, BlockManager
-from week2_serving.engine.scheduler import Scheduler, SchedulerConfig
+from week2_serving.engine.scheduler import POLICIES, Policy, Scheduler, SchedulerConfig
 from week2_serving.engine.sequence import SamplingParams, Sequence, Status
 
 
@@ -43,7 +43,9 @@ def test_allocation_that_does_not_fit_changes_nothing():
     bm = BlockManager(num_blocks=2, block_size=4)
     s = seq(12)
     bm.allocate_prefix(s)
-    assert bm.allocate_slots(s, 12) is None
+    assert not bm.can_allocate_slots(s, 12) and bm.can_allocate_slots(s, 8)
+    with pytest.raises(BlockError, match="needs 3 free blocks"):
+        bm.allocate_slots(s, 12)
     assert s.block_table == [] and bm.num_free_blocks == 2
 
 
@@ -201,6 +203,24 @@ def test_bad_policy_and_sampling_params_are_named():
         SamplingParams(max_tokens=0)
     with pytest.raises(ValueError, match="top_p=0"):
         SamplingParams(top_p=0)
+
+
+def test_a_policy_is_one_entry_in_the_table(monkeypatch):
+    pairs = Policy(
+        "two at a time, joining as others finish", admit_while_running=True, max_running=2
+    )
+    monkeypatch.setitem(POLICIES, "pairs", pairs)
+    with pytest.raises(ValueError, match="use one of continuous, static, sequential, pairs"):
+        SchedulerConfig(policy="fast")
+    sched, _ = make("pairs")
+    seqs = [seq(4, max_tokens=2, start=10 * i) for i in range(5)]
+    for s in seqs:
+        sched.add(s)
+    for _ in range(30):
+        batch = sched.schedule()
+        assert len(batch.seqs) <= 2
+        sched.update(batch, {s.seq_id: 7 for s in batch.sampled_seqs})
+    assert all(s.is_finished for s in seqs)
 
 
 # --- property test: no leak, no double free, whatever happens ---------------------------------

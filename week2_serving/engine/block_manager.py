@@ -6,11 +6,20 @@ tensors live in the model runner; this class only hands out block ids). A sequen
 a page table maps virtual pages to frames. So a sequence needs memory only for the tokens it
 has, one block at a time, instead of a max-length reservation made up front.
 
-Automatic prefix caching: a *full* block is named by a hash of (hash of the block before it,
-its tokens), so equal hashes mean equal prefixes. A new request walks its full blocks, and
-each one already in the cache is shared (reference count + 1) instead of recomputed. Freed
-blocks keep their contents and hash while they sit in the free list; they are reused by
-whoever needs a new block, oldest-freed first (LRU eviction), and only then forget the hash.
+Automatic prefix caching: a *full* block is named by a key, the SHA-256 of (the key of the
+block before it, its tokens), so one key names the whole prefix up to that block and equal
+keys mean equal prefixes. A new request walks its full blocks, and each one already in the
+cache is shared (reference count + 1) instead of recomputed. Freed blocks keep their contents
+and key while they sit in the free list; they are reused by whoever needs a new block,
+oldest-freed first (LRU eviction), and only then forget the key.
+
+Why SHA-256 and not Python's `hash()`: two different prefixes with the same key would share
+K/V and silently give one request another's context. `hash()` of a tuple is 64 bits, chosen
+for speed, not to resist collisions (and some are easy to build); a 256-bit cryptographic hash
+makes an accidental or crafted collision out of reach, as vLLM's `sha256` prefix hashing does.
+A request may carry a `cache_salt` (as in vLLM): it enters the first block's key, so requests
+with different salts never share a block (tenants that must not learn, from timing, what
+others have sent), and requests with the same salt share as usual.
 
 Copy-on-write: a block whose reference count is > 1 is shared, so it must not be written. If a
 sequence must write into one (it found its whole prompt cached and recomputes the last token
@@ -22,6 +31,8 @@ Pure Python, no torch.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -32,12 +43,23 @@ from week2_serving.engine.sequence import Sequence
 class Block:
     block_id: int
     ref_count: int = 0
-    hash: int | None = None  # set once the block is full and registered in the prefix cache
-    token_ids: tuple[int, ...] = ()  # the tokens behind `hash` (checked on a hit: no collisions)
+    hash: bytes | None = None  # its prefix-cache key, once full and registered in the cache
 
 
 class BlockError(RuntimeError):
     """Bookkeeping went wrong (double free, unknown block): a bug, never a user error."""
+
+
+def block_key(parent: bytes | None, tokens: tuple[int, ...] | list[int], salt: str | None) -> bytes:
+    """The prefix-cache key of a full block: SHA-256 over (parent key, the block's tokens).
+
+    The first block has no parent; its place is taken by the salt's own digest (or 32 zero
+    bytes without a salt), so the salt changes every key of the chain. Tokens are packed as
+    fixed-width int64, so two different token tuples never give the same bytes.
+    """
+    if parent is None:
+        parent = bytes(32) if salt is None else hashlib.sha256(b"salt:" + salt.encode()).digest()
+    return hashlib.sha256(parent + struct.pack(f"<{len(tokens)}q", *tokens)).digest()
 
 
 class BlockManager:
@@ -47,10 +69,10 @@ class BlockManager:
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
-        # ref_count == 0 blocks, least recently freed first. Blocks with a hash are "cached":
+        # ref_count == 0 blocks, least recently freed first. Blocks with a key are "cached":
         # reusable by a prefix hit until something evicts them.
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.cached: dict[int, int] = {}  # hash -> block_id
+        self.cached: dict[bytes, int] = {}  # prefix-cache key -> block_id
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which found
         self.num_evictions = 0
@@ -89,12 +111,9 @@ class BlockManager:
         block = self._take_free(block_id)
         if block.hash is not None:
             del self.cached[block.hash]
-            block.hash, block.token_ids = None, ()
+            block.hash = None
             self.num_evictions += 1
         return block_id
-
-    def _chain_hash(self, parent: int | None, tokens: tuple[int, ...]) -> int:
-        return hash((parent, tokens))
 
     def allocate_prefix(self, seq: Sequence) -> int:
         """On admission: share every leading full block already cached; return tokens reused.
@@ -109,10 +128,9 @@ class BlockManager:
             parent = None
             bs = self.block_size
             for start in range(0, len(seq) - bs + 1, bs):
-                tokens = tuple(seq.tokens[start : start + bs])
-                h = self._chain_hash(parent, tokens)
+                h = block_key(parent, seq.tokens[start : start + bs], seq.cache_salt)
                 block_id = self.cached.get(h)
-                if block_id is None or self.blocks[block_id].token_ids != tokens:
+                if block_id is None:
                     break
                 block = self.blocks[block_id]
                 if block.ref_count == 0:
@@ -133,19 +151,26 @@ class BlockManager:
             seq.num_cached_prompt = min(seq.num_computed, seq.num_prompt_tokens)
             self.prefix_hits += seq.num_cached_prompt
 
-    def allocate_slots(self, seq: Sequence, num_new: int) -> list[tuple[int, int]] | None:
-        """Make room to compute `num_new` more tokens of `seq`.
-
-        Returns the (src, dst) block copies the runner must do first (copy-on-write), or None
-        (and changes nothing) when there are not enough free blocks.
-        """
+    def _slots_plan(self, seq: Sequence, num_new: int) -> tuple[list[int], int]:
+        """Which of seq's blocks it would write while shared, and how many free blocks it needs."""
         bs = self.block_size
         first, end = seq.num_computed, seq.num_computed + num_new  # token slots to write
         written = range(first // bs, min(self.blocks_needed(end), len(seq.block_table)))
         shared = [i for i in written if self.blocks[seq.block_table[i]].ref_count > 1]
-        need = max(0, self.blocks_needed(end) - len(seq.block_table)) + len(shared)
+        return shared, max(0, self.blocks_needed(end) - len(seq.block_table)) + len(shared)
+
+    def can_allocate_slots(self, seq: Sequence, num_new: int) -> bool:
+        """Are there free blocks enough to compute `num_new` more tokens of `seq`?"""
+        return self._slots_plan(seq, num_new)[1] <= len(self.free)
+
+    def allocate_slots(self, seq: Sequence, num_new: int) -> list[tuple[int, int]]:
+        """Make room to compute `num_new` more tokens of `seq` (ask `can_allocate_slots` first).
+
+        Returns the (src, dst) block copies the runner must do first (copy-on-write).
+        """
+        shared, need = self._slots_plan(seq, num_new)
         if need > len(self.free):
-            return None
+            raise BlockError(f"{seq} needs {need} free blocks, {len(self.free)} are free")
         copies = []
         for i in shared:  # copy-on-write: a private copy of a block someone else also reads
             src = seq.block_table[i]
@@ -153,21 +178,21 @@ class BlockManager:
             self.blocks[src].ref_count -= 1
             seq.block_table[i] = dst
             copies.append((src, dst))
-        while len(seq.block_table) < self.blocks_needed(end):
+        while len(seq.block_table) < self.blocks_needed(seq.num_computed + num_new):
             seq.block_table.append(self._new_block())
         return copies
 
     def register_full_blocks(self, seq: Sequence) -> None:
-        """After a step: name every block that is now full of computed tokens by its hash."""
+        """After a step: name every block that is now full of computed tokens by its key."""
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
         for i in range(len(seq.block_hashes), seq.num_computed // bs):  # newly full blocks only
             block = self.blocks[seq.block_table[i]]
-            tokens = tuple(seq.tokens[i * bs : (i + 1) * bs])
-            h = self._chain_hash(seq.block_hashes[-1] if seq.block_hashes else None, tokens)
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            h = block_key(parent, seq.tokens[i * bs : (i + 1) * bs], seq.cache_salt)
             if block.hash is None and h not in self.cached:
-                block.hash, block.token_ids = h, tokens
+                block.hash = h
                 self.cached[h] = block.block_id
             seq.block_hashes.append(h)
 
@@ -208,4 +233,4 @@ class BlockManager:
                 raise BlockError(f"block {block.block_id}: free list disagrees with ref_count")
         for h, b in self.cached.items():
             if self.blocks[b].hash != h:
-                raise BlockError(f"cache entry {h} points to block {b} with another hash")
+                raise BlockError(f"cache entry {h.hex()} points to block {b} with another key")

@@ -6,11 +6,20 @@
 Online use (the HTTP server): `add_request`, then call `step()` in a loop; each step returns
 the new tokens of every sequence that produced one, and which requests finished. `abort`
 frees a request's blocks at once (a client that went away).
+
+What goes wrong, and where it lands:
+- too many requests waiting (`max_num_waiting`): `add_sequence` raises `errors.EngineFull`,
+  with an estimate of when to retry; nothing was queued;
+- a fault in one request (its sampler row, its stop check): it finishes with finish_reason
+  "error" (the message on its StepOutput), its blocks are freed, the others go on;
+- a fault in the batched forward pass: `step()` raises; the engine is not to be trusted any
+  more, and its caller fails every request (the server answers `errors.EngineDead`).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +30,11 @@ from common.device import pick_device, pick_dtype
 from common.hub import is_offline, resolve_model
 from common.results import get_logger, runs_root
 from week2_serving.engine.block_manager import BlockManager
+from week2_serving.engine.errors import EngineFull
+from week2_serving.engine.metrics import EngineMetrics
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.sampler import Sampler
-from week2_serving.engine.scheduler import Scheduler, SchedulerConfig
+from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail, get_policy
 from week2_serving.engine.sequence import SamplingParams, Sequence
 
 log = get_logger("week2.engine")
@@ -39,7 +50,13 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None  # None = the model's context length
     enable_prefix_caching: bool = True
-    scheduling: str = "continuous"  # continuous | static | sequential
+    scheduling: str = "continuous"  # how requests join the batch: a name in scheduler.POLICIES
+    # Most requests waiting for a slot; one more is refused with EngineFull (0 = no bound). A
+    # few batches' worth of max_num_seqs: enough to refill the batch as requests finish,
+    # while a client refused at once can retry or go elsewhere instead of waiting longer and
+    # longer behind a queue that only grows.
+    max_num_waiting: int = 256
+    served_model_name: str | None = None  # the model_name label of the metrics; None: model
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N: common.device
     dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
     #                      float16: the weights and the KV cache
@@ -51,6 +68,9 @@ class EngineConfig:
         # Checked here, before any weights load: a bad value is an error naming it at once.
         self.torch_device = pick_device(self.device)
         self.torch_dtype = pick_dtype(self.torch_device, self.dtype)
+        get_policy(self.scheduling)
+        if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
+            raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
 
 
 @dataclass
@@ -61,6 +81,7 @@ class StepOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    error: str | None = None  # what went wrong, when finish_reason is "error"
 
 
 @dataclass
@@ -102,7 +123,11 @@ class LLMEngine:
         self.num_prompt_tokens = 0
         self.num_finished = 0
         self.num_aborted = 0
+        self.num_failed = 0
         self.num_steps = 0
+        self.step_time: float | None = None  # moving average of a step's seconds
+        # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
+        self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
             "prefix caching=%s",
@@ -130,8 +155,9 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        cache_salt: str | None = None,
     ) -> Sequence:
-        seq = self.make_sequence(prompt, params, request_id)
+        seq = self.make_sequence(prompt, params, request_id, cache_salt)
         self.add_sequence(seq)
         return seq
 
@@ -140,11 +166,13 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        cache_salt: str | None = None,
     ) -> Sequence:
         """Validate a request and build its Sequence without touching the engine's state.
 
         The server calls this on its event loop (so a bad request gets its 400 at once) and
-        hands the sequence to the engine thread, which calls `add_sequence`.
+        hands the sequence to the engine thread, which calls `add_sequence`. Requests with
+        different `cache_salt`s never share prefix-cache blocks (block_manager.block_key).
         """
         params = params or SamplingParams()
         ids = self.encode(prompt)
@@ -156,24 +184,46 @@ class LLMEngine:
                 f"prompt has {len(ids)} and max_tokens is {params.max_tokens} "
                 f"({len(ids) + params.max_tokens} in all): shorten the prompt or lower max_tokens"
             )
-        seq = Sequence(ids, params, request_id, self.eos_token_id)
+        if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+            raise ValueError(f"cache_salt={cache_salt!r}: use a non-empty string, or none")
+        seq = Sequence(ids, params, request_id, self.eos_token_id, cache_salt)
         self.scheduler.check_fits(seq)
         return seq
 
+    def is_full(self) -> bool:
+        """Is the waiting queue at `max_num_waiting` (a new request would be refused)?"""
+        bound = self.config.max_num_waiting
+        return bool(bound) and len(self.scheduler.waiting) >= bound
+
+    def retry_after(self) -> float:
+        """Seconds until the waiting queue has room, about: a running request must finish to
+        let the first waiting one in, so the fewest tokens any running request may still
+        generate, times the recent time per step (a stop token can end it sooner)."""
+        step = self.step_time if self.step_time is not None else 1.0  # before any step: a guess
+        left = [s.params.max_tokens - s.num_output_tokens for s in self.scheduler.running]
+        return step * max(1, min(left, default=1))
+
     def add_sequence(self, seq: Sequence) -> None:
+        """Queue a sequence made by `make_sequence`; EngineFull when the queue is full."""
         if seq.request_id in self.requests:
             raise ValueError(f"request id {seq.request_id!r} is already in use")
+        if self.is_full():
+            raise EngineFull(len(self.scheduler.waiting), self.retry_after())
         self.scheduler.add(seq)
         self.requests[seq.request_id] = seq
         self.num_prompt_tokens += seq.num_prompt_tokens
+        self.metrics.record_state(self.scheduler, self.block_manager)
 
     def abort(self, request_id: str) -> bool:
+        """Drop a request (waiting or running, even mid-prefill); its blocks are freed at once."""
         seq = self.requests.pop(request_id, None)
         if seq is None:
             return False
         self.scheduler.abort(seq)
         self.sampler.forget(seq)
         self.num_aborted += 1
+        self.metrics.on_abort()
+        self.metrics.record_state(self.scheduler, self.block_manager)
         return True
 
     def has_unfinished(self) -> bool:
@@ -181,33 +231,67 @@ class LLMEngine:
 
     # --- one step -------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """Schedule, run the forward pass, sample, and report each sampled request's token.
+
+        A fault in the forward pass propagates (the engine's failure); a fault in one
+        request's sampling or stop check fails that request only (finish_reason "error").
+        """
+        start = time.monotonic()
         batch = self.scheduler.schedule()
         if not batch.seqs:
+            self.metrics.record_state(self.scheduler, self.block_manager)
             return []
-        sample = [s.num_computed + n == len(s) for s, n in zip(batch.seqs, batch.num_tokens)]
-        logits = self.runner.execute(batch, sample)
-        to_sample = [s for s, want in zip(batch.seqs, sample) if want]
-        tokens = self.sampler(logits, to_sample)
-        self.scheduler.update(batch, {s.seq_id: t for s, t in zip(to_sample, tokens)})
+        logits = self.runner.execute(batch)
+        to_sample = batch.sampled_seqs
+        sampled = self._sample(logits, to_sample)
+        self.scheduler.update(batch, sampled)
+        now = time.monotonic()
+        outs = [self._output(s, s.seq_id in sampled and s.error is None, now) for s in to_sample]
         self.num_steps += 1
-        self.num_generated += len(tokens)
-        outs = []
-        for s in to_sample:
-            if s.is_finished:
-                self.requests.pop(s.request_id, None)
-                self.sampler.forget(s)
-                self.num_finished += 1
-            outs.append(
-                StepOutput(
-                    s.request_id,
-                    [s.tokens[-1]],
-                    s.is_finished,
-                    s.finish_reason,
-                    s.num_prompt_tokens,
-                    s.num_output_tokens,
-                )
-            )
+        dt = now - start
+        self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
+        self.metrics.record_state(self.scheduler, self.block_manager)
         return outs
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, int]:
+        """seq_id -> next token; a row whose sampling fails fails its request only.
+
+        The batch is sampled at once; only if that raises is it redone row by row to find the
+        faulty request (the rows before it may then draw twice from their generators)."""
+        try:
+            return {s.seq_id: t for s, t in zip(seqs, self.sampler(logits, seqs))}
+        except Exception:
+            log.warning("sampling the batch failed; sampling row by row to isolate the fault")
+        sampled = {}
+        for i, seq in enumerate(seqs):
+            try:
+                sampled[seq.seq_id] = self.sampler(logits[i : i + 1], [seq])[0]
+            except Exception as e:
+                log.exception("request %s failed in sampling", seq.request_id)
+                fail(seq, e)
+        return sampled
+
+    def _output(self, s: Sequence, got_token: bool, now: float) -> StepOutput:
+        """One sampled sequence's StepOutput; records its metrics and retires it if finished."""
+        if got_token:
+            self.num_generated += 1
+            self.metrics.on_token(s, now)
+        if s.is_finished:
+            self.requests.pop(s.request_id, None)
+            self.sampler.forget(s)
+            self.num_finished += 1
+            self.num_failed += s.finish_reason == "error"
+            self.metrics.on_finish(s, now)
+        new = [s.tokens[-1]] if got_token else []
+        return StepOutput(
+            s.request_id,
+            new,
+            s.is_finished,
+            s.finish_reason,
+            s.num_prompt_tokens,
+            s.num_output_tokens,
+            s.error,
+        )
 
     # --- offline ----------------------------------------------------------------------------------
     def generate(
@@ -220,9 +304,12 @@ class LLMEngine:
         params_list = params if isinstance(params, list) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(params_list)} SamplingParams for {len(prompts)} prompts")
-        seqs = [self.add_request(p, sp) for p, sp in zip(prompts, params_list)]
+        seqs = [self.make_sequence(p, sp) for p, sp in zip(prompts, params_list)]  # all checked
+        pending = deque(seqs)  # fed in as the waiting queue has room
         bar = tqdm(total=len(seqs), desc="generate", disable=not use_tqdm)
-        while self.has_unfinished():
+        while pending or self.has_unfinished():
+            while pending and not self.is_full():
+                self.add_sequence(pending.popleft())
             bar.update(sum(o.finished for o in self.step()))
         bar.close()
         return [
@@ -253,6 +340,7 @@ class LLMEngine:
             "generation_tokens": self.num_generated,
             "requests_finished": self.num_finished,
             "requests_aborted": self.num_aborted,
+            "requests_failed": self.num_failed,
             "preemptions": self.scheduler.num_preemptions,
             "steps": self.num_steps,
             "time": time.time(),

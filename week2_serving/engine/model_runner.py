@@ -104,6 +104,17 @@ def paged_attention(
 
 # --- the runner --------------------------------------------------------------------------------
 @dataclass
+class StepInputs:
+    """What one forward pass needs, on the device: built by `prepare`, consumed by `forward`."""
+
+    ids: torch.Tensor  # (N,) token ids of every scheduled token, sequence after sequence
+    positions: torch.Tensor  # (N,) each token's position in its sequence
+    slot_mapping: torch.Tensor  # (N,) the pool slot each token's K/V is written to
+    groups: list[AttnGroup]  # which rows attend together, and to which slots
+    sample_rows: torch.Tensor  # (S,) the rows whose logits are sampled (last of a sequence)
+
+
+@dataclass
 class FusedLayer:
     """One block's weights, fused the way inference engines do: Q, K and V come out of one
     matmul (C -> (H + 2 Hkv) D), and SwiGLU's gate and up out of another (C -> 2 * hidden).
@@ -179,13 +190,18 @@ class ModelRunner:
             self.v_cache[:, dst * bs : (dst + 1) * bs] = self.v_cache[:, src * bs : (src + 1) * bs]
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, sample: list[bool]) -> torch.Tensor:
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Run one step; return the logits (S, V) of the last token of each sampled sequence."""
         self.copy_blocks(batch.copies)
+        return self.forward(self.prepare(batch))
+
+    # --- 1. inputs ------------------------------------------------------------------------------
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        """The step's flat token batch, where each token's K/V goes, and the attention groups."""
         bs, dev = self.block_size, self.device
         ids, positions, slot_mapping, sample_rows = [], [], [], []
         decode, prefill = [], []  # (block_table, ctx_len, q_len, row_start)
-        for seq, n, want in zip(batch.seqs, batch.num_tokens, sample):
+        for seq, n, want in zip(batch.seqs, batch.num_tokens, batch.sample):
             start, c = len(ids), seq.num_computed
             ids += seq.tokens[c : c + n]
             positions += range(c, c + n)
@@ -194,64 +210,91 @@ class ModelRunner:
             (decode if n == 1 else prefill).append((table, c + n, n, start))
             if want:
                 sample_rows.append(start + n - 1)
-        # Decodes run as padded groups of similar context length (padding every decode to the
-        # longest context would make one long request slow down the whole batch); each prefill
-        # chunk is a group of its own.
+        return StepInputs(
+            ids=torch.tensor(ids, device=dev),
+            positions=torch.tensor(positions, device=dev),
+            slot_mapping=torch.tensor(slot_mapping, device=dev),
+            groups=self.plan_groups(decode, prefill),
+            sample_rows=torch.tensor(sample_rows, dtype=torch.long, device=dev),
+        )
+
+    def plan_groups(self, decode: list[tuple], prefill: list[tuple]) -> list[AttnGroup]:
+        """Decodes run as padded groups of similar context length (padding every decode to the
+        longest context would make one long request slow down the whole batch); each prefill
+        chunk is a group of its own."""
         buckets: dict[int, list] = {}
         for d in decode:  # bucket by the power of two of the context length: <= 2x padding
             buckets.setdefault(d[1].bit_length(), []).append(d)
-        dt = self.dtype
+        bs, dev, dt = self.block_size, self.device, self.dtype
         groups = [make_group(*zip(*b), bs, dev, dt) for _, b in sorted(buckets.items())]
-        groups += [make_group(*zip(p), bs, dev, dt) for p in prefill]
+        return groups + [make_group(*zip(p), bs, dev, dt) for p in prefill]
 
-        m, cfg = self.model, self.cfg
-        idx = torch.tensor(ids, device=dev)  # (N,)
-        pos = torch.tensor(positions, device=dev)  # (N,)
-        slot_t = torch.tensor(slot_mapping, device=dev)  # (N,)
-        N, H, Hkv, D = len(ids), cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        x = m.wte(idx)  # (N, C)
-        if m.wpe is not None:
-            x = x + m.wpe(pos)
+    # --- 2. attention ---------------------------------------------------------------------------
+    def attention(self, layer: int, q: torch.Tensor, groups: list[AttnGroup]) -> torch.Tensor:
+        """Every row's attention over its own sequence's keys in the pool: (N, H, D) -> (N, H, D)."""
+        kc, vc = self.k_cache[layer], self.v_cache[layer]
+        N, H, D = q.shape
+        if len(groups) == 1 and groups[0].rows.numel() == N and not groups[0].padded:
+            g = groups[0]  # one group holding every row in order (e.g. all decodes)
+            return paged_attention(q.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask).reshape(N, H, D)
+        out = q.new_empty(N, H, D)
+        for g in groups:  # gather each group's queries, attend, scatter outputs back
+            if not g.padded:
+                qg = q.index_select(0, g.rows).view(g.B, g.T, H, D)
+                y = paged_attention(qg, kc, vc, g.slots, g.mask)
+                out.index_copy_(0, g.rows, y.reshape(g.B * g.T, H, D))
+                continue
+            real = g.rows >= 0
+            qg = q.new_zeros(g.B * g.T, H, D)
+            qg[real] = q[g.rows[real]]
+            y = paged_attention(qg.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
+            out[g.rows[real]] = y.reshape(g.B * g.T, H, D)[real]
+        return out
+
+    # --- 3. the forward pass --------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Embed, run every layer over the flat batch, and the LM head on the sampled rows."""
+        m = self.model
+        x = m.wte(inputs.ids)  # (N, C)
         rope = None
-        if m.wpe is None:  # RoPE tables for this step's positions, shared by all layers
+        if m.wpe is not None:
+            x = x + m.wpe(inputs.positions)
+        else:  # RoPE tables for this step's positions, shared by all layers
+            pos = inputs.positions
             cos, sin = m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]  # (N, 1, D)
             rope = (cos, sin * self.rope_sign)
         for layer, fl in enumerate(self.layers):
-            blk = fl.block
-            h = norm(blk.norm1, x)
-            qkv = F.linear(h, fl.qkv_w, fl.qkv_b)  # (N, (H + 2 Hkv) D)
-            qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
-            v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
-            if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
-                qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
-            q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
-            self.k_cache[layer].index_copy_(0, slot_t, k)  # write this step's K/V into the pool
-            self.v_cache[layer].index_copy_(0, slot_t, v)
-            kc, vc = self.k_cache[layer], self.v_cache[layer]
-            if len(groups) == 1 and groups[0].rows.numel() == N and not groups[0].padded:
-                g = groups[0]  # one group holding every row in order (e.g. all decodes)
-                attn = paged_attention(q.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
-            else:
-                attn = x.new_empty(N, H, D)
-                for g in groups:  # gather each group's queries, attend, scatter outputs back
-                    if not g.padded:
-                        qg = q.index_select(0, g.rows).view(g.B, g.T, H, D)
-                        y = paged_attention(qg, kc, vc, g.slots, g.mask)
-                        attn.index_copy_(0, g.rows, y.reshape(g.B * g.T, H, D))
-                        continue
-                    real = g.rows >= 0
-                    qg = q.new_zeros(g.B * g.T, H, D)
-                    qg[real] = q[g.rows[real]]
-                    y = paged_attention(qg.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
-                    attn[g.rows[real]] = y.reshape(g.B * g.T, H, D)[real]
-            x = x + F.linear(attn.reshape(N, H * D), fl.o_w, fl.o_b)
-            h = norm(blk.norm2, x)
-            if fl.gate_up_w is not None:  # SwiGLU: down(silu(gate) * up), gate and up in one go
-                gate, up = F.linear(h, fl.gate_up_w).chunk(2, dim=-1)
-                x = x + blk.mlp.down(F.silu(gate) * up)
-            else:
-                x = x + blk.mlp(h)
-        if not sample_rows:
-            return x.new_empty(0, cfg.vocab_size)
-        last = norm(m.norm_f, x[torch.tensor(sample_rows, device=dev)])  # (S, C)
+            x = self.layer(layer, fl, x, inputs, rope)
+        if inputs.sample_rows.numel() == 0:
+            return x.new_empty(0, self.cfg.vocab_size)
+        last = norm(m.norm_f, x[inputs.sample_rows])  # (S, C)
         return m.lm_head(last)  # (S, V)
+
+    def layer(
+        self,
+        layer: int,
+        fl: FusedLayer,
+        x: torch.Tensor,  # (N, C)
+        inputs: StepInputs,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,  # (cos, signed sin), each (N, 1, D)
+    ) -> torch.Tensor:  # (N, C)
+        """One transformer block: fused QKV, RoPE, K/V into the pool, paged attention, MLP."""
+        N, H, Hkv, D = x.shape[0], self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        blk = fl.block
+        h = norm(blk.norm1, x)
+        qkv = F.linear(h, fl.qkv_w, fl.qkv_b)  # (N, (H + 2 Hkv) D)
+        qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
+        v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
+        if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
+            qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
+        q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
+        self.k_cache[layer].index_copy_(0, inputs.slot_mapping, k)  # this step's K/V -> pool
+        self.v_cache[layer].index_copy_(0, inputs.slot_mapping, v)
+        attn = self.attention(layer, q, inputs.groups)  # (N, H, D)
+        x = x + F.linear(attn.reshape(N, H * D), fl.o_w, fl.o_b)
+        h = norm(blk.norm2, x)
+        if fl.gate_up_w is not None:  # SwiGLU: down(silu(gate) * up), gate and up in one go
+            gate, up = F.linear(h, fl.gate_up_w).chunk(2, dim=-1)
+            return x + blk.mlp.down(F.silu(gate) * up)
+        return x + blk.mlp(h)

@@ -13,34 +13,68 @@ longest request of its batch is done. When a running sequence needs a block and 
 the most recently arrived running sequence is preempted: its blocks are freed and it goes back
 to the front of the waiting queue, to be recomputed later (preemption by recompute).
 
-The policies of the lesson, same machinery:
+The policies of the lesson are entries of one table, `POLICIES`; each says when new requests
+may join and how many may run at once (same machinery for all):
 - `continuous`: the above;
 - `static`: admit a batch only when the previous batch has completely finished;
 - `sequential`: one request at a time.
+To add a policy, add one entry to `POLICIES`: the config check, its error message and the
+server's `--scheduling` choices all read that table.
 
 Pure Python, no torch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.sequence import Sequence, Status
 
-POLICIES = ("continuous", "static", "sequential")
+log = logging.getLogger("week2.engine")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A scheduling policy: when new requests may join the running batch, and how many run."""
+
+    help: str  # one line, shown in error messages and --help
+    admit_while_running: bool  # may a new request join while others still run?
+    max_running: int | None = None  # at most this many running at once (None: max_num_seqs)
+
+    def may_admit(self, num_running: int) -> bool:
+        return self.admit_while_running or num_running == 0
+
+    def limit(self, max_num_seqs: int) -> int:
+        return min(self.max_running or max_num_seqs, max_num_seqs)
+
+
+POLICIES: dict[str, Policy] = {
+    "continuous": Policy("new requests join the batch at every step", admit_while_running=True),
+    "static": Policy(
+        "a batch is admitted once the previous one is done", admit_while_running=False
+    ),
+    "sequential": Policy("one request at a time", admit_while_running=False, max_running=1),
+}
+
+
+def get_policy(name: str) -> Policy:
+    """The policy called `name`, or an error that lists the ones there are."""
+    if name not in POLICIES:
+        raise ValueError(f"scheduling={name!r}: use one of {', '.join(POLICIES)}")
+    return POLICIES[name]
 
 
 @dataclass
 class SchedulerConfig:
     max_num_seqs: int = 64  # most sequences in one step (the batch size)
     max_num_batched_tokens: int = 512  # token budget of one step (prefill chunks + decodes)
-    policy: str = "continuous"
+    policy: str = "continuous"  # a name in POLICIES
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"scheduling={self.policy!r}: use one of {', '.join(POLICIES)}")
+        get_policy(self.policy)
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_seqs={self.max_num_seqs} and max_num_batched_tokens="
@@ -54,20 +88,33 @@ class ScheduledBatch:
 
     seqs: list[Sequence] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
+    sample: list[bool] = field(default_factory=list)  # its last token is computed: sample next
     copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[Sequence] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def add(self, seq: Sequence, n: int, copies: list[tuple[int, int]]) -> None:
+        self.seqs.append(seq)
+        self.num_tokens.append(n)
+        self.sample.append(seq.num_computed + n == len(seq))
+        self.copies += copies
+
     @property
     def total_tokens(self) -> int:
         return sum(self.num_tokens)
+
+    @property
+    def sampled_seqs(self) -> list[Sequence]:
+        """The sequences that get a new token this step, in batch order (the logits' rows)."""
+        return [s for s, want in zip(self.seqs, self.sample) if want]
 
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
         self.config, self.bm = config, block_manager
+        self.policy = get_policy(config.policy)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -90,6 +137,7 @@ class Scheduler:
             )
 
     def abort(self, seq: Sequence) -> None:
+        """Drop a request wherever it is (running, even mid-prefill, or waiting); free its blocks."""
         if seq.is_finished:
             return
         if seq in self.running:
@@ -104,52 +152,51 @@ class Scheduler:
 
     @property
     def max_running(self) -> int:
-        return 1 if self.config.policy == "sequential" else self.config.max_num_seqs
+        return self.policy.limit(self.config.max_num_seqs)
 
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
+        # never admit when we just had to preempt: the pool is already too small
+        if not batch.preempted and self.policy.may_admit(len(self.running)):
+            self._admit_waiting(batch, budget)
+        return batch
 
-        # 1. running sequences, oldest first; preempt the youngest when blocks run out
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
+        """Running sequences, oldest first; preempt the youngest when blocks run out.
+
+        Returns the token budget left."""
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed, budget)
-            copies = self.bm.allocate_slots(seq, n)
-            while copies is None:  # out of blocks: take them from the youngest running sequence
+            while not self.bm.can_allocate_slots(seq, n):  # take blocks from the youngest
                 victim = self.running[-1]
                 self._preempt(victim, batch)
-                if victim is seq:
-                    break
-                copies = self.bm.allocate_slots(seq, n)
-            if copies is None:  # preempted itself: nothing older is left to schedule
-                break
-            batch.seqs.append(seq)
-            batch.num_tokens.append(n)
-            batch.copies += copies
+                if victim is seq:  # preempted itself: nothing older is left to schedule
+                    return budget
+            batch.add(seq, n, self.bm.allocate_slots(seq, n))
             budget -= n
             i += 1
+        return budget
 
-        # 2. waiting sequences, first come first served (never when we just had to preempt)
-        admit = not batch.preempted and (self.config.policy == "continuous" or not self.running)
-        while admit and self.waiting and budget > 0 and len(self.running) < self.max_running:
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        """Waiting sequences, first come first served, while budget, batch size and blocks allow."""
+        while self.waiting and budget > 0 and len(self.running) < self.max_running:
             seq = self.waiting[0]
             self.bm.allocate_prefix(seq)
             n = min(seq.num_uncomputed, budget)
-            copies = self.bm.allocate_slots(seq, n)
-            if copies is None:  # no room: it stays first in line (no overtaking)
+            if not self.bm.can_allocate_slots(seq, n):  # no room: it stays first in line
                 self.bm.free_seq(seq)
                 break
+            copies = self.bm.allocate_slots(seq, n)
             self.waiting.popleft()
             self.bm.record_admission(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_tokens.append(n)
-            batch.copies += copies
+            batch.add(seq, n, copies)
             budget -= n
-        return batch
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
@@ -163,17 +210,29 @@ class Scheduler:
     def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
         """After the forward pass: advance counters, append sampled tokens, retire finished.
 
-        `sampled` maps seq_id -> token for the sequences whose last token was computed.
-        Returns the sequences that finished this step.
+        `sampled` maps seq_id -> token for the sequences whose last token was computed. A
+        sequence already finished this step (its sampler row failed) is retired too. An error
+        in one sequence's own update (its stop check) finishes that sequence with
+        finish_reason "error"; the others go on. Returns the sequences that finished.
         """
         finished = []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n
             self.bm.register_full_blocks(seq)
             if seq.seq_id in sampled:
-                seq.append_token(sampled[seq.seq_id])
+                try:
+                    seq.append_token(sampled[seq.seq_id])
+                except Exception as e:  # this request's fault only: fail it, not the step
+                    log.exception("request %s failed in its update", seq.request_id)
+                    fail(seq, e)
             if seq.is_finished:
                 self.running.remove(seq)
                 self.bm.free_seq(seq)
                 finished.append(seq)
         return finished
+
+
+def fail(seq: Sequence, error: BaseException) -> None:
+    """Finish one request with finish_reason "error" and say why (its blocks are freed later)."""
+    seq.error = f"{type(error).__name__}: {error}"
+    seq.finish("error")

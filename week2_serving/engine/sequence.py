@@ -67,6 +67,7 @@ class Sequence:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         eos_token_id: int | None = None,
+        cache_salt: str | None = None,
     ):
         if not prompt_token_ids:
             raise ValueError("a request needs at least one prompt token")
@@ -74,15 +75,18 @@ class Sequence:
         self.request_id = request_id if request_id is not None else str(self.seq_id)
         self.params = params or SamplingParams()
         self.eos_token_id = eos_token_id
+        self.cache_salt = cache_salt  # enters the first block's prefix-cache key: same salt, shared
         self.tokens: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed = 0  # tokens whose K/V are in the cache
         self.num_cached_prompt = 0  # prompt tokens found in the prefix cache at admission
         self.block_table: list[int] = []  # logical block i -> physical block id
-        self.block_hashes: list[int] = []  # prefix-cache hash of each full, computed block
+        self.block_hashes: list[bytes] = []  # prefix-cache key of each full, computed block
         self.status = Status.WAITING
-        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
+        self.error: str | None = None  # what went wrong, when finish_reason is "error"
         self.arrival_time = time.monotonic()
+        self.last_token_time: float | None = None  # when the latest output token was sampled
         self.num_preemptions = 0
 
     # --- views ----------------------------------------------------------------------------------
