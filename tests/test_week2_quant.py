@@ -15,7 +15,7 @@ from common.cpu import model_quantization
 from common.results import write_json_atomic
 from common.server import VLLM_PYTHON, vllm_available
 from tests.test_week2_report import cell
-from week2_serving.harness import report
+from week2_serving import report
 from week2_serving.quant import quality as quantize_quality
 from week2_serving.quant import quantize
 from week2_serving.quant.quality import (
