@@ -25,6 +25,7 @@ ENTRY_POINTS = [
     "week2_serving.harness.validate",
     "week2_serving.harness.sweep",
     "week2_serving.harness.report",
+    "week2_serving.report",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
 ]
