@@ -70,12 +70,12 @@ def cpu_steps() -> list[Step]:
             ("week1/export",),
         ),
         _s("week2/quality", "week2_serving.quant.quality", ("week2/quantize",)),
-        _s("week2/report", "week2_serving.harness.report runs/week2/sweep-cpu", ("week2/sweep",)),
+        _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
         _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),
         _s("week2/engine-bench", "week2_serving.engine.bench", ("week1/export",), "week2-engine"),
         _s(
             "week2/engine-report",
-            "week2_serving.harness.report runs/week2/sweep-engine-cpu",
+            "week2_serving.report runs/week2/sweep-engine-cpu",
             ("week2/engine-bench",),
             "week2-engine",
         ),
@@ -133,7 +133,7 @@ def gpu_steps() -> list[Step]:
         ),
         _s(
             "week2/report",
-            "week2_serving.harness.report runs/week2/sweep-gpu-vllm",
+            "week2_serving.report runs/week2/sweep-gpu-vllm",
             ("week2/sweep",),
         ),
         *_week3_gpu_steps(),

@@ -1,23 +1,30 @@
-"""Week 2 harness: metric math on hand-made timelines, arrivals, workloads, and the client on
-recorded response streams (no server needed)."""
+"""Week 2 harness: metric math on hand-made timelines, arrivals, workloads and their table, and
+the bench's command line (no server needed; the client: test_week2_client.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 
-from common.server import free_port
+from common.procs import Terminated, sigterm_as_interrupt
+from week2_serving.harness import bench
 from week2_serving.harness.bench import BenchConfig, arrival_intervals, parse_goodput
-from week2_serving.harness.client import Request, StreamParser, build_payload, send_request
+from week2_serving.harness.client import Request
 from week2_serving.harness.metrics import RequestRecord, compute_metrics
-from week2_serving.harness.workloads import file_requests, random_requests, shared_prefix_requests
+from week2_serving.harness.workloads import (
+    WORKLOADS,
+    Workload,
+    file_requests,
+    random_requests,
+    shared_prefix_requests,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -165,127 +172,87 @@ def test_file_workloads(tmp_path):
         file_requests(tmp_path / "nofield.jsonl", FakeTokenizer())
 
 
-# --- the client on recorded streams, replayed by a local aiohttp server -------------------------------
-def run_client(
-    body: bytes | Path, backend: str, prompt="hello", status=200, count_tokens=None, port=None
-):
-    """Serve `body` (an SSE recording) from a throwaway local server and stream it with our client."""
-    body = body.read_bytes() if isinstance(body, Path) else body
-    seen: dict = {}
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen["path"], seen["payload"] = request.path, await request.json()
-        if status != 200:
-            return web.Response(status=status, body=body, content_type="application/json")
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for event in body.split(b"\n\n"):  # one write per event, as a server streams them
-            if event.strip():
-                await resp.write(event + b"\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def go():
-        runner = None
-        if port is None:
-            app = web.Application()
-            app.router.add_post("/{tail:.*}", handler)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        else:
-            url = f"http://127.0.0.1:{port}"
-        try:
-            async with aiohttp.ClientSession() as session:
-                return await send_request(
-                    session,
-                    url,
-                    backend,
-                    "m",
-                    Request(prompt=prompt, prompt_len=5, output_len=8),
-                    count_tokens,
-                )
-        finally:
-            if runner is not None:
-                await runner.cleanup()
-
-    return asyncio.run(go()), seen
-
-
-def test_openai_completions_stream_recorded_from_vllm():
-    r, seen = run_client(DATA / "vllm_completions_stream.txt", "openai", prompt=[5, 6, 7])
-    assert r.success, r.error
-    events = [
-        json.loads(line[6:])
-        for line in (DATA / "vllm_completions_stream.txt").read_text().splitlines()
-        if line.startswith("data: {")
-    ]
-    text = "".join(e["choices"][0]["text"] for e in events if e.get("choices"))
-    usage = [e["usage"] for e in events if e.get("usage")][-1]
-    assert r.generated_text == text
-    assert r.output_tokens == usage["completion_tokens"] and r.prompt_len == usage["prompt_tokens"]
-    assert len(r.itl) == sum(1 for e in events if e.get("choices")) - 1
-    assert seen["path"] == "/v1/completions" and seen["payload"]["prompt"] == [5, 6, 7]
-    assert seen["payload"]["stream_options"] == {"include_usage": True}
-
-
-def test_openai_chat_stream_recorded_from_vllm():
-    r, seen = run_client(DATA / "vllm_chat_stream.txt", "openai-chat")
-    assert r.success, r.error
-    assert r.generated_text and r.output_tokens > 0
-    assert seen["path"] == "/v1/chat/completions"
-    assert seen["payload"]["messages"] == [{"role": "user", "content": "hello"}]
-
-
-def test_sglang_native_stream_cumulative_text():
-    # SGLang's /generate streams the whole text so far in each event (its documented format).
-    r, seen = run_client(DATA / "sglang_generate_stream.txt", "sglang", prompt=[1, 2, 3])
-    assert r.success, r.error
-    assert r.generated_text == "Hello, world! How are you"
-    assert r.output_tokens == 6 and len(r.itl) == 3
-    assert seen["path"] == "/generate" and seen["payload"]["input_ids"] == [1, 2, 3]
-    assert seen["payload"]["sampling_params"]["max_new_tokens"] == 8
-
-
-def test_sglang_payload_for_text_and_openai_for_ids():
-    p = build_payload(
-        "sglang", "m", Request(prompt="hi", prompt_len=1, output_len=4, ignore_eos=False)
+# --- the command line and the workload table ----------------------------------------------------
+def test_bench_flags_come_from_the_dataclass_with_vllms_names():
+    assert bench.parse_args([]) == BenchConfig()  # every default written once, in BenchConfig
+    cfg = bench.parse_args(
+        ["--base-url", "http://h:1", "--num-prompts", "8", "--random-input-len", "16"]
+        + ["--max-concurrency", "4", "--request-rate", "2.5", "--dataset-name", "shared-prefix"]
+        + ["--no-ignore-eos", "--goodput", "ttft:200", "tpot:20", "--metric-percentiles", "50,95"]
+        + ["--request-timeout", "30"]
     )
-    assert p["text"] == "hi" and p["sampling_params"]["ignore_eos"] is False
-    with pytest.raises(ValueError, match="chat API takes text"):
-        build_payload("openai-chat", "m", Request(prompt=[1], prompt_len=1, output_len=1))
+    assert (cfg.base_url, cfg.num_prompts, cfg.random_input_len) == ("http://h:1", 8, 16)
+    assert (cfg.max_concurrency, cfg.request_rate, cfg.dataset_name) == (4, 2.5, "shared-prefix")
+    assert cfg.ignore_eos is False and cfg.goodput == {"ttft": 200.0, "tpot": 20.0}
+    assert cfg.percentiles == (50.0, 95.0) and cfg.request_timeout_s == 30.0
+    text = bench.bench_parser().format_help()
+    assert "requests in the run (default: 64)" in text and "(default: 300)" in text
 
 
-def test_http_error_and_broken_streams_are_recorded_not_raised():
-    r, _ = run_client(
-        b'{"error": {"message": "max_tokens must be at least 1"}}', "openai", status=400
+def test_bad_flags_are_usage_errors(capsys):
+    for argv, message in [
+        (["--goodput", "latency:5"], "use ttft:MS, tpot:MS or e2el:MS"),
+        (["--metric-percentiles", "p99"], "comma-separated numbers"),
+        (["--dataset-name", "file"], "needs --dataset-path"),
+        (["--num-prompts", "0"], "num_prompts=0"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            bench.parse_args(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_workloads_are_one_table(monkeypatch):
+    choices = next(a.choices for a in bench.bench_parser()._actions if a.dest == "dataset_name")
+    assert choices == list(WORKLOADS)
+    with pytest.raises(ValueError, match="use one of random, file, shared-prefix"):
+        BenchConfig(dataset_name="zipf")
+    tok = FakeTokenizer()
+    for name in ("random", "shared-prefix"):  # every entry builds from a BenchConfig
+        reqs = bench.build_requests(BenchConfig(dataset_name=name, num_prompts=3), tok)
+        assert len(reqs) == 3 and all(r.prompt_len == len(r.prompt) for r in reqs)
+
+    def constant(cfg, tokenizer):
+        return [Request(prompt=[5] * 4, prompt_len=4, output_len=2)] * cfg.num_prompts
+
+    monkeypatch.setitem(WORKLOADS, "constant", Workload(constant, (), "four tokens"))
+    cfg = BenchConfig(dataset_name="constant", num_prompts=2)  # one entry is all it takes
+    assert [r.prompt for r in bench.build_requests(cfg, tok)] == [[5] * 4] * 2
+    assert "constant: four tokens" in bench.bench_parser().format_help()
+
+
+# --- an interrupted run keeps what it measured ---------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_saves_what_it_measured(sig, runs_dir, monkeypatch):
+    calls = []
+
+    async def fake_send(session, base_url, backend, model, req, count_tokens, api_key):
+        calls.append(req)
+        if len(calls) == 4:  # three requests done, the fourth in flight: the signal comes
+            os.kill(os.getpid(), sig)
+            await asyncio.sleep(30)
+        return RequestRecord(
+            prompt_len=req.prompt_len,
+            ttft=0.01,
+            latency=0.02,
+            output_tokens=2,
+            itl=[0.01],
+            success=True,
+        )
+
+    monkeypatch.setattr(bench, "send_request", fake_send)
+    monkeypatch.setattr(bench, "load_tokenizer", lambda *a: FakeTokenizer())
+    cfg = BenchConfig(
+        base_url="http://127.0.0.1:1",
+        model="m",
+        tokenizer="t",
+        num_prompts=10,
+        max_concurrency=1,
+        num_warmups=0,
+        run_name="cut",
     )
-    assert not r.success and r.error.startswith("HTTP 400") and "max_tokens" in r.error
-    r, _ = run_client(b"data: [DONE]\n\n", "openai")
-    assert not r.success and "without any content" in r.error
-    assert "JSONDecodeError" in run_client(b"data: {not json\n\n", "openai")[0].error
-    assert (
-        "engine died"
-        in run_client(b'data: {"error": {"message": "engine died"}}\n\n', "openai")[0].error
-    )
-    r, _ = run_client(b"", "openai", port=free_port())  # nothing listens there
-    assert not r.success and "ClientConnectorError" in r.error
-
-
-def test_token_count_falls_back_to_the_tokenizer():
-    events = [{"choices": [{"text": " a b"}]}, {"choices": [{"text": " c"}]}]
-    body = "".join(f"data: {json.dumps(x)}\n\n" for x in events) + "data: [DONE]\n\n"
-    r, _ = run_client(body.encode(), "openai", count_tokens=lambda s: len(s.split()))
-    assert r.output_tokens == 3 and r.generated_text == " a b c"
-
-
-def test_stream_parser_ignores_usage_only_events():
-    p = StreamParser("openai")
-    assert p.feed({"choices": [], "usage": {"completion_tokens": 4, "prompt_tokens": 2}}) == (
-        False,
-        "",
-        4,
-    )
-    assert p.prompt_tokens == 2
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt) as e:
+        bench.main(cfg)
+    assert isinstance(e.value, Terminated) == (sig == signal.SIGTERM)
+    res = json.loads((runs_dir / "week2" / "cut" / "results.json").read_text())
+    assert res["interrupted"] == sig.name and res["unfinished"] == 7
+    assert res["completed"] == 3 and len(res["requests"]) == 3 and res["duration"] > 0

@@ -10,7 +10,7 @@ import pytest
 from common.results import write_json_atomic
 from tests.test_week2_quant import fake_model
 from tests.test_week2_report import cell
-from week2_serving.harness import report
+from week2_serving import report
 from week2_serving.quant import quality, report_section
 from week2_serving.quant.metrics import (
     greedy_agreement,

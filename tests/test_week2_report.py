@@ -154,3 +154,24 @@ def test_failed_cells_name_their_server_and_show_the_log(tmp_path):
     assert failed.count("<details>") == 1  # the two cells share one log
     assert "int8-w8a8 (c1, c8): last lines of the server log" in failed
     assert "ValueError: int8_scaled_mm: expect A to be bfloat16 | half\n```" in failed
+
+
+def test_extra_sections_come_from_the_caller(tmp_path):
+    """The harness knows no other package's section: its caller passes them (week2_serving.report
+    adds quantization quality), each shown only when it returns text."""
+    sweep = tmp_path / "week2" / "sweep-x"
+    c = cell("default", "c1", 1, 100, 20, 9, tmp_path / "model")
+    write_json_atomic(sweep / "default" / "c1" / "results.json", c)
+    write_json_atomic(tmp_path / "week2" / "quant-quality" / "results.json", {"variants": {}})
+    seen = []
+
+    def note(sweep_dir, cells, baseline):
+        seen.append((sweep_dir, [x["load_name"] for x in cells], baseline))
+        return "a note about c1"
+
+    extras = {"Notes": note, "Nothing": lambda *a: None}
+    text = report.build(sweep, bandwidth_gbs=10.0, extra_sections=extras).read_text()
+    assert "## Notes\n\na note about c1" in text and "## Nothing" not in text
+    assert seen == [(sweep, ["c1"], "default")]
+    plain = report.build(sweep, bandwidth_gbs=10.0).read_text()
+    assert "## Notes" not in plain and "Quantization" not in plain

@@ -1,4 +1,5 @@
-"""Week 2's section of the portfolio report (see common/report.py)."""
+"""Week 2's section of the portfolio report (see common/report.py): the week-level glue that
+reads the harness's, the quant package's and the engine's results side by side."""
 
 from __future__ import annotations
 
@@ -6,71 +7,72 @@ from pathlib import Path
 
 from common.report import md_table, rel_link
 from common.results import read_json
-from week2_serving.quant import quality as quantize_quality
+from week2_serving.quant import report_section
 
 
 def section(runs: Path) -> str | None:
+    """Week 2 for the portfolio: each sweep's table, quantization quality, the harness check
+    against `vllm bench serve`, and our engine; None when nothing of week 2 has run."""
     week, report_dir = runs / "week2", runs / "report"
     parts: list[str] = []
     for sweep_report in sorted(week.glob("sweep-*/report.md")):
-        sweep = sweep_report.parent
-        cells = [read_json(p) for p in sorted(sweep.glob("*/*/results.json"))]
-        rows = [
-            [
-                c.get("server_name", "?"),
-                c.get("load_name", "?"),
-                f"{c['output_throughput']:.0f}",
-                f"{c['mean_ttft_ms']:.0f}",
-                f"{c['p99_ttft_ms']:.0f}",
-                f"{c['mean_tpot_ms']:.2f}",
-                c["failed"],
-            ]
-            for c in cells
-        ]
-        parts.append(
-            f"**Sweep `{sweep.name}`** — full report: [{sweep.name}/report.md]"
-            f"({rel_link(sweep_report, report_dir)})\n\n"
-            + md_table(
-                [
-                    "server",
-                    "load",
-                    "output tok/s",
-                    "mean TTFT ms",
-                    "p99 TTFT ms",
-                    "mean TPOT ms",
-                    "failed",
-                ],
-                rows,
-            )
-        )
-        for png in ("throughput_vs_concurrency.png", "pareto.png"):
-            if (sweep / png).exists():
-                parts.append(f"![{png}]({rel_link(sweep / png, report_dir)})")
+        parts += sweep_part(sweep_report.parent, report_dir)
     quality = quant_quality(week)
     if quality:
         parts.append("**Quantized variants of the week 1 model** (vLLM CPU):\n\n" + quality)
-    vpath = week / "validate" / "results.json"
-    if vpath.exists():
-        v = read_json(vpath)
-        rows = [
-            [
-                k,
-                f"{s['vllm_bench']:.2f}",
-                f"{s['ours']:.2f}",
-                f"{100 * s['relative_diff']:+.1f}%",
-                "yes" if s["within_tolerance"] else "no",
-            ]
-            for k, s in v["summary"].items()
-        ]
-        parts.append(
-            f"**Harness vs `vllm bench serve`** (same server and workload, median of "
-            f"{v['config']['rounds']} rounds):\n\n"
-            + md_table(["metric", "vllm bench serve", "ours", "difference", "within 10%"], rows)
-        )
-    engine = engine_section(week, report_dir)
-    if engine:
-        parts.append(engine)
+    for part in (validate_part(week), engine_section(week, report_dir)):
+        if part:
+            parts.append(part)
     return "\n\n".join(parts) if parts else None
+
+
+def sweep_part(sweep: Path, report_dir: Path) -> list[str]:
+    """One sweep: its cells in a short table, a link to its full report, two of its plots."""
+    cells = [read_json(p) for p in sorted(sweep.glob("*/*/results.json"))]
+    rows = [
+        [
+            c.get("server_name", "?"),
+            c.get("load_name", "?"),
+            f"{c['output_throughput']:.0f}",
+            f"{c['mean_ttft_ms']:.0f}",
+            f"{c['p99_ttft_ms']:.0f}",
+            f"{c['mean_tpot_ms']:.2f}",
+            c["failed"],
+        ]
+        for c in cells
+    ]
+    head = ["server", "load", "output tok/s", "mean TTFT ms", "p99 TTFT ms", "mean TPOT ms"]
+    parts = [
+        f"**Sweep `{sweep.name}`** — full report: [{sweep.name}/report.md]"
+        f"({rel_link(sweep / 'report.md', report_dir)})\n\n" + md_table([*head, "failed"], rows)
+    ]
+    for png in ("throughput_vs_concurrency.png", "pareto.png"):
+        if (sweep / png).exists():
+            parts.append(f"![{png}]({rel_link(sweep / png, report_dir)})")
+    return parts
+
+
+def validate_part(week: Path) -> str | None:
+    """The harness against `vllm bench serve`, from runs/week2/validate/results.json."""
+    vpath = week / "validate" / "results.json"
+    if not vpath.exists():
+        return None
+    v = read_json(vpath)
+    rows = [
+        [
+            k,
+            f"{s['vllm_bench']:.2f}",
+            f"{s['ours']:.2f}",
+            f"{100 * s['relative_diff']:+.1f}%",
+            "yes" if s["within_tolerance"] else "no",
+        ]
+        for k, s in v["summary"].items()
+    ]
+    return (
+        f"**Harness vs `vllm bench serve`** (same server and workload, median of "
+        f"{v['config']['rounds']} rounds):\n\n"
+        + md_table(["metric", "vllm bench serve", "ours", "difference", "within 10%"], rows)
+    )
 
 
 def engine_section(week: Path, report_dir: Path) -> str | None:
@@ -118,4 +120,4 @@ def quant_quality(week: Path) -> str | None:
     cells = [read_json(p) for p in sorted(sweep.glob("*/*/results.json"))]
     meta = sweep / "sweep.json"
     servers = read_json(meta)["config"]["servers"] if meta.is_file() else []
-    return quantize_quality.report_section(week, cells, servers[0]["name"] if servers else None)
+    return report_section(week, cells, servers[0]["name"] if servers else None)

@@ -10,97 +10,40 @@
 
 Metrics and result field names follow `vllm bench serve` (see metrics.py). Every request's
 record (timeline, token counts, error) is kept in results.json; failed requests are counted,
-never fatal. Writes runs/week2/<run-name>/results.json.
+never fatal. A run stopped by Ctrl-C or SIGTERM still writes what it measured (the requests
+that finished, `interrupted` naming the signal, `unfinished` counting the rest). Writes
+runs/week2/<run-name>/results.json. Workloads (`--dataset-name`) are the table in workloads.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import math
+import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import aiohttp
 import httpx
 import numpy as np
 from tqdm import tqdm
 
-from common.hub import add_offline_arg, resolve_tokenizer
+from common.cli import config_from_args
+from common.hub import resolve_tokenizer
+from common.procs import Terminated, sigterm_as_interrupt
 from common.provenance import server_versions
 from common.results import get_logger, save_results
 from common.timing import environment
-from week2_serving.harness.client import BACKENDS, Request, send_request
-from week2_serving.harness.metrics import DEFAULT_PERCENTILES, RequestRecord, compute_metrics
-from week2_serving.harness.workloads import (
-    WORKLOADS,
-    file_requests,
-    random_requests,
-    shared_prefix_requests,
-)
+from week2_serving.harness.bench_config import BenchConfig, bench_parser, parse_goodput
+from week2_serving.harness.client import Request, send_request
+from week2_serving.harness.metrics import RequestRecord, compute_metrics
+from week2_serving.harness.workloads import build_workload
+
+__all__ = ["BenchConfig", "main", "parse_args", "parse_goodput", "run_load"]
 
 log = get_logger("week2.bench")
-
-
-@dataclass
-class BenchConfig:
-    base_url: str = "http://127.0.0.1:8000"
-    backend: str = "openai"  # openai | openai-chat | sglang
-    model: str | None = None  # served model name; default: the first of /v1/models
-    tokenizer: str | None = (
-        None  # HF folder or hub id for token-exact prompts; default: the served model's path
-    )
-    dataset_name: str = "random"  # random | file | shared-prefix
-    dataset_path: str | None = None
-    num_prompts: int = 64
-    random_input_len: int = 64
-    random_output_len: int = 64
-    random_range_ratio: float = 0.0
-    random_output_dist: str = (
-        "uniform"  # uniform | exponential (long-tailed, mean random_output_len)
-    )
-    prefix_len: int = 256  # shared-prefix workload
-    suffix_len: int = 32
-    num_prefixes: int = 4
-    max_concurrency: int | None = None  # cap on requests in flight
-    request_rate: float = math.inf  # requests/s; inf = send all at once (up to max_concurrency)
-    burstiness: float = 1.0  # gamma shape of inter-arrival times: 1 = Poisson, <1 burstier
-    seed: int = 0
-    num_warmups: int = 2
-    ignore_eos: bool = True
-    goodput: dict[str, float] = field(default_factory=dict)  # SLOs in ms: {"ttft": 200, "tpot": 20}
-    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
-    request_timeout_s: float = 300.0
-    api_key: str | None = None
-    run_name: str | None = None
-    save: bool = True
-    server_info: dict = field(default_factory=dict)  # recorded as is (the launcher fills it)
-    offline: bool | None = None  # True: a hub-id tokenizer must be cached; None: HF_HUB_OFFLINE
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.dataset_name not in WORKLOADS:
-            raise ValueError(
-                f"dataset_name={self.dataset_name!r}: use one of {', '.join(WORKLOADS)}"
-            )
-        if self.num_prompts < 1:
-            raise ValueError(f"num_prompts={self.num_prompts} must be >= 1")
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ValueError(f"max_concurrency={self.max_concurrency} must be >= 1")
-        if not self.request_rate > 0:
-            raise ValueError(f"request_rate={self.request_rate} must be > 0 (inf = all at once)")
-        if not self.burstiness > 0:
-            raise ValueError(f"burstiness={self.burstiness} must be > 0")
-        if self.dataset_name == "file" and not self.dataset_path:
-            raise ValueError("dataset_name 'file' needs --dataset-path")
-        if self.run_name is None:
-            conc = self.max_concurrency or "inf"
-            self.run_name = (
-                f"bench-{self.backend}-{self.dataset_name}-c{conc}-r{self.request_rate:g}"
-            )
 
 
 def arrival_intervals(n: int, rate: float, burstiness: float, seed: int = 0) -> np.ndarray:
@@ -145,36 +88,8 @@ def load_tokenizer(name_or_path: str, offline: bool | None = None):
 
 
 def build_requests(cfg: BenchConfig, tokenizer) -> list[Request]:
-    if cfg.dataset_name == "random":
-        reqs = random_requests(
-            tokenizer,
-            cfg.num_prompts,
-            cfg.random_input_len,
-            cfg.random_output_len,
-            cfg.random_range_ratio,
-            cfg.seed,
-            cfg.ignore_eos,
-            cfg.random_output_dist,
-        )
-    elif cfg.dataset_name == "shared-prefix":
-        reqs = shared_prefix_requests(
-            tokenizer,
-            cfg.num_prompts,
-            cfg.num_prefixes,
-            cfg.prefix_len,
-            cfg.suffix_len,
-            cfg.random_output_len,
-            cfg.seed,
-            cfg.ignore_eos,
-        )
-    else:
-        reqs = file_requests(
-            cfg.dataset_path,
-            tokenizer,
-            cfg.num_prompts,
-            cfg.random_output_len,
-            ignore_eos=cfg.ignore_eos,
-        )
+    """The workload's requests (its entry in workloads.WORKLOADS builds them)."""
+    reqs = build_workload(cfg, tokenizer)
     if cfg.backend == "openai-chat":  # the chat API takes text
         for r in reqs:
             if not isinstance(r.prompt, str):
@@ -182,10 +97,31 @@ def build_requests(cfg: BenchConfig, tokenizer) -> list[Request]:
     return reqs
 
 
+class Collected:
+    """The measured requests' records, kept as each one finishes: what an interrupted run has."""
+
+    def __init__(self, n: int):
+        self.records: list[RequestRecord | None] = [None] * n
+        self.start: float | None = None
+
+    def finished(self) -> list[RequestRecord]:
+        return [r for r in self.records if r is not None]
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start if self.start is not None else 0.0
+
+
 async def run_load(
-    cfg: BenchConfig, requests: list[Request], model: str, count_tokens, progress: bool = True
+    cfg: BenchConfig,
+    requests: list[Request],
+    model: str,
+    count_tokens,
+    progress: bool = True,
+    collected: Collected | None = None,
 ) -> tuple[list[RequestRecord], float]:
-    """Send `requests` with the configured arrival process and concurrency cap."""
+    """Send `requests` with the configured arrival process and concurrency cap; return every
+    record and the run's wall time. `collected` receives each record as it finishes."""
+    collected = collected or Collected(len(requests))
     limit = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, connect=10.0)
     # Keep-alive connections are reused, but never after 3 s idle: uvicorn (vLLM's and our
@@ -204,33 +140,68 @@ async def run_load(
                     client, cfg.base_url, cfg.backend, model, req, count_tokens, cfg.api_key
                 )
 
+        async def measured(i: int, req: Request) -> RequestRecord:
+            collected.records[i] = rec = await one(req)
+            return rec
+
         for i in range(cfg.num_warmups):  # untimed: first-request costs (compilation, caches)
             warm = await one(requests[i % len(requests)])
             if not warm.success:
                 log.warning("warmup request failed: %s", warm.error)
         bar = tqdm(total=len(requests), desc="requests", leave=False, disable=not progress)
         waits = arrival_intervals(len(requests), cfg.request_rate, cfg.burstiness, cfg.seed)
-        start = time.perf_counter()
+        collected.start = time.perf_counter()
         tasks = []
-        for req, wait in zip(requests, waits):
+        for i, (req, wait) in enumerate(zip(requests, waits)):
             if wait > 0:
                 await asyncio.sleep(wait)
-            task = asyncio.create_task(one(req))
+            task = asyncio.create_task(measured(i, req))
             task.add_done_callback(lambda _: bar.update(1))
             tasks.append(task)
         records = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
+        duration = collected.elapsed()
         bar.close()
     return list(records), duration
 
 
-def main(cfg: BenchConfig) -> dict:
+def resolve_target(cfg: BenchConfig) -> tuple[str, str]:
+    """(served model name, tokenizer folder or hub id): the config's, else the server's."""
     model, root = (
         (cfg.model, None) if cfg.model else discover_model(cfg.base_url, cfg.backend, cfg.api_key)
     )
     tok_path = cfg.tokenizer or root
     if tok_path is None:
         raise ValueError("the server did not say where its model lives; pass --tokenizer HF_FOLDER")
+    return model, tok_path
+
+
+def measure(
+    cfg: BenchConfig, requests: list[Request], model: str, count
+) -> tuple[list[RequestRecord], float, str | None]:
+    """(records, duration, the signal that interrupted the run or None). Ctrl-C or SIGTERM
+    (as `Terminated`) ends the run early; the requests that finished are kept."""
+    collected = Collected(len(requests))
+    # The client must not pause while streams arrive: a full garbage collection over the heap of
+    # torch + transformers takes long enough to delay chunks and inflate TTFT. Move everything
+    # alive now out of the collector's reach first (vLLM's benchmark does the same).
+    gc.collect()
+    gc.freeze()
+    try:
+        records, duration = asyncio.run(run_load(cfg, requests, model, count, True, collected))
+        return records, duration, None
+    except KeyboardInterrupt as e:
+        sig = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        done = collected.finished()
+        log.warning("interrupted by %s: %d of %d requests finished", sig, len(done), len(requests))
+        return done, max(collected.elapsed(), 1e-9), sig
+    finally:
+        gc.unfreeze()
+
+
+def main(cfg: BenchConfig) -> dict:
+    """Run the benchmark; results.json holds what was measured, even if it was interrupted
+    (then, after saving, the KeyboardInterrupt is raised again)."""
+    model, tok_path = resolve_target(cfg)
     tokenizer = load_tokenizer(tok_path, cfg.offline)
     requests = build_requests(cfg, tokenizer)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -243,131 +214,81 @@ def main(cfg: BenchConfig) -> dict:
         cfg.max_concurrency or "unlimited",
         cfg.request_rate,
     )
-    # The client must not pause while streams arrive: a full garbage collection over the heap of
-    # torch + transformers takes long enough to delay chunks and inflate TTFT. Move everything
-    # alive now out of the collector's reach first (vLLM's benchmark does the same).
-    gc.collect()
-    gc.freeze()
-    try:
-        records, duration = asyncio.run(run_load(cfg, requests, model, count))
-    finally:
-        gc.unfreeze()
+    records, duration, interrupted = measure(cfg, requests, model, count)
+    results = results_of(cfg, records, duration, model, tok_path)
+    if interrupted:
+        results.update(interrupted=interrupted, unfinished=len(requests) - len(records))
+    log_summary(results)
+    if cfg.save:
+        save_results("week2", cfg.run_name, results)
+    if interrupted:
+        raise Terminated(interrupted) if interrupted == "SIGTERM" else KeyboardInterrupt()
+    return results
+
+
+def results_of(
+    cfg: BenchConfig, records: list[RequestRecord], duration: float, model: str, tok_path: str
+) -> dict:
+    """The results document: vLLM-named metrics, the run's settings, every request's record."""
     metrics = compute_metrics(records, duration, cfg.percentiles, cfg.goodput)
-    errors = sorted({r.error for r in records if not r.success})
+    rate = cfg.request_rate if math.isfinite(cfg.request_rate) else "inf"
     results = {
         **metrics,
         "backend": cfg.backend,
         "model_id": model,
         "tokenizer_id": tok_path,
-        "num_prompts": len(requests),
+        "num_prompts": len(records),
         "max_concurrency": cfg.max_concurrency,
-        "request_rate": cfg.request_rate if math.isfinite(cfg.request_rate) else "inf",
+        "request_rate": rate,
         "burstiness": cfg.burstiness,
-        "errors": errors[:20],
-        "config": asdict(cfg),
+        "errors": sorted({r.error for r in records if not r.success})[:20],
+        "config": {**asdict(cfg), "request_rate": rate},
         "server": cfg.server_info,
         "environment": environment(server_versions=server_versions(cfg.base_url, cfg.backend)),
         "requests": [r.to_dict() for r in records],
     }
-    results["config"]["request_rate"] = results["request_rate"]
-    log.info(
-        "completed %d, failed %d in %.1fs: %.1f output tok/s, TTFT mean %.1f ms p99 %.1f ms, "
-        "TPOT mean %.2f ms p99 %.2f ms",
-        metrics["completed"],
-        metrics["failed"],
-        duration,
-        metrics["output_throughput"],
-        metrics["mean_ttft_ms"],
-        metrics["p99_ttft_ms"],
-        metrics["mean_tpot_ms"],
-        metrics["p99_tpot_ms"],
-    )
-    if errors:
-        log.warning("errors (first of %d kinds): %s", len(errors), errors[0])
-    if cfg.save:
-        save_results("week2", cfg.run_name, results)
     return results
 
 
-def parse_goodput(items: list[str] | None) -> dict[str, float]:
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition(":")
-        if key not in ("ttft", "tpot", "e2el") or not value:
-            raise argparse.ArgumentTypeError(f"--goodput {item!r}: use ttft:MS, tpot:MS or e2el:MS")
-        out[key] = float(value)
-    return out
+def log_summary(res: dict) -> None:
+    log.info(
+        "completed %d, failed %d in %.1fs: %.1f output tok/s, TTFT mean %.1f ms p99 %.1f ms, "
+        "TPOT mean %.2f ms p99 %.2f ms",
+        res["completed"],
+        res["failed"],
+        res["duration"],
+        res["output_throughput"],
+        res["mean_ttft_ms"],
+        res["p99_ttft_ms"],
+        res["mean_tpot_ms"],
+        res["p99_tpot_ms"],
+    )
+    if res["errors"]:
+        log.warning("errors (first of %d kinds): %s", len(res["errors"]), res["errors"][0])
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--base-url", default="http://127.0.0.1:8000")
-    p.add_argument("--backend", choices=BACKENDS, default="openai")
-    p.add_argument("--model", default=None, help="served model name (default: ask the server)")
-    p.add_argument(
-        "--tokenizer", default=None, help="HF folder or hub id (default: the served model's path)"
-    )
-    add_offline_arg(p)
-    p.add_argument("--dataset-name", choices=WORKLOADS, default="random")
-    p.add_argument(
-        "--dataset-path", default=None, help="JSONL / ShareGPT file for --dataset-name file"
-    )
-    p.add_argument("--num-prompts", type=int, default=64)
-    p.add_argument("--random-input-len", type=int, default=64)
-    p.add_argument("--random-output-len", type=int, default=64)
-    p.add_argument("--random-range-ratio", type=float, default=0.0)
-    p.add_argument(
-        "--random-output-dist",
-        choices=("uniform", "exponential"),
-        default="uniform",
-        help="output lengths: uniform (vLLM's) or exponential with a long tail (capped at 6x)",
-    )
-    p.add_argument("--prefix-len", type=int, default=256)
-    p.add_argument("--suffix-len", type=int, default=32)
-    p.add_argument("--num-prefixes", type=int, default=4)
-    p.add_argument("--max-concurrency", type=int, default=None)
-    p.add_argument("--request-rate", type=float, default=math.inf)
-    p.add_argument("--burstiness", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-warmups", type=int, default=2)
-    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false")
-    p.add_argument("--goodput", nargs="*", default=None, help="SLOs, e.g. ttft:200 tpot:20 (ms)")
-    p.add_argument("--metric-percentiles", default="50,90,99")
-    p.add_argument("--request-timeout", type=float, default=300.0)
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--run-name", default=None)
-    a = p.parse_args(argv)
-    return BenchConfig(
-        base_url=a.base_url,
-        backend=a.backend,
-        model=a.model,
-        tokenizer=a.tokenizer,
-        dataset_name=a.dataset_name,
-        dataset_path=a.dataset_path,
-        num_prompts=a.num_prompts,
-        random_input_len=a.random_input_len,
-        random_output_len=a.random_output_len,
-        random_range_ratio=a.random_range_ratio,
-        random_output_dist=a.random_output_dist,
-        prefix_len=a.prefix_len,
-        suffix_len=a.suffix_len,
-        num_prefixes=a.num_prefixes,
-        max_concurrency=a.max_concurrency,
-        request_rate=a.request_rate,
-        burstiness=a.burstiness,
-        seed=a.seed,
-        num_warmups=a.num_warmups,
-        ignore_eos=a.ignore_eos,
-        goodput=parse_goodput(a.goodput),
-        percentiles=tuple(float(x) for x in a.metric_percentiles.split(",")),
-        request_timeout_s=a.request_timeout,
-        api_key=a.api_key,
-        run_name=a.run_name,
-        offline=a.offline,
-    )
+    parser = bench_parser(__doc__)
+    args = parser.parse_args(argv)
+    if "goodput" in args:
+        args.goodput = dict(args.goodput)
+    try:
+        return config_from_args(BenchConfig, args)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+        raise
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """`python -m`: SIGTERM unwinds like Ctrl-C; either one saves what was measured, exit 128+n."""
+    cfg = parse_args(argv)
+    with sigterm_as_interrupt():
+        try:
+            main(cfg)
+        except KeyboardInterrupt as e:
+            sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+            raise SystemExit(128 + sig) from None
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli()

@@ -20,7 +20,6 @@ the command line (it needs nothing installed), `preflight` lists what would stop
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -28,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.cli import build_parser, config_from_args
 from common.hub import CONFIG_PATTERNS, is_offline, resolve_model
 from common.procs import sigterm_as_interrupt
 from common.results import REPO_ROOT, get_logger, runs_root
@@ -287,30 +287,41 @@ def launch(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class LaunchArgs:
+    """Start an inference server and keep it up until Ctrl-C (flags after `--` go to it)."""
+
+    engine: str = field(metadata={"cli": False})  # vllm | sglang | engine (positional)
+    model: str | None = None  # HF folder or hub id (none: runs/week1/hf-model)
+    port: int = 8000  # the port on 127.0.0.1
+    max_model_len: int | None = None  # context length (none: the engine's default)
+    served_model_name: str | None = None  # the name clients ask for (none: the model path)
+    timeout: float = 600.0  # seconds to wait for readiness
+    extra: list[str] = field(default_factory=list, metadata={"cli": False})  # after `--`
+
+
+def parse_args(argv: list[str] | None = None) -> LaunchArgs:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = build_parser(LaunchArgs, description=__doc__)
     p.add_argument("engine", choices=ENGINES)
-    p.add_argument("--model", default=str(runs_root() / "week1" / "hf-model"))
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
-    a = p.parse_args(argv)
+    return config_from_args(LaunchArgs, p.parse_args(argv), extra=extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    model = a.model or str(runs_root() / "week1" / "hf-model")
     try:
         with (
             sigterm_as_interrupt(),
             launch(
                 a.engine,
-                a.model,
+                model,
                 a.port,
-                extra,
+                a.extra,
                 a.max_model_len,
                 timeout_s=a.timeout,
                 served_name=a.served_model_name,

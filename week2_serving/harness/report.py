@@ -1,6 +1,7 @@
 """The one-page serving report of a sweep: plots, the lever table, cost, and the decode roofline.
 
     python -m week2_serving.harness.report runs/week2/sweep-cpu --gpu-hour-usd 2.0
+    python -m week2_serving.report runs/week2/sweep-cpu   # the same, with week 2's extra sections
 
 Writes SWEEP_DIR/report.md and PNGs beside it:
 - throughput vs concurrency, TTFT and TPOT (p50 / p99) vs concurrency, per server setting;
@@ -9,23 +10,27 @@ Writes SWEEP_DIR/report.md and PNGs beside it:
 - cost per 1M output tokens at the given price per machine-hour;
 - the decode roofline: a decode step reads the weights once plus every sequence's KV cache,
   so tokens/s ≤ batch × bandwidth / (weight bytes + KV bytes); the measured fraction of that
-  ceiling is the memory-bandwidth utilisation (MBU).
+  ceiling is the memory-bandwidth utilisation (MBU);
+- any extra sections its caller passes (`build(..., extra_sections=...)`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from common.plots import plt, save
+from common.cli import build_parser, config_from_args
 from common.report import md_table
 from common.results import atomic_write_bytes, get_logger, read_json
-from week2_serving.quant import quality as quantize_quality
+from week2_serving.harness.report_plots import pareto, plots
+
+__all__ = ["Section", "build", "load_cells", "main", "pareto", "roofline"]
 
 log = get_logger("week2.report")
 
@@ -131,79 +136,6 @@ def roofline(cell: dict, mb: dict, bandwidth_gbs: float) -> dict:
     }
 
 
-def _series(cells, server, metric):
-    pts = sorted(
-        (c["max_concurrency"], c[metric])
-        for c in cells
-        if c["server_name"] == server
-        and c.get("max_concurrency")
-        and c["config"]["dataset_name"] == "random"
-    )
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """Points not dominated: lower latency (x) and higher throughput (y) are both better."""
-    front = []
-    for x, y, label in sorted(points):
-        if not front or y > front[-1][1]:
-            front.append((x, y, label))
-    return front
-
-
-def plots(cells: list[dict], servers: list[str], out: Path) -> list[str]:
-    names = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in servers:
-        ax.plot(*_series(cells, s, "output_throughput"), marker="o", label=s)
-    ax.set(
-        xscale="log",
-        xlabel="concurrency",
-        ylabel="output tokens/s",
-        title="Throughput vs concurrency",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    names.append(save(fig, out / "throughput_vs_concurrency.png").name)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("ttft", "tpot")):
-        for s in servers:
-            xs, p50 = _series(cells, s, f"median_{metric}_ms")
-            _, p99 = _series(cells, s, f"p99_{metric}_ms")
-            line = ax.plot(xs, p50, marker="o", label=f"{s} p50")[0]
-            ax.plot(xs, p99, marker="x", ls="--", color=line.get_color(), label=f"{s} p99")
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="concurrency",
-            ylabel="ms",
-            title=f"{metric.upper()} vs load",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    names.append(save(fig, out / "latency_vs_load.png").name)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    pts = []
-    for s in servers:
-        sc = [c for c in cells if c["server_name"] == s and c["config"]["dataset_name"] == "random"]
-        xs, ys = [c["median_tpot_ms"] for c in sc], [c["output_throughput"] for c in sc]
-        ax.scatter(xs, ys, label=s)
-        pts += [(c["median_tpot_ms"], c["output_throughput"], f"{s}/{c['load_name']}") for c in sc]
-    front = pareto(pts)
-    ax.plot([p[0] for p in front], [p[1] for p in front], color="black", lw=1, label="Pareto front")
-    ax.set(
-        xlabel="median TPOT (ms) — lower is better",
-        ylabel="output tokens/s",
-        title="Latency–throughput",
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    names.append(save(fig, out / "pareto.png").name)
-    return names
-
-
 def change(new: dict, old: dict, key: str) -> str:
     return f"{100 * (new[key] - old[key]) / old[key]:+.0f}%" if old[key] else "n/a"
 
@@ -234,13 +166,74 @@ def lever_table(cells: list[dict], servers: list[str]) -> str:
     )
 
 
-def quant_quality_part(sweep: Path, cells: list[dict], servers: list[str]) -> list[str]:
-    """Quality beside speed for the quantized variants, from runs/week2/quant-quality."""
-    table = quantize_quality.report_section(sweep.parent, cells, servers[0] if servers else None)
-    return ["\n## Quantization: quality beside speed\n", table] if table else []
+Section = Callable[[Path, list[dict], str | None], str | None]
+"""An extra section of the report: (sweep folder, its cells, baseline server) -> markdown or
+None to leave it out. The caller chooses them (week2_serving/report.py adds quantization
+quality); the harness knows none of them."""
 
 
-def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = None) -> Path:
+@dataclass
+class ReportConfig:
+    """The one-page serving report of a sweep folder (report.md and plots beside it)."""
+
+    sweep_dir: Path = field(metadata={"cli": False})  # the sweep's folder (positional)
+    gpu_hour_usd: float = 2.0  # price of one machine-hour, for cost per 1M tokens
+    mem_bandwidth_gbs: float | None = None  # memory bandwidth (none: measured with a tensor copy)
+
+
+def sweep_meta(sweep: Path, cells: list[dict]) -> tuple[dict, list[str]]:
+    """The sweep's config (sweep.json) and its server names in config order, those with cells."""
+    meta = read_json(sweep / "sweep.json")["config"] if (sweep / "sweep.json").exists() else {}
+    servers = [s["name"] for s in meta.get("servers", [])] or sorted(
+        {c["server_name"] for c in cells}
+    )
+    return meta, [s for s in servers if any(c["server_name"] == s for c in cells)]
+
+
+def cell_row(c: dict, usd_per_hour: float, bw: float) -> list:
+    """One row of the main table: throughput, latencies, cost and the decode roofline."""
+    tput = c["output_throughput"]
+    cost = usd_per_hour / (tput * 3600) * 1e6 if tput else math.inf
+    mb = model_bytes(c.get("server", {}).get("model") or c.get("tokenizer_id", ""))
+    roof = roofline(c, mb, bw) if mb else None
+    return [
+        c["server_name"],
+        c["load_name"],
+        c["completed"],
+        c["failed"],
+        f"{tput:.0f}",
+        f"{c['mean_ttft_ms']:.0f} / {c['p99_ttft_ms']:.0f}",
+        f"{c['mean_tpot_ms']:.2f} / {c['p99_tpot_ms']:.2f}",
+        f"${cost:.2f}",
+        f"{roof['ceiling_tok_s']:.0f} ({100 * roof['mbu']:.0f}%)" if roof else "n/a",
+    ]
+
+
+def main_table(cells: list[dict], servers: list[str], usd_per_hour: float, bw: float) -> str:
+    order = sorted(cells, key=lambda c: (servers.index(c["server_name"]), c["load_name"]))
+    head = ["server", "load", "ok", "failed", "output tok/s", "TTFT mean / p99 (ms)"]
+    head += ["TPOT mean / p99 (ms)", f"$ per 1M output tok (${usd_per_hour:g}/h)"]
+    head += ["decode ceiling tok/s (MBU)"]
+    return md_table(head, [cell_row(c, usd_per_hour, bw) for c in order])
+
+
+ROOFLINE_TEXT = (
+    "Each decode step reads every weight once and every running sequence's KV cache. With "
+    "B sequences of average context L: bytes/step = weights + B·L·(KV bytes per token), and "
+    "tokens/s ≤ B · bandwidth / bytes/step. MBU is the measured output tokens/s over that "
+    "ceiling. Low MBU at small batch means the step is bound by something other than memory "
+    "(Python and kernel-launch overhead on a small model)."
+)
+
+
+def build(
+    sweep: Path,
+    usd_per_hour: float = 2.0,
+    bandwidth_gbs: float | None = None,
+    extra_sections: Mapping[str, Section] | None = None,
+) -> Path:
+    """Write SWEEP/report.md (and its plots); `extra_sections` (title -> Section) come after
+    the lever table, each only when it returns text."""
     sweep = Path(sweep)
     cells = load_cells(sweep)
     if not cells:
@@ -250,67 +243,29 @@ def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = 
             + (f" ({failed} failed: see */*/error.json)" if failed else "")
             + "; run python -m week2_serving.harness.sweep first"
         )
-    meta = read_json(sweep / "sweep.json")["config"] if (sweep / "sweep.json").exists() else {}
-    servers = [s["name"] for s in meta.get("servers", [])] or sorted(
-        {c["server_name"] for c in cells}
-    )
-    servers = [s for s in servers if any(c["server_name"] == s for c in cells)]
+    meta, servers = sweep_meta(sweep, cells)
     imgs = plots(cells, servers, sweep)
     bw = bandwidth_gbs or measure_bandwidth_gbs()
-    rows = []
-    for c in sorted(cells, key=lambda c: (servers.index(c["server_name"]), c["load_name"])):
-        cost = (
-            usd_per_hour / (c["output_throughput"] * 3600) * 1e6
-            if c["output_throughput"]
-            else math.inf
-        )
-        mb = model_bytes(c.get("server", {}).get("model") or c.get("tokenizer_id", ""))
-        roof = roofline(c, mb, bw) if mb else None
-        rows.append(
-            [
-                c["server_name"],
-                c["load_name"],
-                c["completed"],
-                c["failed"],
-                f"{c['output_throughput']:.0f}",
-                f"{c['mean_ttft_ms']:.0f} / {c['p99_ttft_ms']:.0f}",
-                f"{c['mean_tpot_ms']:.2f} / {c['p99_tpot_ms']:.2f}",
-                f"${cost:.2f}",
-                f"{roof['ceiling_tok_s']:.0f} ({100 * roof['mbu']:.0f}%)" if roof else "n/a",
-            ]
-        )
-    errs = errors(sweep)
+    env = cells[0]["environment"]
+    extras = []
+    for title, section in (extra_sections or {}).items():
+        body = section(sweep, cells, servers[0] if servers else None)
+        extras += [f"\n## {title}\n", body] if body else []
     text = [
         f"# Serving report: `{sweep.name}`\n",
         f"Engine: {meta.get('engine', '?')}, model: `{meta.get('model', '?')}`. Machine: "
-        f"{cells[0]['environment']['cpu_model']}, {cells[0]['environment']['cpu_count']} cores, "
-        f"GPU: {cells[0]['environment']['gpu_name'] or 'none'}. Memory bandwidth (torch copy): {bw:.1f} GB/s.\n",
-        md_table(
-            [
-                "server",
-                "load",
-                "ok",
-                "failed",
-                "output tok/s",
-                "TTFT mean / p99 (ms)",
-                "TPOT mean / p99 (ms)",
-                f"$ per 1M output tok (${usd_per_hour:g}/h)",
-                "decode ceiling tok/s (MBU)",
-            ],
-            rows,
-        ),
+        f"{env['cpu_model']}, {env['cpu_count']} cores, GPU: {env['gpu_name'] or 'none'}. "
+        f"Memory bandwidth (torch copy): {bw:.1f} GB/s.\n",
+        main_table(cells, servers, usd_per_hour, bw),
         "\n## Which lever moved what\n",
         lever_table(cells, servers),
-        *quant_quality_part(sweep, cells, servers),
+        *extras,
         "\n## Plots\n",
         "\n".join(f"![{i}]({i})" for i in imgs),
         "\n## The decode roofline\n",
-        "Each decode step reads every weight once and every running sequence's KV cache. With "
-        "B sequences of average context L: bytes/step = weights + B·L·(KV bytes per token), and "
-        "tokens/s ≤ B · bandwidth / bytes/step. MBU is the measured output tokens/s over that "
-        "ceiling. Low MBU at small batch means the step is bound by something other than memory "
-        "(Python and kernel-launch overhead on a small model).",
+        ROOFLINE_TEXT,
     ]
+    errs = errors(sweep)
     if errs:
         text += failed_part(errs)
     path = sweep / "report.md"
@@ -319,22 +274,16 @@ def build(sweep: Path, usd_per_hour: float = 2.0, bandwidth_gbs: float | None = 
     return path
 
 
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> ReportConfig:
+    """ReportConfig from the command line: SWEEP_DIR, then its flags."""
+    p = build_parser(ReportConfig, description=description or __doc__)
+    p.add_argument("sweep_dir", type=Path, help="a sweep's folder, e.g. runs/week2/sweep-cpu")
+    return config_from_args(ReportConfig, p.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument(
-        "--gpu-hour-usd",
-        type=float,
-        default=2.0,
-        help="price of one machine-hour, for cost/1M tokens",
-    )
-    p.add_argument(
-        "--mem-bandwidth-gbs", type=float, default=None, help="default: measured with a tensor copy"
-    )
-    a = p.parse_args(argv)
-    return build(a.sweep_dir, a.gpu_hour_usd, a.mem_bandwidth_gbs)
+    cfg = parse_args(argv)
+    return build(cfg.sweep_dir, cfg.gpu_hour_usd, cfg.mem_bandwidth_gbs)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Sweep the serving levers: every server setting × every load setting, resumable.
 
     python -m week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml --dry-run  # what would run
-    python -m week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml     # ~10 min on 2 cores
-    python -m week2_serving.harness.report runs/week2/sweep-cpu              # the one-page report
+    python -m week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml     # the sweep
+    python -m week2_serving.report runs/week2/sweep-cpu                      # the one-page report
 
 The YAML names an engine and a model, `servers` (flags for the server, and optionally another
 `model` such as a quantized variant: each one restarts the server),
 `loads` (BenchConfig fields: concurrency, rate, workload) and `bench` defaults. Each cell
-writes runs/week2/sweep-<name>/<server>/<load>/results.json, or error.json if it failed.
+writes runs/week2/sweep-<name>/<server>/<load>/results.json, or error.json if it failed; its
+results carry the server's own counters for the cell (`server_metrics`: prefix-cache hit rate,
+preemptions, from /metrics; "unavailable" where the server has none).
 
 A cell is done only if its results.json carries the cell's current hash (engine, model, server
 flags, load and bench settings: change any and the cell is stale), completed at least one
@@ -20,28 +22,28 @@ that would stop the real run on this machine, and starts nothing.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import shlex
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import hub
+from common.cli import build_parser, config_from_args
 from common.procs import Terminated, sigterm_as_interrupt
-from common.results import (
-    REPO_ROOT,
-    get_logger,
-    read_json,
-    runs_root,
-    write_json_atomic,
-    write_results,
-)
+from common.results import get_logger, write_json_atomic, write_results
 from common.server import log_tail
-from week2_serving.harness import bench
+from week2_serving.harness import bench, server_metrics
+from week2_serving.harness.cells import (
+    Cell,
+    by_server,
+    cell_hash,
+    cell_status,
+    model_path,
+    plan,
+    resolve_model,
+    sweep_dir,
+)
 from week2_serving.harness.launch import (
     Machine,
     check_model,
@@ -50,115 +52,12 @@ from week2_serving.harness.launch import (
     preflight,
     server_spec,
 )
-from week2_serving.harness.sweep_config import SweepConfig, load_fields
+from week2_serving.harness.sweep_config import SweepConfig
+
+__all__ = ["SweepConfig", "cell_hash", "dry_run", "main", "plan", "resolve_model", "run_sweep"]
 
 log = get_logger("week2.sweep")
 LOG_LINES = 30  # lines of the server's log kept in error.json
-
-
-@dataclass
-class Cell:
-    """One server setting × one load: what runs, where its files go, and its identity."""
-
-    server: str
-    load: str
-    engine: str
-    model: str  # as the config names it (resolve_model finds it)
-    args: list[str]
-    fields: dict  # the load's own fields
-    params: dict  # what the bench gets: the bench defaults, then the load's fields
-    folder: Path
-    hash: str
-
-
-def sweep_dir(cfg: SweepConfig) -> Path:
-    return runs_root() / "week2" / f"sweep-{cfg.name}"
-
-
-def model_path(model: str) -> str:
-    """runs/... in this run's runs folder (IE_RUNS_DIR, default runs/), another relative path
-    under the repository if it exists there; anything else (a hub id) unchanged. No download."""
-    if model.startswith("runs/"):
-        return str(runs_root() / model.removeprefix("runs/"))
-    if not Path(model).is_absolute() and (REPO_ROOT / model).exists():
-        return str(REPO_ROOT / model)
-    return model
-
-
-def resolve_model(model: str) -> str:
-    """The model's local folder: `model_path`'s, or a hub id's snapshot, downloaded unless
-    offline (--offline / HF_HUB_OFFLINE); see common.hub.resolve_model."""
-    return str(hub.resolve_model(model_path(model)))
-
-
-def cell_hash(cfg: SweepConfig, engine: str, model: str, args: list[str], params: dict) -> str:
-    """A short stable hash of everything that decides a cell's numbers (not its names)."""
-    identity = {
-        "engine": engine,
-        "model": model,
-        "args": args,
-        "bench": params,
-        "served_model_name": cfg.served_model_name,
-        "max_model_len": cfg.max_model_len,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
-        :12
-    ]
-
-
-def plan(cfg: SweepConfig) -> list[Cell]:
-    """Every cell in run order: server by server, each with its loads in the config's order."""
-    cells = []
-    for server in cfg.servers:
-        wanted = server.get("loads")  # a server setting may run only some of the loads
-        engine = server.get("engine", cfg.engine)  # ... or swap the engine
-        model = server.get("model", cfg.model)  # ... or the model
-        args = list(server.get("args", []))
-        for load in cfg.loads:
-            if wanted is not None and load["name"] not in wanted:
-                continue
-            params = {**cfg.bench, **load_fields(load)}
-            cells.append(
-                Cell(
-                    server["name"],
-                    load["name"],
-                    engine,
-                    model,
-                    args,
-                    load_fields(load),
-                    params,
-                    sweep_dir(cfg) / server["name"] / load["name"],
-                    cell_hash(cfg, engine, model, args, params),
-                )
-            )
-    return cells
-
-
-def by_server(cells: list[Cell]) -> dict[str, list[Cell]]:
-    groups: dict[str, list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault(cell.server, []).append(cell)
-    return groups
-
-
-def read_results(path: Path) -> dict | None:
-    try:
-        return read_json(path) if path.is_file() else None
-    except ValueError:  # not JSON: not a result
-        return None
-
-
-def cell_status(cell: Cell) -> str:
-    """done; stale (results of another config); failed (error.json, or 0 completed); pending."""
-    res = read_results(cell.folder / "results.json")
-    current = res is not None and res.get("cell_hash") == cell.hash
-    if current and (res.get("completed") or 0) > 0:
-        return "done"
-    if (cell.folder / "error.json").is_file():
-        return "failed"
-    if res is not None:
-        return "failed" if current else "stale"
-    return "pending"
 
 
 def save_cell(cell: Cell, res: dict) -> None:
@@ -217,7 +116,13 @@ def bench_cell(
     return res, None
 
 
-def run_server(cfg: SweepConfig, cells: list[Cell], launcher: Callable, runner: Callable) -> None:
+def run_server(
+    cfg: SweepConfig,
+    cells: list[Cell],
+    launcher: Callable,
+    runner: Callable,
+    scraper: Callable[[str], dict] = server_metrics.scrape,
+) -> None:
     """Start the cells' server once and run them in order; each ends done or failed."""
     first, left, server = cells[0], list(cells), None
     info = {"engine": first.engine, "model": model_path(first.model), "args": first.args}
@@ -233,27 +138,47 @@ def run_server(cfg: SweepConfig, cells: list[Cell], launcher: Callable, runner: 
         )
         with server as srv:
             info["command"] = srv.cmd
-            while left:
-                cell = left[0]
-                res, error = bench_cell(cfg, cell, srv, info, runner)
-                if not srv.alive():  # numbers from a dying server are not a result
-                    code = getattr(getattr(srv, "proc", None), "returncode", None)
-                    died = f"the server exited (code {code}) while this cell ran"
-                    fail_cell(cell, f"{died}; {error}" if error else died, info, srv)
-                    for rest in left[1:]:
-                        fail_cell(rest, f"not run: the server exited during {cell.load}", info, srv)
-                    return
-                if error:
-                    fail_cell(cell, error, info, srv)
-                else:
-                    save_cell(cell, res)
-                left.pop(0)
+            run_cells(cfg, left, srv, info, runner, scraper)
     except Exception as e:  # the server did not start (or stop): its remaining cells failed
         for cell in left:
             fail_cell(cell, str(e) or type(e).__name__, info, server)
 
 
-def run_sweep(cfg: SweepConfig, launcher: Callable = launch, runner: Callable = bench.main) -> Path:
+def run_cells(
+    cfg: SweepConfig, left: list[Cell], srv, info: dict, runner: Callable, scraper: Callable
+) -> None:
+    """Run `left` on the started server `srv`, popping each cell as it ends. The server's
+    counters (/metrics) are read before the first cell and after each: a cell's results carry
+    what its traffic changed (`server_metrics`: prefix-cache hit rate, preemptions)."""
+    before = scraper(srv.url)
+    while left:
+        cell = left[0]
+        res, error = bench_cell(cfg, cell, srv, info, runner)
+        if not srv.alive():  # numbers from a dying server are not a result
+            code = getattr(getattr(srv, "proc", None), "returncode", None)
+            died = f"the server exited (code {code}) while this cell ran"
+            fail_cell(cell, f"{died}; {error}" if error else died, info, srv)
+            for rest in left[1:]:
+                fail_cell(rest, f"not run: the server exited during {cell.load}", info, srv)
+            left.clear()
+            return
+        after = scraper(srv.url)
+        if error:
+            fail_cell(cell, error, info, srv)
+        else:
+            res["server_metrics"] = server_metrics.cell_counters(before, after)
+            save_cell(cell, res)
+        before = after
+        left.pop(0)
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    launcher: Callable = launch,
+    runner: Callable = bench.main,
+    scraper: Callable[[str], dict] = server_metrics.scrape,
+) -> Path:
+    """Run every cell not done yet, server by server; return the sweep's folder."""
     out = sweep_dir(cfg)
     write_json_atomic(out / "sweep.json", {"config": cfg.__dict__})
     for name, cells in by_server(plan(cfg)).items():
@@ -261,7 +186,7 @@ def run_sweep(cfg: SweepConfig, launcher: Callable = launch, runner: Callable = 
         if not todo:
             log.info("server %s: all %d cells done, skipping", name, len(cells))
             continue
-        run_server(cfg, todo, launcher, runner)
+        run_server(cfg, todo, launcher, runner, scraper)
     log.info("sweep %s done: %s", cfg.name, out)
     return out
 
@@ -312,19 +237,24 @@ def dry_run_file(path: Path, machine: Machine | None = None) -> int:
     return dry_run(cfg, machine or detect_machine())
 
 
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+@dataclass
+class SweepArgs:
+    """Sweep the serving levers: every server setting × every load, resumable."""
+
+    config: Path = field(metadata={"cli": False})  # sweep YAML (a positional argument)
+    dry_run: bool = False  # print every cell and what would stop the run here; start nothing
+
+
+def parse_args(argv: list[str] | None = None) -> SweepArgs:
+    p = build_parser(SweepArgs, description=__doc__)
     p.add_argument(
         "config", type=Path, help="sweep YAML, e.g. week2_serving/harness/configs/cpu.yaml"
     )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print every cell and what would stop the run on this machine; start nothing",
-    )
-    a = p.parse_args(argv)
+    return config_from_args(SweepArgs, p.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    a = parse_args(argv)
     if a.dry_run:
         raise SystemExit(dry_run_file(a.config))
     with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the running server is stopped

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from week2_serving.harness import bench
+from week2_serving.harness.bench_config import BenchConfig
 from week2_serving.harness.launch import ENGINES
 
 SERVER_KEYS = ("name", "args", "model", "engine", "loads")
@@ -93,7 +93,7 @@ def config_problems(cfg: SweepConfig) -> list[str]:
     load_names = [load["name"] for load in cfg.loads]
     for server in cfg.servers:
         problems += server_problems(server, load_names)
-    fields = set(bench.BenchConfig.__dataclass_fields__) - set(SET_BY_SWEEP)
+    fields = set(BenchConfig.__dataclass_fields__) - set(SET_BY_SWEEP)
     for what, values in [("bench", cfg.bench)] + [(f"load {x['name']!r}", x) for x in cfg.loads]:
         bad = sorted(set(values) - fields - {"name"})
         if bad:
@@ -105,7 +105,7 @@ def config_problems(cfg: SweepConfig) -> list[str]:
         return problems
     for load in cfg.loads:  # the values themselves (num_prompts >= 1, a known dataset_name, ...)
         try:
-            bench.BenchConfig(**{**cfg.bench, **load_fields(load)})
+            BenchConfig(**{**cfg.bench, **load_fields(load)})
         except (TypeError, ValueError) as e:
             problems.append(f"load {load['name']!r}: {e}")
     return problems

@@ -17,7 +17,6 @@ runs/week2/validate/results.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -28,7 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.hub import add_offline_arg, hub_env, is_offline, resolve_model
+from common.cli import parse
+from common.hub import hub_env, is_offline, resolve_model
 from common.results import get_logger, run_dir, runs_root, save_results
 from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
@@ -51,18 +51,29 @@ COMPARED = ("mean_ttft_ms", "mean_tpot_ms", "output_throughput")
 
 @dataclass
 class ValidateConfig:
-    model: str | None = None  # HF folder or hub id (default runs/week1/hf-model)
-    num_prompts: int = 256
-    input_len: int = 256
-    output_len: int = 128
-    max_concurrency: int = 32
+    """Our harness against `vllm bench serve`: same vLLM server, same prompts, side by side."""
+
+    model: str | None = None  # HF folder or hub id (none: runs/week1/hf-model)
+    num_prompts: int = 256  # requests per tool per round
+    input_len: int = 256  # mean prompt tokens
+    output_len: int = 128  # mean output tokens (ignore_eos: exactly these)
+    max_concurrency: int = 32  # requests in flight, both tools
     # lengths uniform in [len*(1-r), len*(1+r)]: with equal lengths every wave of `concurrency`
     # streams ends on the same step and the next wave's TTFT depends on how fast the client
-    # turns 32 finished streams into 32 new requests (see the README)
+    # turns finished streams into new requests (see the README)
     range_ratio: float = 0.5
     rounds: int = 5  # each tool runs this many times, alternating; the medians are compared
-    tolerance: float = 0.10
-    offline: bool | None = None  # True: a hub id must be cached; None: HF_HUB_OFFLINE decides
+    tolerance: float = 0.10  # relative difference of the medians counted as agreement
+    offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
+
+    def __post_init__(self) -> None:
+        for name in ("num_prompts", "input_len", "output_len", "max_concurrency", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.range_ratio < 1:
+            raise ValueError(f"range_ratio={self.range_ratio} must be in [0, 1)")
+        if not self.tolerance > 0:
+            raise ValueError(f"tolerance={self.tolerance} must be > 0")
 
 
 def model_folder(cfg: ValidateConfig) -> str:
@@ -217,15 +228,14 @@ def main(cfg: ValidateConfig) -> dict:
     out = run_dir("week2", "validate")
     # All cores but the last for vLLM's model worker, the last one for everything else: its API
     # server and engine process and both clients. Left to the scheduler, a client or the engine
-    # process now and then lands on the worker's core, and the server's speed swings between runs (measured: TPOT 16.6 to 19.1 ms over 6 identical runs of our
-    # harness; pinned: 16.6 to 16.9), which no client comparison survives.
+    # process now and then lands on the worker's core, and the server's speed swings between
+    # identical runs by more than any client difference we want to see (the README has numbers).
     cores = sorted(os.sched_getaffinity(0))
     pinned = len(cores) > 1
     env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:-1]))} if pinned else {}
     env.update(hub_env(is_offline(cfg.offline)))
     # Prefix caching off: both tools send the same prompts, so with it on whichever tool runs
-    # second in a round finds the other's prompts cached (measured at 256-token prompts: mean
-    # TTFT 55 vs 120 ms, always in favour of the second tool).
+    # second in a round finds the other's prompts cached and its TTFT looks better.
     server = launch(
         "vllm",
         folder,
@@ -267,19 +277,7 @@ def main(cfg: ValidateConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> ValidateConfig:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    d = ValidateConfig()  # one place for the defaults
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--num-prompts", type=int, default=d.num_prompts)
-    p.add_argument("--input-len", type=int, default=d.input_len)
-    p.add_argument("--output-len", type=int, default=d.output_len)
-    p.add_argument("--max-concurrency", type=int, default=d.max_concurrency)
-    p.add_argument("--range-ratio", type=float, default=d.range_ratio)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    add_offline_arg(p)
-    return ValidateConfig(**vars(p.parse_args(argv)))
+    return parse(ValidateConfig, argv, description=__doc__)
 
 
 if __name__ == "__main__":

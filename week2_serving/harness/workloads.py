@@ -1,4 +1,4 @@
-"""Workloads: the requests a benchmark sends.
+"""Workloads: the requests a benchmark sends, one table of them (`WORKLOADS`).
 
 - `random`: prompts of random token ids with input/output lengths drawn uniformly from
   [len·(1−r), len·(1+r)]; sent as token ids, so the server sees exactly `input_len` tokens.
@@ -8,18 +8,24 @@
   output length.
 - `shared-prefix`: `num_prefixes` system-prompt-like prefixes of `prefix_len` tokens, each
   followed by a unique suffix: the workload that prefix caching speeds up.
+
+Adding a workload is one entry in `WORKLOADS`: a name, a function `(cfg, tokenizer) ->
+list[Request]` that reads the BenchConfig fields it needs, those fields' names, the fields it
+cannot do without, and a line of description. The bench's `--dataset-name` choices, its
+validation and its error messages all read that table.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from week2_serving.harness.client import Request
-
-WORKLOADS = ("random", "file", "shared-prefix")
 
 
 def _lengths(rng: np.random.Generator, mean: int, ratio: float, n: int) -> np.ndarray:
@@ -156,3 +162,99 @@ def file_requests(
     if not reqs:
         raise ValueError(f"{path} gave no usable requests")
     return reqs
+
+
+# ---- the table: a workload's name -> how its requests are built from a BenchConfig ----
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One entry of `WORKLOADS`. `build(cfg, tokenizer)` reads only the BenchConfig fields
+    named in `fields`; `required` are fields that must be set (not None) for it to run."""
+
+    build: Callable[[Any, Any], list[Request]]
+    fields: tuple[str, ...]
+    description: str
+    required: tuple[str, ...] = ()
+
+
+def _random(cfg, tokenizer) -> list[Request]:
+    return random_requests(
+        tokenizer,
+        cfg.num_prompts,
+        cfg.random_input_len,
+        cfg.random_output_len,
+        cfg.random_range_ratio,
+        cfg.seed,
+        cfg.ignore_eos,
+        cfg.random_output_dist,
+    )
+
+
+def _shared_prefix(cfg, tokenizer) -> list[Request]:
+    return shared_prefix_requests(
+        tokenizer,
+        cfg.num_prompts,
+        cfg.num_prefixes,
+        cfg.prefix_len,
+        cfg.suffix_len,
+        cfg.random_output_len,
+        cfg.seed,
+        cfg.ignore_eos,
+    )
+
+
+def _file(cfg, tokenizer) -> list[Request]:
+    return file_requests(
+        cfg.dataset_path,
+        tokenizer,
+        cfg.num_prompts,
+        cfg.random_output_len,
+        ignore_eos=cfg.ignore_eos,
+    )
+
+
+WORKLOADS: dict[str, Workload] = {
+    "random": Workload(
+        _random,
+        (
+            "random_input_len",
+            "random_output_len",
+            "random_range_ratio",
+            "random_output_dist",
+            "seed",
+        ),
+        "random token ids, exact input lengths",
+    ),
+    "file": Workload(
+        _file,
+        ("dataset_path", "random_output_len"),
+        "JSONL {prompt, output_len} or ShareGPT rows from --dataset-path",
+        required=("dataset_path",),
+    ),
+    "shared-prefix": Workload(
+        _shared_prefix,
+        ("num_prefixes", "prefix_len", "suffix_len", "random_output_len", "seed"),
+        "a few long shared prefixes, each request a unique suffix (prefix caching)",
+    ),
+}
+
+
+def workload_problem(cfg) -> str | None:
+    """Why `cfg` (a BenchConfig) names no runnable workload, or None if it does."""
+    entry = WORKLOADS.get(cfg.dataset_name)
+    if entry is None:
+        return f"dataset_name={cfg.dataset_name!r}: use one of {', '.join(WORKLOADS)}"
+    missing = [f for f in entry.required if getattr(cfg, f) in (None, "")]
+    if missing:
+        flags = ", ".join("--" + f.replace("_", "-") for f in missing)
+        return f"dataset_name {cfg.dataset_name!r} needs {flags}"
+    return None
+
+
+def build_workload(cfg, tokenizer) -> list[Request]:
+    """The requests of `cfg.dataset_name`, built by its entry in `WORKLOADS`."""
+    problem = workload_problem(cfg)
+    if problem:
+        raise ValueError(problem)
+    return WORKLOADS[cfg.dataset_name].build(cfg, tokenizer)

@@ -52,7 +52,6 @@ from week2_serving.quant.metrics import (
     prompt_top1,
 )
 from week2_serving.quant.shared import token_windows
-from week2_serving.quant.tables import report_section  # noqa: F401 (old home, still imported)
 from week2_serving.quant.variants import (
     REFERENCE,
     VARIANTS,
