@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from torch import nn
 
 from week1_gpt_kvcache.kvcache import KVCache
 
-ARCHS = ("gpt2", "llama")
+Arch = Literal["gpt2", "llama"]  # the two families of building blocks
+ARCHS: tuple[str, ...] = get_args(Arch)
 
 
 @dataclass
