@@ -77,7 +77,8 @@ class GPTConfig:
         return asdict(self)
 
 
-# Model sizes: `tiny` for tests (seconds), `cpu` for the default run, `gpu` for real hardware.
+# Model sizes: `tiny` for tests, `cpu` for the default run, `gpu` for real hardware.
+# A new size is one more row here (train --size NAME picks it).
 SIZES = {
     "tiny": dict(
         block_size=128, n_layer=2, n_head=2, n_kv_head=1, n_embd=64
