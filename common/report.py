@@ -8,11 +8,12 @@ A week whose results are missing contributes a line saying how to produce them.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import parse
 from common.results import atomic_write_bytes, get_logger, runs_root
 from common.timing import environment
 
@@ -69,14 +70,16 @@ def build_report(runs: Path | None = None) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs-dir", type=Path, default=None, help="results root (default: runs/)")
-    args = parser.parse_args(argv)
-    return build_report(args.runs_dir)
+@dataclass
+class ReportConfig:
+    """Build the portfolio page from the results files present."""
+
+    runs_dir: Path | None = None  # the results root; None = runs/ (or $IE_RUNS_DIR)
+
+
+def main(cfg: ReportConfig) -> Path:
+    return build_report(cfg.runs_dir)
 
 
 if __name__ == "__main__":
-    main()
+    main(parse(ReportConfig, description=__doc__))

@@ -134,8 +134,8 @@ class ManagedServer:
                     # session: with the kernel's autogroup scheduling (sched_autogroup_enabled=1,
                     # the default on desktop and many VM kernels) a new session is a new
                     # scheduling group that gets an equal share of CPU against the client's. On 2
-                    # cores that stalled vLLM's streams for seconds at a time (measured: 3.5-9.8 s
-                    # TTFT outliers in most runs, 0 of 6 with the server in the client's session).
+                    # cores that stalled vLLM's streams for seconds at a time (TTFT outliers in most
+                    # runs, none with the server in the client's session).
                     **_OWN_GROUP,
                     stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
                 )

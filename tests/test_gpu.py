@@ -11,8 +11,8 @@ import torch
 
 from common.device import pick_device, pick_dtype
 from common.timing import Timer, benchmark
-from week1_gpt_kvcache.export import to_hf_model
 from week1_gpt_kvcache.generate import SamplingParams, generate
+from week1_gpt_kvcache.hf_convert import to_hf_model
 from week1_gpt_kvcache.model import GPT, make_config
 
 pytestmark = [

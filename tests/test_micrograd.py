@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from week0_pytorch.micrograd import Value
+from week0_pytorch.micrograd.moons import make_moons
 from week0_pytorch.micrograd.nn import MLP
-from week0_pytorch.micrograd.train import MoonsConfig, main, make_moons
+from week0_pytorch.micrograd.train import MoonsConfig, main
 
 UNARY = ["relu", "tanh", "exp", "neg", "pow2", "pow3", "inv", "sqrt"]
 BINARY = ["add", "sub", "mul", "div", "radd", "rmul", "rsub", "rdiv"]

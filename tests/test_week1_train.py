@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint
-from week1_gpt_kvcache import export, prepare, train
+from week1_gpt_kvcache import corpus, export, hf_convert, prepare, train, training
+from week1_gpt_kvcache.checkpoint import load_model_and_tokenizer
 from week1_gpt_kvcache.model import BigramLM
 from week1_gpt_kvcache.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
@@ -25,7 +26,7 @@ def test_char_tokenizer_round_trip_and_unknown_characters(tmp_path):
 
 
 def test_bpe_round_trip_any_text(tmp_path):
-    tok = BPETokenizer.train([TEXT * 20, prepare.pydoc_corpus()[:50000]], vocab_size=400)
+    tok = BPETokenizer.train([TEXT * 20, corpus.pydoc_corpus()[:50000]], vocab_size=400)
     assert tok.vocab_size == 400 and tok.eos_id is not None
     unseen = "Zebra ¿qué? \t\n  spaces   and bytes \x00\x7f ✓"
     for text in (TEXT, unseen):
@@ -48,7 +49,7 @@ def test_prepare_text_file_and_split(tmp_path, runs_dir):
 
 
 def test_offline_corpus_is_english_documentation():
-    text = prepare.pydoc_corpus()
+    text = corpus.pydoc_corpus()
     assert len(text) > 300_000 and "the" in text
 
 
@@ -64,11 +65,15 @@ def test_bigram_from_counts_is_the_optimum():
 
 
 def test_lr_schedule():
-    cfg = train.make_train_config("tiny", lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
-    assert train.lr_at(0, cfg) == pytest.approx(1e-4)
-    assert train.lr_at(9, cfg) == pytest.approx(1e-3)
-    assert train.lr_at(60, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
-    assert train.lr_at(110, cfg) == pytest.approx(1e-4)
+    schedule = dict(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    assert training.lr_at(0, **schedule) == pytest.approx(1e-4)
+    assert training.lr_at(9, **schedule) == pytest.approx(1e-3)
+    assert training.lr_at(60, **schedule) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert training.lr_at(110, **schedule) == pytest.approx(1e-4)
+    cfg = train.make_train_config("tiny", **schedule)
+    assert [train.schedule(s, cfg) for s in (0, 60)] == [
+        training.lr_at(s, **schedule) for s in (0, 60)
+    ]
 
 
 def test_tiny_training_learns_and_writes_outputs(tiny_gpt):
@@ -147,7 +152,7 @@ def test_export_reloads_with_auto_classes_and_reproduces_logits(tiny_gpt):
         "generation_config.json",
     ):
         assert (hf_dir / f).exists(), f
-    model, tok = train.load_model_and_tokenizer(tiny_gpt["checkpoint"])
+    model, tok = load_model_and_tokenizer(tiny_gpt["checkpoint"])
     hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     hf_tok = AutoTokenizer.from_pretrained(hf_dir)
     assert type(hf).__name__ == "LlamaForCausalLM"
@@ -161,7 +166,7 @@ def test_export_reloads_with_auto_classes_and_reproduces_logits(tiny_gpt):
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x)[0])
-    back = export.from_hf_folder(hf_dir)
+    back = hf_convert.from_hf_folder(hf_dir)
     torch.testing.assert_close(back(x)[0], model(x)[0])
 
 

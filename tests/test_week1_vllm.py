@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from common.server import vllm_available
+from week1_gpt_kvcache.checkpoint import load_model_and_tokenizer
 from week1_gpt_kvcache.generate import SamplingParams, generate
-from week1_gpt_kvcache.train import load_model_and_tokenizer
 
 pytestmark = [
     pytest.mark.vllm,

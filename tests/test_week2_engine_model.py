@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from week1_gpt_kvcache.export import to_hf_model
+from week1_gpt_kvcache.hf_convert import to_hf_model
 from week1_gpt_kvcache.model import GPT, make_config
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.model_runner import make_group, paged_attention

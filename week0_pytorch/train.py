@@ -1,54 +1,58 @@
 """Train an MNIST classifier with a training loop written out by hand.
 
-    python -m week0_pytorch.train                      # CNN, cpu preset (~1 min on 2 cores)
+    python -m week0_pytorch.train                      # CNN, cpu preset
     python -m week0_pytorch.train --model mlp --epochs 5
     python -m week0_pytorch.train --resume             # continue from the last checkpoint
 
 Writes runs/week0/<run-name>/: checkpoint.pt, metrics.jsonl, results.json and PNG plots.
 The loop: forward -> loss -> backward -> optimizer step, evaluating after every epoch and
-checkpointing atomically so that a killed run resumes exactly where it stopped.
+checkpointing atomically so that a killed run resumes exactly where it stopped. Presets: `tiny`
+(tests), `cpu` (the default run), `gpu` (real hardware); a flag overrides its preset.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.cli import parse
 from common.device import pick_device
 from common.plots import plot_curves
 from common.results import MetricsLogger, get_logger, run_dir, save_results
 from common.timing import environment
-from week0_pytorch.data import SOURCES, load_mnist, to_float
+from week0_pytorch.mnist import SOURCES, Source, load_mnist, to_float
 from week0_pytorch.models import MODELS, build_model, count_params
 from week0_pytorch.plots import plot_confusion, plot_digit_grid
+from week0_pytorch.training import augment_batch, confusion_matrix, evaluate, predict
 
 log = get_logger("week0.train")
 
 
 @dataclass
 class TrainConfig:
-    model: str = "cnn"  # "cnn" or "mlp"
+    """Train an MNIST classifier (CNN or MLP) with a hand-written loop."""
+
+    model: Literal["cnn", "mlp"] = "cnn"  # a small CNN, or an MLP on the flat pixels
     epochs: int = 12  # passes over the training set
-    batch_size: int = 64
+    batch_size: int = 64  # images per optimizer step
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # AdamW weight decay
     augment: bool = True  # random small rotations/shifts: more data for free
-    seed: int = 0
-    device: str = "auto"
-    source: str = "auto"  # MNIST source, see week0_pytorch.data
-    data_dir: str | None = None
+    seed: int = 0  # initialization, shuffles and augmentations
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    source: Source = "auto"  # MNIST source, see week0_pytorch/mnist.py
+    data_dir: str | None = None  # folder with the four MNIST IDX files
     limit_train: int | None = None  # keep only N training images (tests)
-    run_name: str | None = None  # default: mnist-<model>
-    resume: bool = False
+    run_name: str | None = None  # folder under runs/week0/; None = mnist-<model>
+    resume: bool = False  # continue from the run's checkpoint.pt
     log_every: int = 20  # steps between training-loss log lines
 
     def __post_init__(self) -> None:
@@ -73,63 +77,84 @@ PRESETS = {
 
 
 def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
+    """A preset's config with some fields changed (what tests and notebooks use)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], **overrides})
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random rotation (±10°), scale (±10%) and shift (±2 px) of a (B, 1, 28, 28) batch."""
-    b = x.shape[0]
-    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(10)
-    scale = 1 + (torch.rand(b, generator=gen) * 2 - 1) * 0.1
-    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2 / 14)  # grid units: 14 px = 1.0
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    background = x.amin()  # normalized value of a black pixel
-    return F.grid_sample(x - background, grid, align_corners=False) + background
+@dataclass
+class Progress:
+    epoch: int = 0  # the next epoch to run
+    step: int = 0
+    best_acc: float = 0.0
+    train_seconds: float = 0.0  # time in training epochs (not evaluation), across resumes
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 512
-) -> torch.Tensor:
-    """Logits for float images x (N, 1, 28, 28), in eval mode, batched."""
-    model.eval()
-    out = [
-        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict:
-    logits = predict(model, x, device)
-    return {
-        "loss": F.cross_entropy(logits, y).item(),
-        "acc": (logits.argmax(1) == y).float().mean().item(),
-    }
-
-
-def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, n: int = 10) -> torch.Tensor:
-    """(n, n) counts: row = true class, column = predicted class."""
-    return torch.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
-
-
-def train_state(
-    model, optimizer, scheduler, epoch: int, step: int, cfg: TrainConfig, best: float
-) -> dict:
+def train_state(model, optimizer, scheduler, cfg: TrainConfig, progress: Progress) -> dict:
+    """Everything a resumed run needs; "epoch" is the (0-based) epoch just finished."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "epoch": epoch,
-        "step": step,
+        "epoch": progress.epoch - 1,
+        "step": progress.step,
         "config": asdict(cfg),
-        "best_acc": best,
+        "best_acc": progress.best_acc,
+        "train_seconds": progress.train_seconds,
     }
+
+
+def resume(path: Path, cfg: TrainConfig, model, optimizer, scheduler) -> Progress:
+    """Load the run's checkpoint, refusing one of another model or schedule."""
+    state = load_checkpoint(path)
+    saved = state["config"]
+    if saved["model"] != cfg.model:
+        raise CheckpointError(
+            f"checkpoint {path} is a {saved['model']!r} model, "
+            f"not {cfg.model!r}; pass --model {saved['model']} or a new --run-name"
+        )
+    if (saved["epochs"], saved["batch_size"]) != (cfg.epochs, cfg.batch_size):
+        raise CheckpointError(
+            f"checkpoint {path} was trained with epochs={saved['epochs']}, "
+            f"batch_size={saved['batch_size']}; resume with the same values"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    progress = Progress(state["epoch"] + 1, state["step"], state["best_acc"])
+    progress.train_seconds = state.get("train_seconds", 0.0)
+    log.info("resumed from %s at epoch %d (step %d)", path, progress.epoch, progress.step)
+    return progress
+
+
+def train_epoch(model, optimizer, scheduler, x, y, cfg, epoch: int, step: int, metrics, device):
+    """One pass over (x, y) in a shuffled order; returns the global step count after it."""
+    # Seed per epoch, so a resumed run sees the same shuffles and augmentations.
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    steps = math.ceil(len(x) / cfg.batch_size)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+    for i in bar:
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        xb, yb = x[idx], y[idx]
+        if cfg.augment:
+            xb = augment_batch(xb, gen)
+        xb, yb = xb.to(device), yb.to(device)
+        logits = model(xb)  # forward: (B, 10)
+        loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # backward: fills p.grad for every parameter
+        optimizer.step()  # update: p -= lr * (AdamW direction)
+        scheduler.step()
+        step += 1
+        if step % cfg.log_every == 0:
+            lr = scheduler.get_last_lr()[0]
+            metrics.log(step=step, epoch=epoch + 1, train_loss=loss.item(), lr=lr)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return step
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -143,97 +168,51 @@ def main(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    total_steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2
+        optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2
     )
-    start_epoch, step, best_acc, train_seconds = 0, 0, 0.0, 0.0
-
     metrics = MetricsLogger(out / "metrics.jsonl", append=cfg.resume)
+    progress = Progress()
     if cfg.resume:
-        state = load_checkpoint(ckpt_path)
-        saved = state["config"]
-        if saved["model"] != cfg.model:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} is a {saved['model']!r} model, "
-                f"not {cfg.model!r}; pass --model {saved['model']} or a new --run-name"
-            )
-        if (saved["epochs"], saved["batch_size"]) != (cfg.epochs, cfg.batch_size):
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} was trained with epochs={saved['epochs']}, "
-                f"batch_size={saved['batch_size']}; resume with the same values"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, best_acc = state["epoch"] + 1, state["step"], state["best_acc"]
-        train_seconds = state.get("train_seconds", 0.0)
-        metrics.truncate_after("step", step)
-        log.info("resumed from %s at epoch %d (step %d)", ckpt_path, start_epoch, step)
+        progress = resume(ckpt_path, cfg, model, optimizer, scheduler)
+        metrics.truncate_after("step", progress.step)
 
-    log.info(
-        "training %s (%d params) on %s for %d epochs",
-        cfg.model,
-        count_params(model),
-        device,
-        cfg.epochs,
-    )
-    for epoch in range(start_epoch, cfg.epochs):
-        # Seed per epoch, so a resumed run sees the same shuffles and augmentations.
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks
+    n_params = count_params(model)
+    log.info("training %s (%d params) on %s for %d epochs", cfg.model, n_params, device, cfg.epochs)
+    for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for i in bar:
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if cfg.augment:
-                xb = augment_batch(xb, gen)
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)  # forward: (B, 10)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # backward: fills p.grad for every parameter
-            optimizer.step()  # update: p -= lr * (AdamW direction)
-            scheduler.step()
-            step += 1
-            if step % cfg.log_every == 0:
-                metrics.log(
-                    step=step,
-                    epoch=epoch + 1,
-                    train_loss=loss.item(),
-                    lr=scheduler.get_last_lr()[0],
-                )
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        train_seconds += time.perf_counter() - t0
+        progress.step = train_epoch(
+            model,
+            optimizer,
+            scheduler,
+            x_train,
+            y_train,
+            cfg,
+            epoch,
+            progress.step,
+            metrics,
+            device,
+        )
+        progress.train_seconds += time.perf_counter() - t0
         ev = evaluate(model, x_test, y_test, device)
-        best_acc = max(best_acc, ev["acc"])
-        metrics.log(step=step, epoch=epoch + 1, test_loss=ev["loss"], test_acc=ev["acc"])
+        progress.epoch, progress.best_acc = epoch + 1, max(progress.best_acc, ev["acc"])
+        metrics.log(step=progress.step, epoch=epoch + 1, test_loss=ev["loss"], test_acc=ev["acc"])
         log.info(
             "epoch %d/%d  test loss %.4f  test acc %.2f%%  (%.0fs so far)",
             epoch + 1,
             cfg.epochs,
             ev["loss"],
             100 * ev["acc"],
-            train_seconds,
+            progress.train_seconds,
         )
-        state = train_state(model, optimizer, scheduler, epoch, step, cfg, best_acc)
-        state["train_seconds"] = train_seconds
-        save_checkpoint(ckpt_path, state)
+        save_checkpoint(ckpt_path, train_state(model, optimizer, scheduler, cfg, progress))
 
-    return finish(model, cfg, data, x_test, y_test, device, out, train_seconds, metrics)
+    return finish(model, cfg, data, x_test, y_test, device, out, progress.train_seconds, metrics)
 
 
-def finish(
-    model, cfg, data, x_test, y_test, device, out: Path, train_seconds: float, metrics
-) -> dict:
-    logits = predict(model, x_test, device)
-    pred = logits.argmax(1)
-    cm = confusion_matrix(y_test, pred)
-    acc = (pred == y_test).float().mean().item()
-    rows = metrics.read()
+def write_plots(cfg, data, pred, y_test, cm, rows, out: Path) -> list[str]:
+    """The loss curve, a grid of predictions, the mistakes and the confusion matrix."""
     plot_curves(
         rows,
         "step",
@@ -259,6 +238,17 @@ def finish(
         title=f"Misclassified: {int((pred != y_test).sum())} of {len(y_test)}",
     )
     plot_confusion(cm, out / "confusion_matrix.png")
+    return ["training_curve.png", "predictions.png", "misclassified.png", "confusion_matrix.png"]
+
+
+def finish(
+    model, cfg, data, x_test, y_test, device, out: Path, train_seconds: float, metrics
+) -> dict:
+    """Final test scores, plots and results.json."""
+    pred = predict(model, x_test, device).argmax(1)
+    cm = confusion_matrix(y_test, pred)
+    acc = (pred == y_test).float().mean().item()
+    plots = write_plots(cfg, data, pred, y_test, cm, metrics.read(), out)
     results = {
         "model": cfg.model,
         "params": count_params(model),
@@ -270,12 +260,7 @@ def finish(
         "data": data.describe(),
         "config": asdict(cfg),
         "checkpoint": str(out / "checkpoint.pt"),
-        "plots": [
-            "training_curve.png",
-            "predictions.png",
-            "misclassified.png",
-            "confusion_matrix.png",
-        ],
+        "plots": plots,
         "environment": environment(device),
     }
     path = save_results("week0", cfg.run_name, results)
@@ -285,30 +270,5 @@ def finish(
     return results
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", choices=PRESETS, default="cpu")
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    parser.add_argument("--model", choices=MODELS)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--source", choices=SOURCES, help="MNIST source (default auto)")
-    parser.add_argument("--data-dir", help="folder with the MNIST IDX files")
-    parser.add_argument("--run-name", help="folder under runs/week0/ (default mnist-<model>)")
-    parser.add_argument(
-        "--resume", action="store_true", default=None, help="continue from checkpoint.pt"
-    )
-    args = vars(parser.parse_args(argv))
-    preset = args.pop("preset")
-    overrides = {k: v for k, v in args.items() if v is not None and k in defaults}
-    return make_config(preset, **overrides)
-
-
 if __name__ == "__main__":
-    main(parse_args())
+    main(parse(TrainConfig, presets=PRESETS, default_preset="cpu", description=__doc__))

@@ -1,6 +1,6 @@
 """What the KV cache buys, measured in one run on one machine.
 
-    python -m week1_gpt_kvcache.bench                      # default model, ~4 min on 2 cores
+    python -m week1_gpt_kvcache.bench                      # the default run's model
     python -m week1_gpt_kvcache.bench --lengths 64 128 --repeats 1
 
 1. Cache vs no cache at batch 1 over generation lengths: tokens/s, prefill and decode time
@@ -14,41 +14,48 @@ Writes runs/week1/bench/results.json and PNG plots.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from common.cli import parse
 from common.device import pick_device, synchronize
 from common.plots import plt, save
 from common.results import get_logger, run_dir, runs_root, save_results
 from common.timing import environment
+from week1_gpt_kvcache.checkpoint import load_model_and_tokenizer
+from week1_gpt_kvcache.corpus import data_dir, load_tokens
 from week1_gpt_kvcache.generate import SamplingParams, generate
+from week1_gpt_kvcache.hf_convert import to_hf_model
 from week1_gpt_kvcache.kvcache import KVCache, kv_cache_bytes
 from week1_gpt_kvcache.model import GPT
-from week1_gpt_kvcache.train import load_model_and_tokenizer, load_tokens
 
 log = get_logger("week1.bench")
 
 
 @dataclass
 class BenchConfig:
-    checkpoint: str | None = None  # default runs/week1/gpt-llama-bpe/checkpoint.pt
-    hf_dir: str | None = None  # default runs/week1/hf-model (converted on the fly if absent)
-    lengths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
-    prompt_len: int = 16
-    hf_new_tokens: int = 128
-    hf_batches: list[int] = field(default_factory=lambda: [1, 8])
-    repeats: int = 3
-    device: str = "cpu"
+    """Measure the KV cache: speed, memory, and our decode against Hugging Face generate()."""
+
+    checkpoint: str | None = None  # None = runs/week1/gpt-llama-bpe/checkpoint.pt
+    hf_dir: str | None = None  # None = runs/week1/hf-model (converted in memory if absent)
+    lengths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # new tokens per run
+    prompt_len: int = 16  # prompt tokens, cut from the validation split
+    hf_new_tokens: int = 128  # new tokens in the comparison with HF generate()
+    hf_batches: list[int] = field(default_factory=lambda: [1, 8])  # batch sizes of that comparison
+    repeats: int = 3  # timed runs per measurement (the median is kept), after one warm-up
+    device: str = "cpu"  # auto, cpu, cuda, cuda:N or mps
 
     def __post_init__(self) -> None:
         if not self.lengths or min(self.lengths) < 1:
             raise ValueError(f"lengths must be positive, got {self.lengths}")
-        if self.repeats < 1 or self.prompt_len < 1:
-            raise ValueError("repeats and prompt_len must be >= 1")
+        if not self.hf_batches or min(self.hf_batches) < 1:
+            raise ValueError(f"hf_batches must be positive, got {self.hf_batches}")
+        for name in ("repeats", "prompt_len", "hf_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
 
 def median_run(fn, repeats: int):
@@ -59,7 +66,7 @@ def median_run(fn, repeats: int):
 
 
 def prompts_from_val(n: int, length: int) -> list[list[int]]:
-    val = load_tokens(runs_root() / "week1" / "data-bpe", "val")
+    val = load_tokens(data_dir("bpe"), "val")
     step = max(1, (len(val) - length) // n)
     return [val[i * step : i * step + length].tolist() for i in range(n)]
 
@@ -142,8 +149,6 @@ def bench_memory(model: GPT, lengths: list[int]) -> dict:
 
 def load_hf(cfg: BenchConfig, model: GPT, eos_id):
     from transformers import AutoModelForCausalLM
-
-    from week1_gpt_kvcache.export import to_hf_model
 
     folder = Path(cfg.hf_dir) if cfg.hf_dir else runs_root() / "week1" / "hf-model"
     if (folder / "config.json").exists():
@@ -292,28 +297,5 @@ def main(cfg: BenchConfig) -> dict:
     return results
 
 
-def parse_args(argv: list[str] | None = None) -> BenchConfig:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--hf-dir", default=None)
-    p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--hf-new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
-    return BenchConfig(
-        a.checkpoint,
-        a.hf_dir,
-        a.lengths,
-        a.prompt_len,
-        a.hf_new_tokens,
-        repeats=a.repeats,
-        device=a.device,
-    )
-
-
 if __name__ == "__main__":
-    main(parse_args())
+    main(parse(BenchConfig, description=__doc__))

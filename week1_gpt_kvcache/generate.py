@@ -9,14 +9,15 @@ only each row's real tokens (so padding does not shift RoPE angles or learned po
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from common.cli import parse
 from common.device import pick_device, synchronize
+from week1_gpt_kvcache.checkpoint import load_model_and_tokenizer
 from week1_gpt_kvcache.model import GPT
 
 
@@ -81,6 +82,65 @@ def left_pad(prompts: list[list[int]], device: torch.device, pad_id: int = 0):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def check_prompts(model: GPT, prompts: list[list[int]], max_new_tokens: int) -> int:
+    """Refuse empty prompts, unknown ids and overlong requests; return the longest prompt."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError(
+            "every prompt needs at least one token (got an empty prompt or no prompts)"
+        )
+    V, ctx = model.cfg.vocab_size, model.cfg.block_size
+    bad = [t for p in prompts for t in p if not 0 <= t < V]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {V})")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > ctx:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context "
+            f"of {ctx} tokens; shorten the prompt or lower max_new_tokens to {max(ctx - longest, 0)}"
+        )
+    return longest
+
+
+class StepClock:
+    """Time to the first new token (prefill), time for the rest (decode), and each step's time.
+
+    `tick()` after a step synchronizes the device first, so GPU work is counted where it ran.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = self.first = self.prev = self.end = time.perf_counter()
+        self.steps: list[float] = []
+
+    def tick(self) -> None:
+        synchronize(self.device)
+        now = time.perf_counter()
+        if not self.steps:
+            self.first = now
+        self.steps.append(now - self.prev)
+        self.prev = now
+
+    def stop(self) -> None:
+        synchronize(self.device)
+        self.end = time.perf_counter()
+
+
+def append_token(ids, key_mask, positions, nxt: torch.Tensor):
+    """The batch one token longer: ids (B, L+1), a real-token mask bit, the next position."""
+    real = torch.ones(len(nxt), 1, dtype=torch.bool, device=nxt.device)
+    return (
+        torch.cat([ids, nxt.unsqueeze(1)], dim=1),
+        torch.cat([key_mask, real], dim=1),
+        torch.cat([positions, positions[:, -1:] + 1], dim=1),
+    )
+
+
+def until_stop(steps: list[torch.Tensor]) -> list[list[int]]:
+    """Per row, the tokens before the first -1 (the marker of "stopped")."""
+    rows = torch.stack(steps, dim=1).tolist()  # (B, steps)
+    return [row[: row.index(-1)] if -1 in row else row for row in rows]
+
+
 @torch.inference_mode()
 def generate(
     model: GPT,
@@ -91,20 +151,7 @@ def generate(
     record_step_times: bool = False,
 ) -> GenerateOutput:
     """Generate up to `params.max_new_tokens` for each prompt (a list of token-id lists)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError(
-            "every prompt needs at least one token (got an empty prompt or no prompts)"
-        )
-    V, ctx = model.cfg.vocab_size, model.cfg.block_size
-    bad = [t for p in prompts for t in p if not 0 <= t < V]
-    if bad:
-        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {V})")
-    longest = max(len(p) for p in prompts)
-    if longest + params.max_new_tokens > ctx:
-        raise ValueError(
-            f"prompt of {longest} tokens + max_new_tokens={params.max_new_tokens} exceeds the context "
-            f"of {ctx} tokens; shorten the prompt or lower max_new_tokens to {max(ctx - longest, 0)}"
-        )
+    longest = check_prompts(model, prompts, params.max_new_tokens)
     model.eval()
     device = model.lm_head.weight.device
     gen = (
@@ -117,74 +164,60 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
     step_logits: list[torch.Tensor] = []
-    step_seconds: list[float] = []
-    t0 = time.perf_counter()
-    t_first = t_prev = t0
+    clock = StepClock(device)
     for step in range(params.max_new_tokens):
-        if cache is None or step == 0:  # the whole sequence so far (prefill / no cache)
-            logits, _ = model(ids, cache=cache, positions=positions, key_mask=key_mask)
-        else:  # only the newest token, against the cache
-            logits, _ = model(
-                ids[:, -1:], cache=cache, positions=positions[:, -1:], key_mask=key_mask
-            )
+        # the whole sequence so far (prefill, or no cache), else only the newest token
+        new = slice(None) if cache is None or step == 0 else slice(-1, None)
+        logits, _ = model(ids[:, new], cache=cache, positions=positions[:, new], key_mask=key_mask)
         logits = logits[:, -1, :]  # (B, V): the next-token distribution
         if return_logits:
             step_logits.append(logits.float().cpu())
         nxt = sample_next(logits, params, gen)  # (B,)
         done = done | torch.isin(nxt, stops)
         out.append(torch.where(done, torch.full_like(nxt, -1), nxt))
-        ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
-        key_mask = torch.cat([key_mask, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        ids, key_mask, positions = append_token(ids, key_mask, positions, nxt)
         if step == 0 or record_step_times:
-            synchronize(device)
-            now = time.perf_counter()
-            t_first = now if step == 0 else t_first
-            step_seconds.append(now - t_prev)
-            t_prev = now
+            clock.tick()
         if bool(done.all()):
             break
-    synchronize(device)
-    t_end = time.perf_counter()
-    new = torch.stack(out, dim=1).tolist()  # (B, steps)
-    tokens = [[t for t in row[: row.index(-1)]] if -1 in row else row for row in new]
-    return GenerateOutput(tokens, step_logits, t_first - t0, t_end - t_first, step_seconds)
+    clock.stop()
+    prefill, decode = clock.first - clock.start, clock.end - clock.first
+    return GenerateOutput(until_stop(out), step_logits, prefill, decode, clock.steps)
 
 
-def main(argv: list[str] | None = None) -> list[str]:
-    from week1_gpt_kvcache.train import load_model_and_tokenizer
+@dataclass
+class GenerateConfig:
+    """Generate text from a trained week 1 checkpoint."""
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint.pt (default: runs/week1/gpt-llama-bpe/checkpoint.pt)",
-    )
-    parser.add_argument("--prompt", action="append", default=None, help="repeat for a batch")
-    parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--no-cache", action="store_true", help="recompute the whole context each step"
-    )
-    parser.add_argument("--device", default="auto")
-    a = parser.parse_args(argv)
-    model, tok = load_model_and_tokenizer(a.checkpoint, pick_device(a.device))
-    prompts = a.prompt or ["\n"]
-    params = SamplingParams(
-        a.max_new_tokens,
-        a.temperature,
-        a.top_k,
-        a.top_p,
-        a.seed,
-        stop_token_ids=tuple(t for t in [tok.eos_id] if t is not None),
-    )
-    res = generate(model, [tok.encode(p) for p in prompts], params, use_cache=not a.no_cache)
+    checkpoint: Path | None = None  # checkpoint.pt; None = runs/week1/gpt-llama-bpe/checkpoint.pt
+    prompt: list[str] = field(default_factory=list)  # one or more prompts, one batch; none = "\n"
+    max_new_tokens: int = 100  # tokens to generate per prompt
+    temperature: float = 0.8  # 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # nucleus sampling: the smallest set reaching probability p
+    seed: int = 0  # for reproducible sampling
+    cache: bool = True  # use the KV cache; --no-cache recomputes the whole context each step
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+
+    def __post_init__(self) -> None:
+        self.sampling()  # the sampling values are checked where they are defined
+
+    def sampling(self, stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
+        return SamplingParams(
+            self.max_new_tokens,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.seed,
+            stop_token_ids=stop_token_ids,
+        )
+
+
+def main(cfg: GenerateConfig) -> list[str]:
+    model, tok = load_model_and_tokenizer(cfg.checkpoint, pick_device(cfg.device))
+    prompts = cfg.prompt or ["\n"]
+    params = cfg.sampling(stop_token_ids=tuple(t for t in [tok.eos_id] if t is not None))
+    res = generate(model, [tok.encode(p) for p in prompts], params, use_cache=cfg.cache)
     texts = [p + tok.decode(t) for p, t in zip(prompts, res.tokens)]
     for t in texts:
         print(t, "\n" + "-" * 40)
@@ -192,4 +225,4 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse(GenerateConfig, description=__doc__))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from torch import nn
 
 from week1_gpt_kvcache.kvcache import KVCache
 
-ARCHS = ("gpt2", "llama")
+Arch = Literal["gpt2", "llama"]  # the two families of building blocks
+ARCHS: tuple[str, ...] = get_args(Arch)
 
 
 @dataclass
@@ -75,7 +77,8 @@ class GPTConfig:
         return asdict(self)
 
 
-# Model sizes: `tiny` for tests (seconds), `cpu` for the default run, `gpu` for real hardware.
+# Model sizes: `tiny` for tests, `cpu` for the default run, `gpu` for real hardware.
+# A new size is one more row here (train --size NAME picks it).
 SIZES = {
     "tiny": dict(
         block_size=128, n_layer=2, n_head=2, n_kv_head=1, n_embd=64

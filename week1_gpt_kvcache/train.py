@@ -1,63 +1,74 @@
 """Train the GPT on the prepared corpus.
 
     python -m week1_gpt_kvcache.prepare                  # once: corpus + tokenizer + token ids
-    python -m week1_gpt_kvcache.train                    # llama preset, BPE, ~8 min on 2 cores
+    python -m week1_gpt_kvcache.train                    # llama preset, BPE
     python -m week1_gpt_kvcache.train --arch gpt2 --max-steps 300
     python -m week1_gpt_kvcache.train --resume           # continue a killed run
 
 AdamW (no weight decay on norms/biases/embeddings), linear warmup then cosine decay, gradient
 clipping, validation loss every `eval_interval` steps, atomic checkpoints (the best and the
 last). Writes runs/week1/<run-name>/: checkpoint.pt, tokenizer.json, metrics.jsonl,
-loss_curve.png, samples.txt, results.json.
+loss_curve.png, samples.txt, results.json. Presets: `tiny` (tests), `cpu` (the default run),
+`gpu` (real hardware); a flag overrides its preset.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.cli import parse
 from common.device import pick_device, pick_dtype
 from common.plots import plot_curves
-from common.results import MetricsLogger, get_logger, read_json, run_dir, runs_root, save_results
+from common.results import MetricsLogger, get_logger, read_json, run_dir, save_results
 from common.timing import environment
+from week1_gpt_kvcache.checkpoint import check_resumable
+from week1_gpt_kvcache.corpus import TokenizerKind, data_dir, get_batch, load_tokens
 from week1_gpt_kvcache.generate import SamplingParams, generate
-from week1_gpt_kvcache.model import ARCHS, GPT, SIZES, BigramLM, GPTConfig, make_config
-from week1_gpt_kvcache.tokenizer import load_tokenizer
+from week1_gpt_kvcache.model import ARCHS, GPT, SIZES, Arch, GPTConfig, make_config
+from week1_gpt_kvcache.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+from week1_gpt_kvcache.training import (
+    autocast_for,
+    bigram_val_loss,
+    estimate_loss,
+    lr_at,
+    make_optimizer,
+)
 
 log = get_logger("week1.train")
 
 
 @dataclass
 class TrainConfig:
-    arch: str = "llama"  # model family: gpt2 | llama
+    """Train a GPT (gpt2 or llama preset) on runs/week1/data-<tokenizer>."""
+
+    arch: Arch = "llama"  # model family
     size: str = "cpu"  # model dimensions: tiny | cpu | gpu (see model.SIZES)
-    tokenizer: str = "bpe"  # which prepared data: runs/week1/data-<tokenizer>
-    data_dir: str | None = None  # overrides the folder above
-    seq_len: int = 256  # training window (<= block_size)
-    batch_size: int = 16
-    max_steps: int = 400
+    tokenizer: TokenizerKind = "bpe"  # which prepared data: runs/week1/data-<tokenizer>
+    data_dir: str | None = None  # read the data from this folder instead
+    seq_len: int = 256  # training window in tokens (<= the model's block_size)
+    batch_size: int = 16  # windows per step
+    max_steps: int = 400  # optimizer steps in the whole run
     lr: float = 2e-3  # peak learning rate
-    min_lr: float = 1e-4  # end of the cosine
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    dropout: float = 0.2
-    eval_interval: int = 50
-    eval_iters: int = 20
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"  # bf16 autocast on GPUs that support it, fp32 on CPU
-    run_name: str | None = None  # default gpt-<arch>-<tokenizer>
-    resume: bool = False
+    min_lr: float = 1e-4  # learning rate at the end of the cosine
+    warmup_steps: int = 50  # linear warmup from 0 to lr
+    weight_decay: float = 0.1  # AdamW decay of the weight matrices
+    grad_clip: float = 1.0  # clip the gradient norm to this
+    dropout: float = 0.2  # on attention and MLP outputs while training
+    eval_interval: int = 50  # steps between validation losses (and checkpoints)
+    eval_iters: int = 20  # batches per validation loss
+    seed: int = 0  # model init, data order and dropout
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
+    dtype: str = "auto"  # auto = bf16 autocast on GPUs that support it, fp32 on CPU
+    run_name: str | None = None  # folder under runs/week1/; None = gpt-<arch>-<tokenizer>
+    resume: bool = False  # continue from the run's checkpoint.pt
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -100,258 +111,199 @@ PRESETS = {
 
 
 def make_train_config(preset: str = "cpu", **overrides) -> TrainConfig:
+    """A preset's config with some fields changed (what tests and notebooks use)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], **overrides})
 
 
-def data_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.data_dir) if cfg.data_dir else runs_root() / "week1" / f"data-{cfg.tokenizer}"
+@dataclass
+class TrainingData:
+    folder: Path
+    tok: CharTokenizer | BPETokenizer
+    meta: dict  # what prepare wrote: source, sizes
+    train: torch.Tensor  # (N_train,) token ids
+    val: torch.Tensor  # (N_val,) token ids
 
 
-def load_tokens(folder: Path, split: str) -> torch.Tensor:
-    path = folder / f"{split}.bin"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; run python -m week1_gpt_kvcache.prepare first"
-        )
-    return torch.from_numpy(np.fromfile(path, dtype=np.uint16).astype(np.int64))
+@dataclass
+class Progress:
+    step: int = 0
+    best_val: float = math.inf
+    train_seconds: float = 0.0  # time in training steps (not evaluation), across resumes
 
 
-def get_batch(tokens: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):
-    """Random windows: x = tokens[i : i+T], y = tokens[i+1 : i+T+1]. Both (B, T)."""
-    starts = torch.randint(len(tokens) - seq_len - 1, (batch_size,), generator=gen)
-    x = torch.stack([tokens[s : s + seq_len] for s in starts])
-    y = torch.stack([tokens[s + 1 : s + seq_len + 1] for s in starts])
-    return x, y
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Weight decay on matrices only: not on norms, biases (1-D) or embeddings."""
-    decay = [
-        p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n
-    ]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "wte" in n or "wpe" in n]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-
-
-@torch.no_grad()
-def estimate_loss(model, tokens: torch.Tensor, cfg: TrainConfig, device, autocast) -> float:
-    """Mean loss over eval_iters fixed batches (the same windows every time: comparable)."""
-    model.eval()
-    gen = torch.Generator().manual_seed(12345)
-    losses = []
-    for _ in range(cfg.eval_iters):
-        x, y = get_batch(tokens, cfg.seq_len, cfg.batch_size, gen)
-        with autocast():
-            _, loss = model(x.to(device), y.to(device))
-        losses.append(loss.item())
-    model.train()
-    return float(np.mean(losses))
-
-
-def bigram_val_loss(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> float:
-    """The baseline: the best model that sees only the previous token."""
-    model = BigramLM.from_counts(train, vocab_size)
-    _, loss = model(val[:-1].unsqueeze(0), val[1:].unsqueeze(0))
-    return loss.item()
-
-
-def load_model_and_tokenizer(checkpoint: Path | str | None, device: torch.device | str = "cpu"):
-    """Rebuild the model from a checkpoint's own config, and its tokenizer (stored beside it)."""
-    path = (
-        Path(checkpoint)
-        if checkpoint
-        else runs_root() / "week1" / "gpt-llama-bpe" / "checkpoint.pt"
+def load_data(cfg: TrainConfig) -> TrainingData:
+    folder = data_dir(cfg.tokenizer, cfg.data_dir)
+    return TrainingData(
+        folder,
+        load_tokenizer(folder / "tokenizer.json"),
+        read_json(folder / "meta.json"),
+        load_tokens(folder, "train"),
+        load_tokens(folder, "val"),
     )
-    state = load_checkpoint(path)
-    if "model_config" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a week 1 GPT checkpoint (no model_config)")
-    model = GPT(GPTConfig(**state["model_config"]))
+
+
+def model_config_for(cfg: TrainConfig, data: TrainingData) -> GPTConfig:
+    """The model of the preset, sized to the tokenizer; refuses windows that do not fit."""
+    model_cfg = make_config(cfg.arch, cfg.size, vocab_size=data.tok.vocab_size, dropout=cfg.dropout)
+    if cfg.seq_len > model_cfg.block_size:
+        raise ValueError(
+            f"seq_len={cfg.seq_len} exceeds the model's block_size={model_cfg.block_size}"
+        )
+    if len(data.val) <= cfg.seq_len + 1:
+        raise ValueError(
+            f"validation split has {len(data.val)} tokens, fewer than seq_len={cfg.seq_len}+2; "
+            "use a larger corpus or a smaller --seq-len"
+        )
+    return model_cfg
+
+
+def schedule(step: int, cfg: TrainConfig) -> float:
+    return lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+
+
+def resume(path: Path, model: GPT, optimizer, cfg: TrainConfig, device) -> Progress:
+    """Load model and optimizer state from `path`; the progress to continue from."""
+    state = load_checkpoint(path, map_location=device)
+    check_resumable(state, model.cfg, cfg.max_steps, path)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), load_tokenizer(path.parent / "tokenizer.json")
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resumed %s at step %d", path, state["step"])
+    return Progress(state["step"], state["best_val"], state["train_seconds"])
 
 
-def check_resumable(state: dict, model_cfg: GPTConfig, cfg: TrainConfig, path: Path) -> None:
-    saved = state.get("model_config")
-    if saved is None:
-        raise CheckpointError(f"checkpoint {path} is not a week 1 GPT checkpoint (no model_config)")
-    if saved != model_cfg.to_dict():
-        diff = {k: (saved.get(k), v) for k, v in model_cfg.to_dict().items() if saved.get(k) != v}
-        raise CheckpointError(
-            f"checkpoint {path} was trained with a different model ({saved['arch']} preset); "
-            f"(checkpoint, requested) differ in {diff}. Resume with the same --arch/--size, or use a "
-            "new --run-name"
-        )
-    if state["train_config"]["max_steps"] != cfg.max_steps:
-        raise CheckpointError(
-            f"checkpoint {path} was trained for max_steps="
-            f"{state['train_config']['max_steps']}; resume with the same --max-steps"
-        )
+def train_step(model: GPT, optimizer, tokens, cfg: TrainConfig, step: int, autocast):
+    """One optimizer step on a batch drawn from `step` alone (so a resumed run sees the same)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # data order
+    torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout
+    x, y = get_batch(tokens, cfg.seq_len, cfg.batch_size, gen)
+    device = model.lm_head.weight.device
+    for group in optimizer.param_groups:
+        group["lr"] = schedule(step, cfg)
+    with autocast():
+        _, loss = model(x.to(device), y.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.item(), grad_norm.item()
+
+
+def evaluate_and_save(model, optimizer, cfg, val_tokens, progress, metrics, path, autocast, loss):
+    """Validation loss, a metrics row, a log line and an atomic checkpoint."""
+    val = estimate_loss(model, val_tokens, cfg.seq_len, cfg.batch_size, cfg.eval_iters, autocast)
+    metrics.log(step=progress.step, val_loss=val, elapsed_s=round(progress.train_seconds, 1))
+    tqdm.write(
+        f"step {progress.step}: train {loss:.3f}  val {val:.3f}  ({progress.train_seconds:.0f}s)"
+    )
+    progress.best_val = min(progress.best_val, val)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": progress.step,
+        "model_config": model.cfg.to_dict(),
+        "train_config": asdict(cfg),
+        "best_val": progress.best_val,
+        "val_loss": val,
+        "train_seconds": progress.train_seconds,
+    }
+    save_checkpoint(path, state)
 
 
 def main(cfg: TrainConfig) -> dict:
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.dtype)
-    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    folder = data_dir(cfg)
-    tok = load_tokenizer(folder / "tokenizer.json")
-    meta = read_json(folder / "meta.json")
-    train_tokens, val_tokens = load_tokens(folder, "train"), load_tokens(folder, "val")
-    model_cfg = make_config(cfg.arch, cfg.size, vocab_size=tok.vocab_size, dropout=cfg.dropout)
-    if cfg.seq_len > model_cfg.block_size:
-        raise ValueError(
-            f"seq_len={cfg.seq_len} exceeds the model's block_size={model_cfg.block_size}"
-        )
-    if len(val_tokens) <= cfg.seq_len + 1:
-        raise ValueError(
-            f"validation split has {len(val_tokens)} tokens, fewer than seq_len={cfg.seq_len}+2; "
-            "use a larger corpus or a smaller --seq-len"
-        )
-
+    autocast = autocast_for(device, dtype)
+    data = load_data(cfg)
+    model_cfg = model_config_for(cfg, data)
     out = run_dir("week1", cfg.run_name)
     ckpt_path = out / "checkpoint.pt"
-    shutil.copyfile(folder / "tokenizer.json", out / "tokenizer.json")
+    shutil.copyfile(data.folder / "tokenizer.json", out / "tokenizer.json")
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg)
-    step, best_val, train_seconds = 0, math.inf, 0.0
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     metrics = MetricsLogger(out / "metrics.jsonl", append=cfg.resume)
+    progress = Progress()
     if cfg.resume:
-        state = load_checkpoint(ckpt_path, map_location=device)
-        check_resumable(state, model_cfg, cfg, ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best_val, train_seconds = state["step"], state["best_val"], state["train_seconds"]
-        metrics.truncate_after("step", step)
-        log.info("resumed %s at step %d", ckpt_path, step)
-
+        progress = resume(ckpt_path, model, optimizer, cfg, device)
+        metrics.truncate_after("step", progress.step)
     log.info(
         "%s model: %.2fM parameters, %d train / %d val tokens, device %s, dtype %s",
         cfg.arch,
         model.num_params() / 1e6,
-        len(train_tokens),
-        len(val_tokens),
+        len(data.train),
+        len(data.val),
         device,
         dtype,
     )
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", leave=False)
+    bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", leave=False)
     t0 = time.perf_counter()
-    while step < cfg.max_steps:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumable data order
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout
-        x, y = get_batch(train_tokens, cfg.seq_len, cfg.batch_size, gen)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with autocast():
-            _, loss = model(x.to(device), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
+    while progress.step < cfg.max_steps:
+        loss, grad_norm = train_step(model, optimizer, data.train, cfg, progress.step, autocast)
+        progress.step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 10 == 0:
-            metrics.log(
-                step=step,
-                train_loss=loss.item(),
-                lr=lr_at(step - 1, cfg),
-                grad_norm=grad_norm.item(),
-            )
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            train_seconds += time.perf_counter() - t0
-            val = estimate_loss(model, val_tokens, cfg, device, autocast)
-            metrics.log(step=step, val_loss=val, elapsed_s=round(train_seconds, 1))
-            tqdm.write(
-                f"step {step}: train {loss.item():.3f}  val {val:.3f}  ({train_seconds:.0f}s)"
-            )
-            best_val = min(best_val, val)
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "model_config": model_cfg.to_dict(),
-                    "train_config": asdict(cfg),
-                    "best_val": best_val,
-                    "val_loss": val,
-                    "train_seconds": train_seconds,
-                },
-            )
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if progress.step % 10 == 0:
+            lr = schedule(progress.step - 1, cfg)
+            metrics.log(step=progress.step, train_loss=loss, lr=lr, grad_norm=grad_norm)
+        if progress.step % cfg.eval_interval == 0 or progress.step == cfg.max_steps:
+            progress.train_seconds += time.perf_counter() - t0
+            args = (cfg, data.val, progress, metrics, ckpt_path, autocast, loss)
+            evaluate_and_save(model, optimizer, *args)
             t0 = time.perf_counter()
     bar.close()
-    return finish(
-        model,
-        tok,
-        cfg,
-        model_cfg,
-        meta,
-        train_tokens,
-        val_tokens,
-        metrics,
-        out,
-        train_seconds,
-        device,
+    return finish(model, data, cfg, metrics, out, progress.train_seconds, device)
+
+
+def write_samples(model: GPT, tok, seed: int, path: Path) -> list[str]:
+    """Three sampled continuations (temperature 0.8, top-k 50) into samples.txt."""
+    prompts = ["The ", "\n", "def "] if tok.kind == "bpe" else ["T", "\n", "d"]
+    params = SamplingParams(
+        max_new_tokens=min(120, model.cfg.block_size - 4),
+        temperature=0.8,
+        top_k=50,
+        seed=seed,
+        stop_token_ids=tuple(t for t in [tok.eos_id] if t is not None),
     )
+    gen = generate(model, [tok.encode(p) for p in prompts], params)
+    samples = [p + tok.decode(t) for p, t in zip(prompts, gen.tokens)]
+    path.write_text("\n\n-----\n\n".join(samples), encoding="utf-8")
+    return samples
 
 
-def finish(
-    model, tok, cfg, model_cfg, meta, train_tokens, val_tokens, metrics, out, train_seconds, device
-):
+def finish(model, data, cfg, metrics, out, train_seconds, device) -> dict:
+    """The loss plot, samples and results.json of a finished run."""
     rows = metrics.read()
     final_val = [r["val_loss"] for r in rows if "val_loss" in r][-1]
-    bigram = bigram_val_loss(train_tokens, val_tokens, tok.vocab_size)
+    bigram = bigram_val_loss(data.train, data.val, data.tok.vocab_size)
     plot_curves(
         rows,
         "step",
         ["train_loss", "val_loss"],
         out / "loss_curve.png",
-        title=f"{cfg.arch} on {meta['source']} (bigram val {bigram:.2f})",
+        title=f"{cfg.arch} on {data.meta['source']} (bigram val {bigram:.2f})",
         ylabel="cross-entropy",
     )
-    prompts = ["The ", "\n", "def "] if tok.kind == "bpe" else ["T", "\n", "d"]
-    params = SamplingParams(
-        max_new_tokens=min(120, model_cfg.block_size - 4),
-        temperature=0.8,
-        top_k=50,
-        seed=cfg.seed,
-        stop_token_ids=tuple(t for t in [tok.eos_id] if t is not None),
-    )
-    gen = generate(model, [tok.encode(p) for p in prompts], params)
-    samples = [p + tok.decode(t) for p, t in zip(prompts, gen.tokens)]
-    (out / "samples.txt").write_text("\n\n-----\n\n".join(samples), encoding="utf-8")
+    samples = write_samples(model, data.tok, cfg.seed, out / "samples.txt")
     results = {
         "arch": cfg.arch,
         "size": cfg.size,
-        "tokenizer": tok.kind,
-        "vocab_size": tok.vocab_size,
+        "tokenizer": data.tok.kind,
+        "vocab_size": data.tok.vocab_size,
         "params": model.num_params(),
         "params_non_embedding": model.num_params(non_embedding=True),
-        "corpus": meta["source"],
-        "train_tokens": len(train_tokens),
-        "val_tokens": len(val_tokens),
+        "corpus": data.meta["source"],
+        "train_tokens": len(data.train),
+        "val_tokens": len(data.val),
         "steps": cfg.max_steps,
         "tokens_seen": cfg.max_steps * cfg.batch_size * cfg.seq_len,
         "final_val_loss": final_val,
         "bigram_val_loss": bigram,
         "train_seconds": round(train_seconds, 1),
         "samples": samples,
-        "model_config": model_cfg.to_dict(),
+        "model_config": model.cfg.to_dict(),
         "train_config": asdict(cfg),
         "plots": ["loss_curve.png"],
         "environment": environment(device),
@@ -367,29 +319,5 @@ def finish(
     return results
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--preset", choices=PRESETS, default="cpu")
-    p.add_argument("--arch", choices=ARCHS)
-    p.add_argument("--size", choices=SIZES)
-    p.add_argument("--tokenizer", choices=["bpe", "char"])
-    p.add_argument("--data-dir")
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--eval-interval", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("--run-name")
-    p.add_argument("--resume", action="store_true", default=None)
-    args = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
-    return make_train_config(args.pop("preset"), **args)
-
-
 if __name__ == "__main__":
-    main(parse_args())
+    main(parse(TrainConfig, presets=PRESETS, default_preset="cpu", description=__doc__))

@@ -15,7 +15,7 @@ the base model, and saved to runs/week3/<run>/adapter/ with a fingerprint of its
 QLoRA: the frozen base is stored in 4-bit NF4 with double quantization (the absmax scales are
 themselves quantized), the LoRA matrices stay fp32. On CPUs with AVX512-BF16, bitsandbytes
 0.50's fast inference path breaks the next backward, so it is switched off on every
-Linear4bit (see ../shared/ENVIRONMENT.md).
+Linear4bit (`fix_bnb_cpu_backward` below says why and how).
 
 The `gpu` preset fine-tunes Qwen/Qwen2.5-0.5B-Instruct (a hub id; `--offline` reads only the
 local cache) in bf16 where the GPU supports it: the base weights in bf16, the LoRA matrices in

@@ -1,6 +1,8 @@
-"""micrograd: a scalar autograd engine (engine.py), a tiny neural-net library (nn.py), and a
-training script on the two-moons toy set (train.py). What `loss.backward()` does, in ~150 lines."""
+"""micrograd: a scalar autograd engine (engine.py), a tiny neural-net library (nn.py), the
+two-moons toy set (moons.py) and a training script (train.py). What `loss.backward()` does."""
 
 from week0_pytorch.micrograd.engine import Value
+from week0_pytorch.micrograd.moons import make_moons
+from week0_pytorch.micrograd.nn import MLP
 
-__all__ = ["Value"]
+__all__ = ["MLP", "Value", "make_moons"]

@@ -20,7 +20,7 @@ class Neuron(Module):
     """out = act(w · x + b), weights drawn uniformly from [-1, 1], bias 0.
 
     (Wide ±1 weights keep most ReLUs alive in these tiny nets; with ±1/sqrt(n_in) the moons
-    MLP gets stuck near a linear boundary at ~88% — try it.)"""
+    MLP gets stuck near a linear boundary — try it.)"""
 
     def __init__(self, n_in: int, activation: str = "relu", rng: random.Random | None = None):
         if activation not in ("relu", "tanh", "linear"):

@@ -1,6 +1,6 @@
 """Train a micrograd MLP on two interleaving half-moons and plot its decision boundary.
 
-    python -m week0_pytorch.micrograd.train              # ~1 min on one CPU core
+    python -m week0_pytorch.micrograd.train
     python -m week0_pytorch.micrograd.train --steps 50 --n-samples 60
 
 Writes runs/week0/micrograd/: results.json, loss.png, decision_boundary.png.
@@ -8,53 +8,32 @@ Writes runs/week0/micrograd/: results.json, loss.png, decision_boundary.png.
 
 from __future__ import annotations
 
-import argparse
-import math
-import random
 import time
 from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
+from common.cli import parse
 from common.plots import plot_curves, plt, save
 from common.results import get_logger, run_dir, save_results
 from week0_pytorch.micrograd.engine import Value
+from week0_pytorch.micrograd.moons import make_moons
 from week0_pytorch.micrograd.nn import MLP
 
 log = get_logger("week0.micrograd")
 
 
-def make_moons(
-    n: int, noise: float = 0.1, seed: int = 0
-) -> tuple[list[tuple[float, float]], list[int]]:
-    """Two half circles: class 0 on the upper arc around (0, 0), class 1 on the lower arc around
-    (1, 0.5). Returns points and labels in {0, 1}, shuffled, with Gaussian noise."""
-    if n < 2:
-        raise ValueError(f"need at least 2 samples, got n={n}")
-    rng = random.Random(seed)
-    n0 = n // 2
-    pts, labels = [], []
-    for i in range(n):
-        cls = 0 if i < n0 else 1
-        k, m = (i, n0) if cls == 0 else (i - n0, n - n0)
-        t = math.pi * k / max(m - 1, 1)
-        x, y = (math.cos(t), math.sin(t)) if cls == 0 else (1 - math.cos(t), 0.5 - math.sin(t))
-        pts.append((x + rng.gauss(0, noise), y + rng.gauss(0, noise)))
-        labels.append(cls)
-    order = list(range(n))
-    rng.shuffle(order)
-    return [pts[i] for i in order], [labels[i] for i in order]
-
-
 @dataclass
 class MoonsConfig:
-    n_samples: int = 100
-    noise: float = 0.1
-    hidden: tuple[int, ...] = (16, 16)
-    steps: int = 60
-    lr: float = 1.0  # start; decays linearly to 10% of it
+    """Train a micrograd MLP on two moons with full-batch gradient descent."""
+
+    n_samples: int = 100  # points in the data set, half per class
+    noise: float = 0.1  # standard deviation of the Gaussian noise on each point
+    hidden: tuple[int, ...] = (16, 16)  # widths of the hidden layers
+    steps: int = 60  # gradient-descent steps on the full batch
+    lr: float = 1.0  # learning rate at the start; decays linearly to a tenth of it
     alpha: float = 1e-4  # L2 regularization strength
-    seed: int = 0
+    seed: int = 0  # data noise, shuffle and initial weights
     plot_resolution: int = 40  # decision-boundary grid is resolution x resolution
 
     def __post_init__(self) -> None:
@@ -128,17 +107,5 @@ def plot_boundary(model: MLP, xs, ys, res: int, path):
     return save(fig, path)
 
 
-def parse_args(argv: list[str] | None = None) -> MoonsConfig:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n-samples", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    a = parser.parse_args(argv)
-    return MoonsConfig(n_samples=a.n_samples, steps=a.steps, lr=a.lr, seed=a.seed)
-
-
 if __name__ == "__main__":
-    main(parse_args())
+    main(parse(MoonsConfig, description=__doc__))

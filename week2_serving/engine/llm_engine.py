@@ -103,7 +103,7 @@ class LLMEngine:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.tokenizer = tokenizer
         # the runner loads the weights; the pool size follows from the bytes per block
-        from week1_gpt_kvcache.export import from_hf_folder
+        from week1_gpt_kvcache.hf_convert import from_hf_folder
 
         device, dtype = cfg.torch_device, cfg.torch_dtype
         model = from_hf_folder(model_dir, device)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from week1_gpt_kvcache.export import from_hf_folder
+from week1_gpt_kvcache.hf_convert import from_hf_folder
 from week1_gpt_kvcache.model import GPT, RMSNorm
 from week2_serving.engine.scheduler import ScheduledBatch
 
