@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 
 from week3_finetune_lora import data
-from week3_finetune_lora.evaluate import normalize, score, task_checks
+from week3_finetune_lora.rows import read_jsonl
+from week3_finetune_lora.scoring import normalize, score, task_checks
+from week3_finetune_lora.tasks import TASKS
 
 
 def test_answers_and_wrong_answers():
-    assert data.TASKS["reverse"].answer("4819") == "9184"
-    assert data.TASKS["sort"].answer("4819") == "1489"
-    assert data.TASKS["shift"].answer("4919") == "5020"
-    assert data.TASKS["add"].answer("27+58") == "85"
+    assert TASKS["reverse"].answer("4819") == "9184"
+    assert TASKS["sort"].answer("4819") == "1489"
+    assert TASKS["shift"].answer("4919") == "5020"
+    assert TASKS["add"].answer("27+58") == "85"
     rng = random.Random(0)
-    for name, task in data.TASKS.items():
+    for name, task in TASKS.items():
         for _ in range(50):
             x = task.sample(rng, 4, 4)
             wrong = task.wrong(x, rng)
@@ -33,13 +35,13 @@ def test_data_files_disjoint_and_seeded(runs_dir):
     cfg = data.DataConfig(n_train=300, n_test=50, out_name="d1")
     res = data.main(cfg)
     for task, files in res["files"].items():
-        train = data.read_jsonl(files["train"])
-        test = data.read_jsonl(files["test"])
+        train = read_jsonl(files["train"])
+        test = read_jsonl(files["test"])
         assert len(train) == 300 and len(test) == 50
         assert not {r["input"] for r in train} & {r["input"] for r in test}  # disjoint
         for r in train[:20] + test[:20]:
             assert r["prompt"] == f"{task}:{r['input']}="
-            assert r["completion"] == data.TASKS[task].answer(r["input"])
+            assert r["completion"] == TASKS[task].answer(r["input"])
         chat = [json.loads(line) for line in Path(files["train_chat"]).read_text().splitlines()]
         assert chat[0]["prompt"][0]["role"] == "user"
         assert chat[0]["completion"][0]["content"] == train[0]["completion"]
@@ -55,7 +57,7 @@ def test_prompt_tokens_are_a_prefix(tiny_gpt):
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])
     rng = random.Random(1)
-    for task in data.TASKS.values():
+    for task in TASKS.values():
         x = task.sample(rng, 4, 4)
         p = tok(task.prompt(x))["input_ids"]
         pc = tok(task.prompt(x) + task.answer(x))["input_ids"]
@@ -66,12 +68,12 @@ def test_row_missing_field_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "reverse:12="}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2.*missing field\(s\) \['completion'\]"):
-        data.read_jsonl(path)
+        read_jsonl(path)
     with pytest.raises(ValueError, match="not valid JSON"):
         path.write_text("{oops\n")
-        data.read_jsonl(path)
+        read_jsonl(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.read_jsonl(tmp_path / "nope.jsonl")
+        read_jsonl(tmp_path / "nope.jsonl")
 
 
 def test_bad_config_values():
@@ -98,36 +100,3 @@ def test_scorer_exact_match_and_checks():
     assert task_checks("reverse", "4819", "9148") == {"is_digits": True, "same_digits": True}
     with pytest.raises(ValueError, match="4 rows but 3 outputs"):
         score(rows, outs[:3])
-
-
-HELP_SCRIPT = """
-import contextlib, io, runpy, sys
-for module in sys.argv[1:]:
-    sys.argv = [module, "--help"]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        runpy.run_module(module, run_name="__main__")
-    assert "usage:" in out.getvalue(), module
-    print("ok", module)
-"""
-
-
-def test_week3_help():
-    """Every week 3 entry point answers --help (one interpreter: imports are paid once)."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    modules = [
-        f"week3_finetune_lora.{m}" for m in ("data", "sft", "dpo", "evaluate", "serve", "summary")
-    ]
-    out = subprocess.run(
-        [sys.executable, "-c", HELP_SCRIPT, *modules],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("ok ") == len(modules)
