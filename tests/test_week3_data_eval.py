@@ -11,7 +11,7 @@ import pytest
 from week3_finetune_lora import data
 from week3_finetune_lora.rows import read_jsonl
 from week3_finetune_lora.scoring import normalize, score, task_checks
-from week3_finetune_lora.tasks import TASKS
+from week3_finetune_lora.tasks import TASKS, Task
 
 
 def test_answers_and_wrong_answers():
@@ -20,7 +20,7 @@ def test_answers_and_wrong_answers():
     assert TASKS["shift"].answer("4919") == "5020"
     assert TASKS["add"].answer("27+58") == "85"
     rng = random.Random(0)
-    for name, task in TASKS.items():
+    for name, task in ((n, t) for n, t in TASKS.items() if t.generated):
         for _ in range(50):
             x = task.sample(rng, 4, 4)
             wrong = task.wrong(x, rng)
@@ -57,7 +57,7 @@ def test_prompt_tokens_are_a_prefix(tiny_gpt):
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])
     rng = random.Random(1)
-    for task in TASKS.values():
+    for task in (t for t in TASKS.values() if t.generated):
         x = task.sample(rng, 4, 4)
         p = tok(task.prompt(x))["input_ids"]
         pc = tok(task.prompt(x) + task.answer(x))["input_ids"]
@@ -100,3 +100,52 @@ def test_scorer_exact_match_and_checks():
     assert task_checks("reverse", "4819", "9148") == {"is_digits": True, "same_digits": True}
     with pytest.raises(ValueError, match="4 rows but 3 outputs"):
         score(rows, outs[:3])
+
+
+def double_task() -> Task:
+    """A task defined outside the package, to add to the table in a test."""
+    return Task(
+        "double",
+        lambda x, y: {"even_length": len(y) % 2 == 0},
+        form_check="even_length",
+        sft_steps=321,
+        default=False,
+        answer=lambda x: x + x,
+        wrong=lambda x, rng: x,
+        sample=lambda rng, lo, hi: "".join(rng.choice("0123456789") for _ in range(lo)),
+    )
+
+
+def test_one_table_entry_adds_a_task(monkeypatch, runs_dir):
+    """data, the scorer and sft's default steps all read the one table."""
+    from week3_finetune_lora import sft
+
+    monkeypatch.setitem(TASKS, "double", double_task())
+    res = data.main(data.DataConfig(tasks=("double",), n_train=20, n_test=5))
+    row = read_jsonl(res["files"]["double"]["test"])[0]
+    assert row["prompt"] == f"double:{row['input']}=" and row["completion"] == row["input"] * 2
+    assert task_checks("double", row["input"], "1212\n") == {"even_length": True}
+    assert sft.SFTRunConfig(task="double").max_steps == 321
+    with pytest.raises(ValueError, match=r"unknown task 'triple'; choose from \[.*'double'"):
+        data.DataConfig(tasks=("triple",))
+
+
+SCRIPTS = {"data", "sft", "dpo", "evaluate", "serve", "summary"}
+
+
+def test_scripts_import_only_libraries():
+    """No week 3 module imports a script; week 2 is reached only through its harness API."""
+    import ast
+
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "week3_finetune_lora").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {a.name for a in node.names}
+                assert not (node.module == "week3_finetune_lora" and names & SCRIPTS), path.name
+                assert node.module.split(".")[-1] not in SCRIPTS or not node.module.startswith(
+                    "week3_finetune_lora"
+                ), f"{path.name} imports the script {node.module}"
+                if node.module.startswith("week2_serving"):
+                    assert node.module == "week2_serving.harness", f"{path.name}: {node.module}"
