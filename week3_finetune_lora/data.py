@@ -43,7 +43,9 @@ class DataConfig:
     out_name: str = "data"  # runs/week3/<out_name>/
     hub_n_train: int | None = 4000  # rows per hub task (none = the whole split)
     hub_n_test: int | None = 500  # held-out rows per hub task (none = the whole split)
-    offline: bool | None = None  # read the hub cache only (default: only if HF_HUB_OFFLINE is set)
+    offline: bool | None = (
+        None  # read the local hub cache only; none: only if HF_HUB_OFFLINE is set
+    )
     # more hub datasets written beside the tasks (e.g. a local copy of SST-2), in code only
     hub: tuple[HubDataset, ...] = field(default=(), metadata={"cli": False})
 

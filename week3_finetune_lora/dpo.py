@@ -52,9 +52,9 @@ class DPORunConfig:
     """DPO (+ the chosen answer's NLL) from a task's SFT adapter."""
 
     task: str = "reverse"  # a task name from tasks.TASKS
-    sft_adapter: str | None = None  # the starting adapter (default: runs/week3/sft-<task>/adapter)
-    model: str | None = None  # base: HF folder or hub id (default: runs/week1/hf-model)
-    data_dir: str | None = None  # task files (default: runs/week3/data)
+    sft_adapter: str | None = None  # the starting adapter; none: runs/week3/sft-<task>/adapter
+    model: str | None = None  # base: HF folder or hub id; none: runs/week1/hf-model
+    data_dir: str | None = None  # task files; none: runs/week3/data
     beta: float = 0.1  # how far from the reference the policy may move (higher = less)
     sft_weight: float = 1.0  # + this x NLL of the chosen answer (RPO): keeps it likely
     learning_rate: float = 2e-4  # peak learning rate (cosine decay)
@@ -64,12 +64,14 @@ class DPORunConfig:
     eval_limit: int | None = None  # held-out pairs (none = the whole test split)
     seed: int = 0  # torch and trainer seed
     logging_steps: int = 10  # log the loss every N steps
-    run_name: str | None = None  # runs/week3/<run_name>/ (default: dpo-<task>)
+    run_name: str | None = None  # runs/week3/<run_name>/; none: dpo-<task>
     threads: int | None = 1  # torch threads (none = torch's default); see sft --threads
     max_length: int = 64  # tokens per prompt + answer
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # base weights; auto = bf16 on GPUs that have it
-    offline: bool | None = None  # hub cache only (default: only if HF_HUB_OFFLINE is set)
+    offline: bool | None = (
+        None  # read the local hub cache only; none: only if HF_HUB_OFFLINE is set
+    )
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()

@@ -37,17 +37,19 @@ class EvalConfig:
     """Exact match (+ the task's checks) on a task's held-out rows."""
 
     task: str = "reverse"  # a task name from tasks.TASKS
-    model: str | None = None  # base: HF folder or hub id (default: runs/week1/hf-model)
+    model: str | None = None  # base: HF folder or hub id; none: runs/week1/hf-model
     adapter: str | None = None  # LoRA adapter folder (local eval)
-    data_dir: str | None = None  # task files (default: runs/week3/data)
+    data_dir: str | None = None  # task files; none: runs/week3/data
     base_url: str | None = None  # score this OpenAI-compatible server instead of a local model
-    served_model: str | None = None  # model/adapter name on the server (default: the task)
+    served_model: str | None = None  # model/adapter name on the server; none: the task
     max_new_tokens: int = 12  # greedy tokens per answer
     limit: int | None = None  # score only the first N test rows
-    run_name: str | None = None  # runs/week3/<run_name>/ (default: eval-<task>)
+    run_name: str | None = None  # runs/week3/<run_name>/; none: eval-<task>
     device: str = "cpu"  # local eval: auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # local eval: auto | float32 | bfloat16 | float16
-    offline: bool | None = None  # hub cache only (default: only if HF_HUB_OFFLINE is set)
+    offline: bool | None = (
+        None  # read the local hub cache only; none: only if HF_HUB_OFFLINE is set
+    )
 
     def __post_init__(self) -> None:
         get_task(self.task)

@@ -69,12 +69,12 @@ log = get_logger("week3.serve")
 class ServeConfig:
     """Multi-LoRA serving on vLLM: served-vs-local scores, a runtime load, the cost."""
 
-    model: str | None = None  # base: HF folder or hub id (default: runs/week1/hf-model)
-    adapters: tuple[str, ...] = ()  # NAME=FOLDER ... (default: every runs/week3/*/adapter)
-    runtime_adapter: str | None = None  # NAME=FOLDER loaded after start-up (default: a DPO one)
-    max_lora_rank: int | None = None  # vLLM --max-lora-rank (default: the smallest that fits)
-    max_loras: int | None = None  # vLLM --max-loras: adapters per batch (default: all of them)
-    data_dir: str | None = None  # task files (default: runs/week3/data)
+    model: str | None = None  # base: HF folder or hub id; none: runs/week1/hf-model
+    adapters: tuple[str, ...] = ()  # NAME=FOLDER ...; empty: every runs/week3/*/adapter
+    runtime_adapter: str | None = None  # NAME=FOLDER loaded after start-up; none: a DPO one
+    max_lora_rank: int | None = None  # vLLM --max-lora-rank; none: the smallest that fits
+    max_loras: int | None = None  # vLLM --max-loras: adapters per batch; none: all of them
+    data_dir: str | None = None  # task files; none: runs/week3/data
     eval_limit: int | None = None  # held-out rows scored per adapter (none = all)
     skip_bench: bool = False  # only the scores, no load test
     resume: bool = True  # keep adapters a previous run with the same settings finished
@@ -83,11 +83,13 @@ class ServeConfig:
     bench_input_len: int = 16  # random prompt tokens
     bench_output_len: int = 64  # output tokens (ignore_eos)
     max_model_len: int = 256  # vLLM --max-model-len
-    port: int | None = None  # server port (default: a free one)
+    port: int | None = None  # server port; none: a free one
     run_name: str = "serve"  # runs/week3/<run_name>/
     dtype: str = "float32"  # vLLM's --dtype and the local reference's dtype
     device: str = "cpu"  # the local reference eval's device (vLLM picks its own)
-    offline: bool | None = None  # hub cache only (default: only if HF_HUB_OFFLINE is set)
+    offline: bool | None = (
+        None  # read the local hub cache only; none: only if HF_HUB_OFFLINE is set
+    )
     # more vLLM flags, e.g. ("--gpu-memory-utilization", "0.5"); set by presets and code
     vllm_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 

@@ -67,8 +67,8 @@ class SFTRunConfig:
 
     task: str = "reverse"  # a task name from tasks.TASKS; picks runs/week3/data/<task>/
     dataset: str | None = None  # JSONL file/folder or hub id instead of the task's train split
-    model: str | None = None  # base: HF folder or hub id (default: runs/week1/hf-model)
-    data_dir: str | None = None  # task files (default: runs/week3/data)
+    model: str | None = None  # base: HF folder or hub id; none: runs/week1/hf-model
+    data_dir: str | None = None  # task files; none: runs/week3/data
     quant: Literal["none", "nf4"] = "none"  # none = LoRA on the base; nf4 = QLoRA (4-bit base)
     rank: int = 8  # r: the inner size of B·A
     alpha: float = 16.0  # the update is scaled by alpha / r
@@ -83,13 +83,15 @@ class SFTRunConfig:
     eval_base: bool = True  # also score the base model (the "before")
     seed: int = 0  # torch and trainer seed
     logging_steps: int = 25  # log the loss every N steps
-    run_name: str | None = None  # runs/week3/<run_name>/ (default: sft-<task> or qlora-<task>)
+    run_name: str | None = None  # runs/week3/<run_name>/; none: sft-<task> or qlora-<task>
     # torch threads (none = torch's default). 1 by default: on 2 cores shared with other jobs,
     # 2 OpenMP threads spin against each other (see the README's timing notes)
     threads: int | None = 1
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N
     dtype: str = "float32"  # base weights; auto = bf16 on GPUs that have it, else float32
-    offline: bool | None = None  # hub cache only (default: only if HF_HUB_OFFLINE is set)
+    offline: bool | None = (
+        None  # read the local hub cache only; none: only if HF_HUB_OFFLINE is set
+    )
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()

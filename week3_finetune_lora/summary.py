@@ -133,7 +133,7 @@ def plot_before_after(s: dict, path: Path) -> Path:
 class SummaryConfig:
     """The week's table, acceptance checks and plot, from its results files."""
 
-    runs_dir: Path | None = None  # results root (default: runs/, or $IE_RUNS_DIR)
+    runs_dir: Path | None = None  # results root; none: runs/, or $IE_RUNS_DIR
 
 
 def main(cfg: SummaryConfig) -> dict:
