@@ -32,6 +32,12 @@ ENTRY_POINTS = [
     "week2_serving.report",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
+    "week3_finetune_lora.data",
+    "week3_finetune_lora.sft",
+    "week3_finetune_lora.dpo",
+    "week3_finetune_lora.evaluate",
+    "week3_finetune_lora.serve",
+    "week3_finetune_lora.summary",
 ]
 
 

@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 
 from week3_finetune_lora import data
-from week3_finetune_lora.evaluate import normalize, score, task_checks
+from week3_finetune_lora.rows import read_jsonl
+from week3_finetune_lora.scoring import normalize, score, task_checks
+from week3_finetune_lora.tasks import TASKS, Task
 
 
 def test_answers_and_wrong_answers():
-    assert data.TASKS["reverse"].answer("4819") == "9184"
-    assert data.TASKS["sort"].answer("4819") == "1489"
-    assert data.TASKS["shift"].answer("4919") == "5020"
-    assert data.TASKS["add"].answer("27+58") == "85"
+    assert TASKS["reverse"].answer("4819") == "9184"
+    assert TASKS["sort"].answer("4819") == "1489"
+    assert TASKS["shift"].answer("4919") == "5020"
+    assert TASKS["add"].answer("27+58") == "85"
     rng = random.Random(0)
-    for name, task in data.TASKS.items():
+    for name, task in ((n, t) for n, t in TASKS.items() if t.generated):
         for _ in range(50):
             x = task.sample(rng, 4, 4)
             wrong = task.wrong(x, rng)
@@ -33,13 +35,13 @@ def test_data_files_disjoint_and_seeded(runs_dir):
     cfg = data.DataConfig(n_train=300, n_test=50, out_name="d1")
     res = data.main(cfg)
     for task, files in res["files"].items():
-        train = data.read_jsonl(files["train"])
-        test = data.read_jsonl(files["test"])
+        train = read_jsonl(files["train"])
+        test = read_jsonl(files["test"])
         assert len(train) == 300 and len(test) == 50
         assert not {r["input"] for r in train} & {r["input"] for r in test}  # disjoint
         for r in train[:20] + test[:20]:
             assert r["prompt"] == f"{task}:{r['input']}="
-            assert r["completion"] == data.TASKS[task].answer(r["input"])
+            assert r["completion"] == TASKS[task].answer(r["input"])
         chat = [json.loads(line) for line in Path(files["train_chat"]).read_text().splitlines()]
         assert chat[0]["prompt"][0]["role"] == "user"
         assert chat[0]["completion"][0]["content"] == train[0]["completion"]
@@ -55,7 +57,7 @@ def test_prompt_tokens_are_a_prefix(tiny_gpt):
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])
     rng = random.Random(1)
-    for task in data.TASKS.values():
+    for task in (t for t in TASKS.values() if t.generated):
         x = task.sample(rng, 4, 4)
         p = tok(task.prompt(x))["input_ids"]
         pc = tok(task.prompt(x) + task.answer(x))["input_ids"]
@@ -66,12 +68,12 @@ def test_row_missing_field_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "reverse:12="}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2.*missing field\(s\) \['completion'\]"):
-        data.read_jsonl(path)
+        read_jsonl(path)
     with pytest.raises(ValueError, match="not valid JSON"):
         path.write_text("{oops\n")
-        data.read_jsonl(path)
+        read_jsonl(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.read_jsonl(tmp_path / "nope.jsonl")
+        read_jsonl(tmp_path / "nope.jsonl")
 
 
 def test_bad_config_values():
@@ -100,34 +102,50 @@ def test_scorer_exact_match_and_checks():
         score(rows, outs[:3])
 
 
-HELP_SCRIPT = """
-import contextlib, io, runpy, sys
-for module in sys.argv[1:]:
-    sys.argv = [module, "--help"]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        runpy.run_module(module, run_name="__main__")
-    assert "usage:" in out.getvalue(), module
-    print("ok", module)
-"""
+def double_task() -> Task:
+    """A task defined outside the package, to add to the table in a test."""
+    return Task(
+        "double",
+        lambda x, y: {"even_length": len(y) % 2 == 0},
+        form_check="even_length",
+        sft_steps=321,
+        default=False,
+        answer=lambda x: x + x,
+        wrong=lambda x, rng: x,
+        sample=lambda rng, lo, hi: "".join(rng.choice("0123456789") for _ in range(lo)),
+    )
 
 
-def test_week3_help():
-    """Every week 3 entry point answers --help (one interpreter: imports are paid once)."""
-    import subprocess
-    import sys
+def test_one_table_entry_adds_a_task(monkeypatch, runs_dir):
+    """data, the scorer and sft's default steps all read the one table."""
+    from week3_finetune_lora import sft
+
+    monkeypatch.setitem(TASKS, "double", double_task())
+    res = data.main(data.DataConfig(tasks=("double",), n_train=20, n_test=5))
+    row = read_jsonl(res["files"]["double"]["test"])[0]
+    assert row["prompt"] == f"double:{row['input']}=" and row["completion"] == row["input"] * 2
+    assert task_checks("double", row["input"], "1212\n") == {"even_length": True}
+    assert sft.SFTRunConfig(task="double").max_steps == 321
+    with pytest.raises(ValueError, match=r"unknown task 'triple'; choose from \[.*'double'"):
+        data.DataConfig(tasks=("triple",))
+
+
+SCRIPTS = {"data", "sft", "dpo", "evaluate", "serve", "summary"}
+
+
+def test_scripts_import_only_libraries():
+    """No week 3 module imports a script; week 2 is reached only through its harness API."""
+    import ast
 
     from tests.conftest import REPO
 
-    modules = [
-        f"week3_finetune_lora.{m}" for m in ("data", "sft", "dpo", "evaluate", "serve", "summary")
-    ]
-    out = subprocess.run(
-        [sys.executable, "-c", HELP_SCRIPT, *modules],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("ok ") == len(modules)
+    for path in sorted((REPO / "week3_finetune_lora").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {a.name for a in node.names}
+                assert not (node.module == "week3_finetune_lora" and names & SCRIPTS), path.name
+                assert node.module.split(".")[-1] not in SCRIPTS or not node.module.startswith(
+                    "week3_finetune_lora"
+                ), f"{path.name} imports the script {node.module}"
+                if node.module.startswith("week2_serving"):
+                    assert node.module == "week2_serving.harness", f"{path.name}: {node.module}"

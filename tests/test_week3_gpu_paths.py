@@ -21,8 +21,11 @@ import pytest
 import torch
 
 from tests.fake_hub import make_fake_hub
-from week3_finetune_lora import data, dpo, serve, sft
-from week3_finetune_lora.evaluate import load_local, task_checks
+from week3_finetune_lora import data, dpo, serve, sft, training
+from week3_finetune_lora.generation import load_local
+from week3_finetune_lora.rows import PAIR_FIELDS, load_hub_rows, read_jsonl
+from week3_finetune_lora.scoring import task_checks
+from week3_finetune_lora.tasks import SST2, TASKS, HubDataset
 
 WEEK3 = Path(__file__).resolve().parent.parent / "week3_finetune_lora"
 
@@ -42,7 +45,7 @@ def fake_hub(tiny_gpt, tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def local_sst2(tmp_path) -> data.HubDataset:
+def local_sst2(tmp_path) -> HubDataset:
     """SST-2's spec pointed at local JSON files with SST-2's columns (idx, sentence, label)."""
     files = {}
     for split, rows in (("train", SENTENCES), ("validation", SENTENCES[:4])):
@@ -54,12 +57,12 @@ def local_sst2(tmp_path) -> data.HubDataset:
             )
         )
         files[split] = str(path)
-    return replace(data.SST2, path="json", data_files=files)
+    return replace(SST2, path="json", data_files=files)
 
 
 def test_sft_loads_a_hub_id_from_the_cache(fake_hub, tiny_gpt):
-    model, tok = sft.load_base("testorg/tiny", offline=True)
-    ref, _ = sft.load_base(str(tiny_gpt["hf_dir"]))
+    model, tok = training.load_base("testorg/tiny", offline=True)
+    ref, _ = training.load_base(str(tiny_gpt["hf_dir"]))
     x = torch.tensor([tok("reverse:1234=").input_ids])
     with torch.no_grad():
         assert torch.equal(model(x).logits, ref(x).logits)
@@ -86,7 +89,7 @@ def test_sft_run_on_a_hub_id_offline(fake_hub, runs_dir):
 def test_hub_id_not_cached_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="'testorg/absent'.*offline"):
-        sft.load_base("testorg/absent", offline=True)
+        training.load_base("testorg/absent", offline=True)
 
 
 def test_gpu_presets_are_valid_and_name_the_model():
@@ -100,7 +103,8 @@ def test_gpu_presets_are_valid_and_name_the_model():
     assert d.sft_adapter.endswith("sft-sst2/adapter")
     v = serve.make_config("gpu")
     assert v.model == s.model and v.dtype == "bfloat16"
-    spec = data.make_config("gpu").hub[0]
+    assert "sst2" in data.make_config("gpu").tasks
+    spec = TASKS["sst2"].hub
     assert (spec.path, spec.train_split, spec.test_split) == (
         "stanfordnlp/sst2",
         "train",
@@ -123,21 +127,29 @@ def test_bad_preset_values_are_named():
     with pytest.raises(ValueError, match="unknown task 'sst3'"):
         sft.make_config("gpu", task="sst3")
     with pytest.raises(ValueError, match="clashes"):
-        replace(data.SST2, task="sort")
+        data.make_config("gpu", hub=(replace(SST2, task="sort"),))
     with pytest.raises(ValueError, match="lacks"):
-        replace(data.SST2, template="no slot")
+        replace(SST2, template="no slot")
 
 
 def test_cuda_choices_through_their_arguments():
     """What a GPU run would pick, decided from the device/dtype passed in (no CUDA needed)."""
     cuda, cpu = torch.device("cuda:1"), torch.device("cpu")
-    assert sft.trainer_precision(cuda, torch.bfloat16) == dict(use_cpu=False, bf16=True, fp16=False)
-    assert sft.trainer_precision(cuda, torch.float16) == dict(use_cpu=False, bf16=False, fp16=True)
+    assert training.trainer_precision(cuda, torch.bfloat16) == dict(
+        use_cpu=False, bf16=True, fp16=False
+    )
+    assert training.trainer_precision(cuda, torch.float16) == dict(
+        use_cpu=False, bf16=False, fp16=True
+    )
     # on CPU, never mixed precision (transformers refuses bf16 there): today's fp32 path
-    assert sft.trainer_precision(cpu, torch.bfloat16) == dict(use_cpu=True, bf16=False, fp16=False)
-    assert sft.device_map(cuda) == {"": 1} and sft.device_map(torch.device("cuda")) == {"": 0}
-    assert sft.device_map(cpu) == "cpu"
-    q = sft.nf4_config(torch.bfloat16)
+    assert training.trainer_precision(cpu, torch.bfloat16) == dict(
+        use_cpu=True, bf16=False, fp16=False
+    )
+    assert training.device_map(cuda) == {"": 1} and training.device_map(torch.device("cuda")) == {
+        "": 0
+    }
+    assert training.device_map(cpu) == "cpu"
+    q = training.nf4_config(torch.bfloat16)
     assert q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert q.bnb_4bit_compute_dtype == torch.bfloat16
     extra = serve.vllm_extra(serve.make_config("gpu"))
@@ -148,14 +160,14 @@ def test_gpu_dataset_from_local_files_trains_on_cpu(local_sst2, tiny_gpt, runs_d
     """The gpu preset's data path (datasets' json loader, same columns) -> rows -> a LoRA step
     with the gpu SFT preset, the tiny model standing in for Qwen."""
     res = data.main(data.make_config("gpu", tasks=(), hub=(local_sst2,), hub_n_train=5))
-    rows = data.read_jsonl(res["files"]["sst2"]["train"], dpo.PAIR_FIELDS)
+    rows = read_jsonl(res["files"]["sst2"]["train"], PAIR_FIELDS)
     assert len(rows) == 5
     by_text = dict(SENTENCES)
     for r in rows:
-        want = data.SST2.labels[by_text[r["input"]]]
+        want = SST2.labels[by_text[r["input"]]]
         assert r["completion"] == " " + want and r["rejected"].strip() != want
         assert r["prompt"] == f"Review: {r['input']}\nSentiment:"
-    assert len(data.read_jsonl(res["files"]["sst2"]["test"])) == 4
+    assert len(read_jsonl(res["files"]["sst2"]["test"])) == 4
     cfg = sft.make_config(
         "gpu",
         task="sst2",
@@ -177,9 +189,9 @@ def test_gpu_dataset_from_local_files_trains_on_cpu(local_sst2, tiny_gpt, runs_d
 def test_missing_column_and_unlabelled_split_are_named(local_sst2):
     bad = replace(local_sst2, text_column="text")
     with pytest.raises(ValueError, match=r"not \['text'\]"):
-        data.load_hub_rows(bad, "train", None, 0)
+        load_hub_rows(bad, "train", None, 0)
     with pytest.raises(ValueError, match="label -1"):
-        data.SST2.row("no label here", -1)
+        SST2.row("no label here", -1)
 
 
 def test_label_task_checks():

@@ -22,8 +22,9 @@ from week3_finetune_lora.adapters import (
     check_adapter_base,
     merged_copy,
 )
-from week3_finetune_lora.evaluate import load_local
-from week3_finetune_lora.serve import pick_max_rank
+from week3_finetune_lora.generation import load_local
+from week3_finetune_lora.multilora import pick_max_rank
+from week3_finetune_lora.rows import read_jsonl, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +131,10 @@ def test_dpo_step_lowers_loss(tiny_sft, monkeypatch):
     runs = tiny_sft["runs"]
     pairs_dir = runs / "week3" / "pairs" / "sort"
     pairs_dir.mkdir(parents=True)
-    train = data.read_jsonl(runs / "week3" / "data" / "sort" / "train.jsonl")[:16]
+    train = read_jsonl(runs / "week3" / "data" / "sort" / "train.jsonl")[:16]
     # Score on the training pairs themselves: the claim is that a step lowers *its* loss.
     for split in ("train", "test"):
-        data.write_jsonl(pairs_dir / f"{split}.jsonl", train)
+        write_jsonl(pairs_dir / f"{split}.jsonl", train)
     monkeypatch.setenv("IE_RUNS_DIR", str(runs))
     res = dpo.main(
         dpo.make_config(
@@ -172,7 +173,7 @@ def test_summary_and_portfolio_from_results(tiny_sft):
     """The week's summary and portfolio section are built from the results files alone."""
     from week3_finetune_lora import portfolio, summary
 
-    s = summary.main(tiny_sft["runs"])
+    s = summary.main(summary.SummaryConfig(tiny_sft["runs"]))
     sort = next(t for t in s["tasks"] if t["task"] == "sort")
     assert sort["adapter_exact"] == tiny_sft["res"]["adapter"]["exact_match"]
     a = s["acceptance"]["sft-sort"]

@@ -48,10 +48,10 @@ def two_adapters(tiny_gpt: dict, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def test_two_adapters_served_with_their_own_behaviour(two_adapters, tmp_path):
-    from week2_serving.harness.launch import launch
-    from week3_finetune_lora.data import read_jsonl
-    from week3_finetune_lora.evaluate import generate_local, generate_served, load_local
-    from week3_finetune_lora.serve import load_runtime_adapter, lora_args, pick_max_rank
+    from week2_serving.harness import launch_server
+    from week3_finetune_lora.generation import generate_local, generate_served, load_local
+    from week3_finetune_lora.multilora import load_runtime_adapter, lora_args, pick_max_rank
+    from week3_finetune_lora.rows import read_jsonl
 
     adapters = two_adapters["adapters"]
     data_dir = two_adapters["runs"] / "week3" / "data"
@@ -68,7 +68,7 @@ def test_two_adapters_served_with_their_own_behaviour(two_adapters, tmp_path):
     assert local["reverse"] != local["sort"]
 
     rank = pick_max_rank(adapters, None)
-    server = launch(
+    server = launch_server(
         "vllm",
         two_adapters["hf_dir"],
         extra=lora_args({"reverse": adapters["reverse"]}, rank, max_loras=2),
@@ -79,7 +79,7 @@ def test_two_adapters_served_with_their_own_behaviour(two_adapters, tmp_path):
     server.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     with server:
         # "sort" is loaded into the running server, the way a new adapter is rolled out.
-        loaded = load_runtime_adapter(server.url, "sort", adapters["sort"], str(data_dir))
+        loaded = load_runtime_adapter(server.url, "sort", adapters["sort"], prompts[0])
         assert loaded["listed"]
         served = {
             n: generate_served(server.url, n, prompts, 6) for n in ("reverse", "sort", "base")
