@@ -3,9 +3,11 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (streaming with SSE, or not),
 GET /v1/models, /health, /version, /metrics (Prometheus text).
 
-A request is validated on the event loop (a bad one gets its 4xx at once), its Sequence goes to
-the engine thread (`AsyncEngine`), and its tokens come back one step at a time. A client that
-disconnects mid-stream has its request aborted (blocks freed) by the stream's `finally`.
+A request's life: its prompt is tokenized on a worker thread (the event loop keeps serving),
+checked against the context length by token count, and its Sequence queued for the engine
+thread (`AsyncEngine`), unless too many wait already (429). Its tokens come back one step at a
+time until it finishes, its deadline passes (504) or its client goes away; in the last two
+cases it is aborted at once and its KV blocks freed.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
-from week2_serving.engine.async_engine import AsyncEngine
+from week2_serving.engine.async_engine import AsyncEngine, EngineFull
 from week2_serving.engine.detokenizer import Detokenizer
+from week2_serving.engine.guards import ServingLimits, add_guards
 from week2_serving.engine.llm_engine import LLMEngine, StepOutput
 from week2_serving.engine.protocol import (
     APIError,
@@ -30,18 +34,13 @@ from week2_serving.engine.protocol import (
     CompletionRequest,
     error_body,
 )
-from week2_serving.engine.sequence import SamplingParams, Sequence
+from week2_serving.engine.responses import stats_text, token_event_writer, usage
+from week2_serving.engine.sequence import SamplingParams
 
-COUNTERS = {  # the /metrics keys that only grow; the others are gauges
-    "prefix_cache_queries_tokens",
-    "prefix_cache_hits_tokens",
-    "prompt_tokens",
-    "generation_tokens",
-    "requests_finished",
-    "requests_aborted",
-    "preemptions",
-    "steps",
-}
+try:  # the engine's Prometheus metrics (engcore); until they exist, /metrics formats stats()
+    from week2_serving.engine import metrics as engine_metrics
+except ImportError:  # pragma: no cover - depends on which branch is merged
+    engine_metrics = None
 
 
 def _package_version() -> str | None:
@@ -54,23 +53,26 @@ def _package_version() -> str | None:
         return None
 
 
-def usage(out: StepOutput) -> dict:
-    return {
-        "prompt_tokens": out.num_prompt_tokens,
-        "completion_tokens": out.num_output_tokens,
-        "total_tokens": out.num_prompt_tokens + out.num_output_tokens,
-    }
-
-
 def sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
+
+
+async def wait_disconnect(request: Request) -> None:
+    """Return when the client closes its connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class OpenAIServing:
     """The handlers of every route, sharing one engine (and its thread)."""
 
-    def __init__(self, engine: LLMEngine, aeng: AsyncEngine, served_name: str):
+    def __init__(self, engine: LLMEngine, aeng: AsyncEngine, served_name: str, limits):
         self.engine, self.aeng, self.served_name = engine, aeng, served_name
+        self.limits: ServingLimits = limits
+        self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+
+    def close(self) -> None:
+        self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     # --- small routes ----------------------------------------------------------------------
     async def health(self) -> dict:
@@ -91,45 +93,67 @@ class OpenAIServing:
         }
         return {"object": "list", "data": [card]}
 
-    async def metrics(self) -> PlainTextResponse:
-        lines = []
-        for key, value in self.engine.stats().items():
-            if key == "time":
-                continue
-            kind = "counter" if key in COUNTERS else "gauge"
-            lines += [f"# TYPE engine_{key} {kind}", f"engine_{key} {value}"]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    async def metrics(self) -> Response:
+        """Computed on the engine thread between two steps, never on the event loop."""
+        self.check_engine()
+        source = getattr(self.engine, "metrics", None) or engine_metrics
+        exposition = getattr(source, "exposition", None)
+        if exposition is not None:
+            text = await self.aeng.call(exposition)
+            kind = getattr(engine_metrics, "CONTENT_TYPE", "text/plain; version=0.0.4")
+            return Response(text, media_type=kind)
+        text = stats_text(await self.aeng.call(self.engine.stats))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     # --- generation routes -----------------------------------------------------------------
-    async def completions(self, body: CompletionRequest):
+    async def completions(self, body: CompletionRequest, request: Request):
+        self.check_model(body)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
                 raise APIError(400, "send one prompt per request (a list of one string)", "prompt")
             prompt = prompt[0]
-        return await self.serve(prompt, body, body.max_tokens, chat=False)
+        params = self.sampling_params(body, body.max_tokens)
+        ids = await self.tokenize(self.engine.encode, prompt) if isinstance(prompt, str) else prompt
+        return await self.serve(request, ids, body, params, chat=False)
 
-    async def chat(self, body: ChatRequest):
-        tok = self.engine.tokenizer
-        msgs = [m.model_dump() for m in body.messages]
-        if not getattr(tok, "chat_template", None):
+    async def chat(self, body: ChatRequest, request: Request):
+        self.check_model(body)
+        if not getattr(self.engine.tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template; use /v1/completions")
-        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        ids = await self.tokenize(self.chat_prompt_ids, [m.model_dump() for m in body.messages])
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is None:
-            max_tokens = self.engine.max_model_len - len(tok.encode(prompt))
-        return await self.serve(prompt, body, max_tokens, chat=True)
+            max_tokens = self.engine.max_model_len - len(ids)
+        params = self.sampling_params(body, max_tokens)
+        return await self.serve(request, ids, body, params, chat=True)
 
     # --- shared steps ----------------------------------------------------------------------
     def check_engine(self) -> None:
         if self.aeng.error is not None:
-            raise APIError(500, f"engine failed: {self.aeng.error!r}", "InternalServerError")
+            message = f"engine failed: {self.aeng.error!r}; the server is stopping"
+            raise APIError(503, message, "ServiceUnavailableError")
 
-    def sampling_params(self, body: CommonRequest, max_tokens: int) -> SamplingParams:
+    def check_model(self, body: CommonRequest) -> None:
         if body.model != self.served_name:
             raise APIError(
                 404, f"The model `{body.model}` does not exist.", "NotFoundError", "model"
             )
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        tok = self.engine.tokenizer
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.engine.encode(text)
+
+    async def tokenize(self, fn, *args) -> list[int]:
+        """`fn(*args)` on the tokenizer thread (the event loop goes on serving meanwhile)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.tokenizer_thread, fn, *args)
+        except ValueError as e:
+            raise APIError(400, str(e), param="prompt") from e
+
+    def sampling_params(self, body: CommonRequest, max_tokens: int) -> SamplingParams:
         if body.n != 1:
             raise APIError(400, f"n={body.n}: this engine returns one choice (n=1)", param="n")
         try:
@@ -145,48 +169,94 @@ class OpenAIServing:
         except ValueError as e:
             raise APIError(400, str(e)) from e
 
-    def new_sequence(self, prompt: str | list[int], params: SamplingParams, rid: str) -> Sequence:
-        try:
-            return self.engine.make_sequence(prompt, params, rid)
+    def as_api_error(self, exc: BaseException) -> APIError:
+        """What a request's queue received instead of tokens, as the client will see it."""
+        if isinstance(exc, EngineFull):
+            return APIError(429, str(exc), "RateLimitError", headers={"Retry-After": "1"})
+        if exc is self.aeng.error:
+            return APIError(500, f"engine failed: {exc!r}", "InternalServerError")
+        return APIError(500, f"this request failed: {exc!r}", "InternalServerError")
+
+    def deadline(self) -> float | None:
+        timeout = self.limits.request_timeout
+        return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+    async def serve(
+        self, request: Request, ids: list[int], body: CommonRequest, params, chat: bool
+    ) -> Response | dict:
+        deadline = self.deadline()
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        try:  # ids are tokens already: this checks the length and the vocabulary only
+            seq = self.engine.make_sequence(ids, params, rid)
         except ValueError as e:
             raise APIError(400, str(e), param="prompt") from e
+        self.check_engine()
+        try:
+            self.aeng.check_room()
+        except EngineFull as e:
+            raise self.as_api_error(e) from e
+        q = self.aeng.submit(seq)
+        head = {"id": rid, "created": int(time.time()), "model": self.served_name}
+        if not body.stream:
+            work = self.complete(q, head, chat, deadline)
+            return await self.unless_disconnected(request, work, rid)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = self.stream(q, head, chat, include_usage, deadline)
+        return StreamingResponse(events, media_type="text/event-stream")
 
-    async def results(self, q: asyncio.Queue, rid: str) -> AsyncIterator[StepOutput]:
-        """The request's step outputs until it finishes; abort it if the consumer goes away."""
+    async def unless_disconnected(self, request: Request, work: Awaitable[dict], rid: str) -> dict:
+        """`work`'s answer, or, if the client leaves first, `work` cancelled and request `rid`
+        aborted (its blocks freed at the engine's next step)."""
+        task = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(wait_disconnect(request))
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            task.cancel()  # no-op when done
+        if not task.done() or task.cancelled():
+            self.aeng.abort(rid)  # also when `work` was cancelled before it started
+            raise APIError(499, "the client closed the connection", "ClientClosedRequest")
+        return task.result()
+
+    async def results(
+        self, q: asyncio.Queue, rid: str, deadline: float | None
+    ) -> AsyncIterator[StepOutput]:
+        """The request's step outputs until it finishes; abort it if the consumer goes away,
+        its deadline passes or anything else ends the iteration early."""
         finished = False
         try:
             while not finished:
-                out = await q.get()
+                out = q.get_nowait() if not q.empty() else await self.next_output(q, deadline)
                 if isinstance(out, BaseException):
-                    raise APIError(500, f"engine failed: {out!r}", "InternalServerError")
+                    raise self.as_api_error(out)
                 finished = out.finished
                 yield out
         finally:
             if not finished:
                 self.aeng.abort(rid)
 
-    async def serve(
-        self, prompt: str | list[int], body: CommonRequest, max_tokens: int, chat: bool
-    ) -> StreamingResponse | dict:
-        params = self.sampling_params(body, max_tokens)
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        seq = self.new_sequence(prompt, params, rid)
-        self.check_engine()
-        q = self.aeng.submit(seq)
-        head = {"id": rid, "created": int(time.time()), "model": self.served_name}
-        if not body.stream:
-            return await self.complete(q, head, chat)
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = self.stream(q, head, chat, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream")
+    async def next_output(self, q: asyncio.Queue, deadline: float | None):
+        if deadline is None:
+            return await q.get()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await q.get()
+        except TimeoutError:
+            message = (
+                f"the request took longer than {self.limits.request_timeout} s "
+                "(--request-timeout); it was aborted"
+            )
+            raise APIError(504, message, "TimeoutError") from None
 
-    async def complete(self, q: asyncio.Queue, head: dict, chat: bool) -> dict:
+    async def complete(self, q: asyncio.Queue, head: dict, chat: bool, deadline) -> dict:
         """The whole answer in one JSON body (decoded once, at the end)."""
         last, ids = None, []
-        async for out in self.results(q, head["id"]):
-            ids += out.new_token_ids
-            last = out
-        text = self.engine.tokenizer.decode(ids)
+        async with aclosing(self.results(q, head["id"], deadline)) as outs:
+            async for out in outs:
+                ids += out.new_token_ids
+                last = out
+        text = await self.tokenize(self.engine.tokenizer.decode, ids)
         if chat:
             c = {"index": 0, "message": {"role": "assistant", "content": text}}
         else:
@@ -196,9 +266,10 @@ class OpenAIServing:
         return {**head, "object": obj, "choices": [c], "usage": usage(last)}
 
     async def stream(
-        self, q: asyncio.Queue, head: dict, chat: bool, include_usage: bool
+        self, q: asyncio.Queue, head: dict, chat: bool, include_usage: bool, deadline
     ) -> AsyncIterator[str]:
-        """Server-sent events: one per token that adds text, then usage (if asked) and [DONE]."""
+        """Server-sent events: one per token that adds text, then usage (if asked) and [DONE];
+        a failure (engine, deadline, a fault in this stream) ends it with an error event."""
         obj = "chat.completion.chunk" if chat else "text_completion"
         token_event = token_event_writer(head, obj, chat)
         detok = Detokenizer(self.engine.tokenizer)
@@ -207,85 +278,44 @@ class OpenAIServing:
             yield sse({**head, "object": obj, "choices": [first]})
         last = None
         try:
-            async for out in self.results(q, head["id"]):
-                text = detok.add(out.new_token_ids)
-                last = out
-                finish = out.finish_reason if out.finished else None
-                if text or finish:
-                    yield token_event(text, finish)
-        except APIError as e:  # the engine died mid-stream: say so in the stream
-            yield sse(error_body(e.status, e.message, e.type))
+            async with aclosing(self.results(q, head["id"], deadline)) as outs:
+                async for out in outs:
+                    text = detok.add(out.new_token_ids)
+                    last = out
+                    finish = out.finish_reason if out.finished else None
+                    if text or finish:
+                        yield token_event(text, finish)
+        except Exception as e:
+            err = e if isinstance(e, APIError) else self.as_api_error(e)
+            yield sse(error_body(err.status, err.message, err.type))
             return
         if include_usage:
             yield sse({**head, "object": obj, "choices": [], "usage": usage(last)})
         yield "data: [DONE]\n\n"
 
 
-def token_event_writer(head: dict, obj: str, chat: bool):
-    """The per-token SSE event, the hot path (one per token per stream): its constant part is
-    serialized once, only the new text and the finish reason are encoded per token."""
-    prefix = "data: " + json.dumps({**head, "object": obj})[:-1] + ', "choices": [{"index": 0, '
-    text_key = '"delta": {"content": ' if chat else '"text": '
-    text_end = "}" if chat else ', "logprobs": null'
-
-    def token_event(text: str, finish: str | None) -> str:
-        return f'{prefix}{text_key}{json.dumps(text)}{text_end}, "finish_reason": {json.dumps(finish)}}}]}}\n\n'
-
-    return token_event
-
-
-class APIKeyMiddleware:
-    """401 for /v1/* requests without `Authorization: Bearer <key>`; /health and /metrics open."""
-
-    def __init__(self, app, api_key: str):
-        self.app, self.wanted = app, f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            auth = dict(scope["headers"]).get(b"authorization")
-            if auth != self.wanted:
-                body = error_body(401, "missing or wrong API key", "AuthenticationError")
-                await JSONResponse(body, status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """pydantic's complaints as one OpenAI error message (400)."""
-    problems = []
-    for err in exc.errors():
-        if err.get("type") == "json_invalid":
-            problems.append(f"the body is not valid JSON ({err.get('msg')})")
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        problems.append(f"{where}: {err.get('msg')}")
-    return JSONResponse(error_body(400, "; ".join(problems), "BadRequestError"), status_code=400)
-
-
-async def on_api_error(_: Request, exc: APIError) -> JSONResponse:
-    body = error_body(exc.status, exc.message, exc.type, exc.param)
-    return JSONResponse(body, status_code=exc.status)
-
-
 def create_app(
-    engine: LLMEngine, served_name: str, api_key: str | None = None, cpus: set[int] | None = None
+    engine: LLMEngine,
+    served_name: str,
+    api_key: str | None = None,
+    cpus: set[int] | None = None,
+    limits: ServingLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `engine` as `served_name`; the engine thread runs while it does."""
-    aeng = AsyncEngine(engine, cpus)
-    serving = OpenAIServing(engine, aeng, served_name)
+    limits = limits or ServingLimits()
+    aeng = AsyncEngine(engine, cpus, limits.max_num_waiting)
+    serving = OpenAIServing(engine, aeng, served_name, limits)
 
     async def lifespan(app: FastAPI):
         aeng.start()
         yield
         aeng.shutdown()
+        serving.close()
 
     app = FastAPI(title="week2 engine", lifespan=lifespan)
     app.state.engine = aeng
     app.state.serving = serving
-    app.add_exception_handler(RequestValidationError, on_invalid)
-    app.add_exception_handler(APIError, on_api_error)
-    if api_key:  # a plain ASGI wrapper: Starlette's BaseHTTPMiddleware slows every stream
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    add_guards(app, api_key, limits)
     app.get("/health")(serving.health)
     app.get("/version")(serving.version)
     app.get("/v1/models")(serving.models)

@@ -54,9 +54,17 @@ class ChatRequest(CommonRequest):
 class APIError(Exception):
     """A request the server refuses or fails: its HTTP status and the message the client sees."""
 
-    def __init__(self, status: int, message: str, type_: str = "BadRequestError", param=None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "BadRequestError",
+        param=None,
+        headers: dict[str, str] | None = None,  # e.g. Retry-After on a 429
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param = status, message, type_, param
+        self.headers = headers
 
 
 def error_body(status: int, message: str, type_: str, param=None) -> dict:

@@ -7,36 +7,65 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (streaming with SSE, or not),
 GET /v1/models, /health, /metrics (Prometheus text). Binds 127.0.0.1 unless told otherwise.
 
+An API key comes from the environment (IE_API_KEY=...) or a file (--api-key-file), never from
+the command line (which every user of the machine can read in `ps`); with one set, every route
+but /health (and /metrics with --metrics-public) needs `Authorization: Bearer KEY`.
+If the engine loop dies the server answers 503, fails what is in flight and exits non-zero.
+
 Where the parts live: protocol.py (request bodies, errors), async_engine.py (the engine thread
-and its queues), api.py (the routes), detokenizer.py (streamed text); this file reads the
-command line, loads the engine and runs uvicorn.
+and its queues), guards.py (limits, API key, error bodies), api.py (the routes),
+detokenizer.py (streamed text); this file reads the command line, loads the engine and runs
+uvicorn.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import ipaddress
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from common.cli import parse
+from common.cli import build_parser, config_from_args
 from common.results import get_logger
 from week2_serving.engine.api import create_app
+from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 
-__all__ = ["ServerConfig", "create_app", "engine_config", "engine_cpus", "main", "parse_args"]
+__all__ = [
+    "ServerConfig",
+    "create_app",
+    "engine_config",
+    "engine_cpus",
+    "exposure_warning",
+    "load_api_key",
+    "main",
+    "parse_args",
+]
 
 log = get_logger("week2.engine.server")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def engine_default(name: str) -> Any:
-    """A field with the default of EngineConfig's field `name` (written once, there)."""
-    f = EngineConfig.__dataclass_fields__[name]
+API_KEY_ENV = "IE_API_KEY"
+
+
+def default_of(cls: type, name: str) -> Any:
+    """A field with the default of `cls`'s field `name` (written once, there)."""
+    f = cls.__dataclass_fields__[name]
     if f.default_factory is not dataclasses.MISSING:
         return field(default_factory=lambda: str(f.default_factory()))
     return field(default=f.default)
+
+
+def engine_default(name: str) -> Any:
+    return default_of(EngineConfig, name)
+
+
+def limit_default(name: str) -> Any:
+    return default_of(ServingLimits, name)
 
 
 def default_threads() -> int:
@@ -57,7 +86,12 @@ class ServerConfig:
     served_model_name: str | None = None  # name in the API; None: the --model value
     host: str = "127.0.0.1"  # address to bind
     port: int = 8000  # port to listen on
-    api_key: str | None = None  # require 'Authorization: Bearer KEY' on /v1
+    # a file holding the API key (else IE_API_KEY; no key: the API is open)
+    api_key_file: str | None = None
+    metrics_public: bool = limit_default("metrics_public")  # /metrics answers without the key
+    max_num_waiting: int | None = limit_default("max_num_waiting")  # queued beyond it: 429
+    request_timeout: float | None = limit_default("request_timeout")  # seconds, then 504
+    max_body_bytes: int = limit_default("max_body_bytes")  # larger request bodies: 413
     block_size: int = engine_default("block_size")  # tokens per KV block
     num_kv_blocks: int | None = None  # KV pool size in blocks; None: from --kv-cache-gib
     kv_cache_gib: float = engine_default("kv_cache_gib")  # KV pool size in GiB
@@ -74,9 +108,58 @@ class ServerConfig:
     # 2 or more, as vLLM's CPU build binds its worker; 'all': no binding
     engine_cpus: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.limits()  # a bad limit is a usage error naming it
+
+    def limits(self) -> ServingLimits:
+        names = [f.name for f in dataclasses.fields(ServingLimits)]
+        return ServingLimits(**{n: getattr(self, n) for n in names})
+
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
-    return parse(ServerConfig, argv, description=__doc__)
+    parser = build_parser(ServerConfig, description=__doc__)
+    parser.add_argument("--api-key", help=f"refused: set {API_KEY_ENV} or use --api-key-file")
+    args = parser.parse_args(argv)
+    if getattr(args, "api_key", None) is not None:
+        parser.error(
+            f"--api-key is not accepted: a key on the command line shows in `ps` and in logs; "
+            f"set it in the environment ({API_KEY_ENV}=...) or pass --api-key-file FILE"
+        )
+    vars(args).pop("api_key", None)
+    try:
+        return config_from_args(ServerConfig, args)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+        raise
+
+
+def load_api_key(cfg: ServerConfig) -> str | None:
+    """The key from --api-key-file, else from IE_API_KEY; None: no key (the API is open)."""
+    if cfg.api_key_file is None:
+        return os.environ.get(API_KEY_ENV, "").strip() or None
+    path = Path(cfg.api_key_file).expanduser()
+    try:
+        key = path.read_text().strip()
+    except OSError as e:
+        raise SystemExit(f"--api-key-file {path}: cannot read it ({e.strerror})") from None
+    if not key:
+        raise SystemExit(f"--api-key-file {path}: the file is empty; write the key in it")
+    return key
+
+
+def exposure_warning(host: str, has_key: bool) -> str | None:
+    """A warning when the server listens beyond this machine with no key (None: fine)."""
+    if has_key or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: it may resolve to anything
+        pass
+    return (
+        f"--host {host} without an API key: anyone who reaches this port can use the server; "
+        f"set {API_KEY_ENV} or --api-key-file, or bind 127.0.0.1"
+    )
 
 
 def engine_config(a: ServerConfig) -> EngineConfig:
@@ -126,8 +209,8 @@ def engine_cpus(spec: str) -> set[int] | None:
 
 def main(cfg: ServerConfig) -> None:
     import torch
-    import uvicorn
 
+    api_key = load_api_key(cfg)
     torch.set_num_threads(cfg.threads)
     try:
         engine = LLMEngine(engine_config(cfg))
@@ -135,7 +218,7 @@ def main(cfg: ServerConfig) -> None:
         raise SystemExit(f"--model {cfg.model!r}: {e}") from None
     cpus = engine_cpus(cfg.engine_cpus)
     name = cfg.served_model_name or cfg.model
-    app = create_app(engine, name, cfg.api_key, cpus)
+    app = create_app(engine, name, api_key, cpus, cfg.limits())
     # Everything alive now (torch, transformers, the weights' Python objects) lives as long as
     # the server: take it out of the garbage collector's reach, so a full collection does not
     # stall every stream for a few hundred ms under load (vLLM does the same).
@@ -145,7 +228,26 @@ def main(cfg: ServerConfig) -> None:
     log.info(
         "serving %s on http://%s:%d (engine thread on cores %s)", name, cfg.host, cfg.port, where
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)
+    warning = exposure_warning(cfg.host, api_key is not None)
+    if warning:
+        log.warning(warning)
+    run_until_engine_dies(app, cfg.host, cfg.port)
+
+
+def run_until_engine_dies(app, host: str, port: int) -> None:
+    """uvicorn until stopped (exit 0) or until the engine loop dies (exit 1, so a supervisor or
+    our launcher sees it): requests in flight get their error first."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    app.state.engine.on_death = lambda error: setattr(server, "should_exit", True)
+    server.run()
+    error = app.state.engine.error
+    if error is not None:
+        raise SystemExit(f"the engine loop died ({error!r}); the server stopped")
 
 
 if __name__ == "__main__":
