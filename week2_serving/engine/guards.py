@@ -41,7 +41,9 @@ class ServingLimits:
     """What one server accepts; the command line's flags of the same names."""
 
     max_num_waiting: int | None = 512  # requests queued beyond it get 429 (None: no bound)
-    request_timeout: float | None = 600.0  # seconds a request may take in all (None: no limit)
+    # seconds a request may take in all, queueing included (None: no limit); generous, so that
+    # a long sequential-scheduling benchmark on a CPU is never cut short
+    request_timeout: float | None = 3600.0
     max_body_bytes: int = 1 << 20  # largest request body accepted (413 beyond)
     metrics_public: bool = False  # with an API key, /metrics still answers without one
 

@@ -89,9 +89,11 @@ class ServerConfig:
     # a file holding the API key (else IE_API_KEY; no key: the API is open)
     api_key_file: str | None = None
     metrics_public: bool = limit_default("metrics_public")  # /metrics answers without the key
-    max_num_waiting: int | None = limit_default("max_num_waiting")  # queued beyond it: 429
-    request_timeout: float | None = limit_default("request_timeout")  # seconds, then 504
-    max_body_bytes: int = limit_default("max_body_bytes")  # larger request bodies: 413
+    # requests waiting for the engine beyond which a new one gets 429 (none: no bound)
+    max_num_waiting: int | None = limit_default("max_num_waiting")
+    # seconds a request may take, queueing included, then 504 (none: no limit)
+    request_timeout: float | None = limit_default("request_timeout")
+    max_body_bytes: int = limit_default("max_body_bytes")  # larger request bodies get 413
     block_size: int = engine_default("block_size")  # tokens per KV block
     num_kv_blocks: int | None = None  # KV pool size in blocks; None: from --kv-cache-gib
     kv_cache_gib: float = engine_default("kv_cache_gib")  # KV pool size in GiB
