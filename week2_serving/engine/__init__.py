@@ -1,7 +1,9 @@
 """Our own serving engine: paged KV cache, continuous batching, prefix caching (week 2b).
 
 Read in this order: sequence.py -> block_manager.py -> scheduler.py -> model_runner.py ->
-sampler.py -> llm_engine.py -> server.py (metrics.py and errors.py on the side).
+sampler.py -> llm_engine.py (metrics.py and errors.py on the side), then the server:
+protocol.py -> async_engine.py -> detokenizer.py -> guards.py -> responses.py -> api.py ->
+server.py (the command line).
 
 The names others import are listed below and loaded on first use, so that importing the
 pure-Python parts (`week2_serving.engine.scheduler`) does not load torch:

@@ -16,12 +16,12 @@ from __future__ import annotations
 class EngineFull(RuntimeError):
     """The waiting queue is full: come back in about `retry_after` seconds."""
 
-    def __init__(self, num_waiting: int, retry_after: float):
+    def __init__(self, num_waiting: int, retry_after: float, limit: str = "max_num_waiting"):
         self.num_waiting = num_waiting
         self.retry_after = retry_after
         super().__init__(
             f"the engine is full: {num_waiting} requests are already waiting "
-            f"(max_num_waiting); retry in about {retry_after:.1f} s"
+            f"({limit}); retry in about {retry_after:.1f} s"
         )
 
 
