@@ -16,7 +16,7 @@ help:
 	@echo "               ends with a summary of what failed (exit 1 if anything did)"
 	@echo "make all PROFILE=gpu - the same on a CUDA machine with internet: GPU presets, Qwen2.5-0.5B-Instruct in weeks 2-3"
 	@echo "make steps   - print the steps of make all (PROFILE=cpu|gpu) without running them"
-	@echo "make test    - set up, ruff check + ruff format --check + pytest"
+	@echo "make test    - set up, ruff check + ruff format --check + lint-imports (architecture) + pytest"
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~3 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
 	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, report, harness validation (~10 min)"
@@ -130,9 +130,13 @@ setup-sglang:
 		exit 1; \
 	fi
 
+# ruff, then the architecture contracts of pyproject.toml ([tool.importlinter]): the weeks as
+# layers, the engine's core apart from the harness, the quantization workers apart from both,
+# no import cycles inside a package.
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff format .
