@@ -1,6 +1,6 @@
 """Our engine against itself and against vLLM: what paging, batching and prefix caching buy.
 
-    python -m week2_serving.engine.bench                       # sweep + analysis (~8 min, 2 cores)
+    python -m week2_serving.engine.bench                       # sweep + analysis
     python -m week2_serving.engine.bench --skip-sweep          # analysis of a finished sweep only
 
 1. Runs the sweep `configs/engine-cpu.yaml` with the week 2a harness, over HTTP: vLLM CPU and
