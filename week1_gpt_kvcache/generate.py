@@ -18,26 +18,9 @@ import torch
 
 from common.device import pick_device, synchronize
 from week1_gpt_kvcache.model import GPT
+from week1_gpt_kvcache.sampling import SamplingParams, make_generator, mask_tokens, sample
 
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy (argmax)
-    top_k: int | None = None  # keep the k most likely tokens
-    top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus)
-    seed: int | None = None  # for reproducible sampling
-    stop_token_ids: tuple[int, ...] = ()  # e.g. the EOS id; the stop token is not returned
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k} must be >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+__all__ = ["GenerateOutput", "SamplingParams", "generate", "left_pad", "main"]
 
 
 @dataclass
@@ -47,26 +30,6 @@ class GenerateOutput:
     prefill_seconds: float = 0.0  # time to the first new token
     decode_seconds: float = 0.0  # time for the remaining tokens
     step_seconds: list[float] = field(default_factory=list)  # per step, if record_step_times
-
-
-def sample_next(
-    logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
-) -> torch.Tensor:
-    """Pick one token per row from (B, V) logits."""
-    if p.temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / p.temperature
-    if p.top_k is not None and p.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p is not None and p.top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # tokens after the mass reached p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
 def left_pad(prompts: list[list[int]], device: torch.device, pad_id: int = 0):
@@ -90,7 +53,7 @@ def generate(
     return_logits: bool = False,
     record_step_times: bool = False,
 ) -> GenerateOutput:
-    """Generate up to `params.max_new_tokens` for each prompt (a list of token-id lists)."""
+    """Generate up to `params.max_tokens` for each prompt (a list of token-id lists)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError(
             "every prompt needs at least one token (got an empty prompt or no prompts)"
@@ -100,19 +63,17 @@ def generate(
     if bad:
         raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {V})")
     longest = max(len(p) for p in prompts)
-    if longest + params.max_new_tokens > ctx:
+    if longest + params.max_tokens > ctx:
         raise ValueError(
-            f"prompt of {longest} tokens + max_new_tokens={params.max_new_tokens} exceeds the context "
-            f"of {ctx} tokens; shorten the prompt or lower max_new_tokens to {max(ctx - longest, 0)}"
+            f"prompt of {longest} tokens + max_tokens={params.max_tokens} exceeds the context "
+            f"of {ctx} tokens; shorten the prompt or lower max_tokens to {max(ctx - longest, 0)}"
         )
     model.eval()
     device = model.lm_head.weight.device
-    gen = (
-        torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
-    )
+    gen = make_generator(params.seed, device) if params.seed is not None else None
     ids, key_mask, positions = left_pad(prompts, device)
     B = len(prompts)
-    cache = model.new_cache(B, longest + params.max_new_tokens) if use_cache else None
+    cache = model.new_cache(B, longest + params.max_tokens) if use_cache else None
     stops = torch.tensor(params.stop_token_ids or [-1], device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
@@ -120,7 +81,7 @@ def generate(
     step_seconds: list[float] = []
     t0 = time.perf_counter()
     t_first = t_prev = t0
-    for step in range(params.max_new_tokens):
+    for step in range(params.max_tokens):
         if cache is None or step == 0:  # the whole sequence so far (prefill / no cache)
             logits, _ = model(ids, cache=cache, positions=positions, key_mask=key_mask)
         else:  # only the newest token, against the cache
@@ -130,7 +91,9 @@ def generate(
         logits = logits[:, -1, :]  # (B, V): the next-token distribution
         if return_logits:
             step_logits.append(logits.float().cpu())
-        nxt = sample_next(logits, params, gen)  # (B,)
+        if step < params.min_tokens:  # no stop token before min_tokens
+            logits = mask_tokens(logits, params.stop_token_ids)
+        nxt = sample(logits, params, gen)  # (B,)
         done = done | torch.isin(nxt, stops)
         out.append(torch.where(done, torch.full_like(nxt, -1), nxt))
         ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
@@ -166,8 +129,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--prompt", action="append", default=None, help="repeat for a batch")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=0, help="0: off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1: off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--no-cache", action="store_true", help="recompute the whole context each step"
@@ -177,11 +140,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     model, tok = load_model_and_tokenizer(a.checkpoint, pick_device(a.device))
     prompts = a.prompt or ["\n"]
     params = SamplingParams(
-        a.max_new_tokens,
-        a.temperature,
-        a.top_k,
-        a.top_p,
-        a.seed,
+        max_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
         stop_token_ids=tuple(t for t in [tok.eos_id] if t is not None),
     )
     res = generate(model, [tok.encode(p) for p in prompts], params, use_cache=not a.no_cache)

@@ -326,7 +326,7 @@ def finish(
     )
     prompts = ["The ", "\n", "def "] if tok.kind == "bpe" else ["T", "\n", "d"]
     params = SamplingParams(
-        max_new_tokens=min(120, model_cfg.block_size - 4),
+        max_tokens=min(120, model_cfg.block_size - 4),
         temperature=0.8,
         top_k=50,
         seed=cfg.seed,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from common.device import pick_device, pick_dtype
 from common.hub import is_offline, resolve_model
 from common.results import get_logger, runs_root
+from week1_gpt_kvcache.sampling import TokenLogprobs
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.sampler import Sampler
@@ -61,6 +62,7 @@ class StepOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    logprobs: TokenLogprobs | None = None  # of the new token, when the request asked
 
 
 @dataclass
@@ -205,6 +207,7 @@ class LLMEngine:
                     s.finish_reason,
                     s.num_prompt_tokens,
                     s.num_output_tokens,
+                    s.output_logprobs[-1] if s.params.logprobs is not None else None,
                 )
             )
         return outs
