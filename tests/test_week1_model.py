@@ -138,8 +138,6 @@ def test_stop_token_ends_a_row_and_is_dropped():
     model = tiny_model("llama")
     free = generate(model, PROMPTS[:2], SamplingParams(max_tokens=30)).tokens
     stop = free[0][5]
-    out = generate(
-        model, PROMPTS[:2], SamplingParams(max_tokens=30, stop_token_ids=(stop,))
-    ).tokens
+    out = generate(model, PROMPTS[:2], SamplingParams(max_tokens=30, stop_token_ids=(stop,))).tokens
     assert out[0] == free[0][: free[0].index(stop)]
     assert stop not in out[1] and out[1] == free[1][: len(out[1])]
