@@ -11,17 +11,18 @@ disconnects mid-stream has its request aborted (blocks freed) by the stream's `f
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from week2_serving.engine.async_engine import AsyncEngine
-from week2_serving.engine.detokenizer import Detokenizer
 from week2_serving.engine.llm_engine import LLMEngine, StepOutput
 from week2_serving.engine.protocol import (
     APIError,
@@ -29,9 +30,20 @@ from week2_serving.engine.protocol import (
     CommonRequest,
     CompletionRequest,
     error_body,
+    validation_message,
+)
+from week2_serving.engine.responses import (
+    Choice,
+    Entry,
+    Run,
+    choice_body,
+    chunk_choice,
+    token_event_writer,
+    usage,
 )
 from week2_serving.engine.sequence import SamplingParams, Sequence
 
+MAX_SEQUENCES = 128  # engine sequences one request may start (prompts x n)
 COUNTERS = {  # the /metrics keys that only grow; the others are gauges
     "prefix_cache_queries_tokens",
     "prefix_cache_hits_tokens",
@@ -52,14 +64,6 @@ def _package_version() -> str | None:
         return version("inference-engineering")
     except PackageNotFoundError:
         return None
-
-
-def usage(out: StepOutput) -> dict:
-    return {
-        "prompt_tokens": out.num_prompt_tokens,
-        "completion_tokens": out.num_output_tokens,
-        "total_tokens": out.num_prompt_tokens + out.num_output_tokens,
-    }
 
 
 def sse(data: dict) -> str:
@@ -102,48 +106,41 @@ class OpenAIServing:
 
     # --- generation routes -----------------------------------------------------------------
     async def completions(self, body: CompletionRequest):
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise APIError(400, "send one prompt per request (a list of one string)", "prompt")
-            prompt = prompt[0]
-        return await self.serve(prompt, body, body.max_tokens, chat=False)
+        if body.echo and body.logprobs is not None:
+            raise APIError(
+                400,
+                "echo with logprobs needs the prompt's logprobs, which this server does not "
+                "compute: send echo or logprobs, not both",
+                param="echo",
+            )
+        if body.best_of is not None and body.best_of != (body.n or 1):
+            raise APIError(400, f"best_of={body.best_of} is implemented only as best_of == n")
+        params = body.sampling_params(body.max_tokens or 16, body.logprobs)
+        return await self.serve(body.prompts(), body, params, chat=False)
 
     async def chat(self, body: ChatRequest):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         tok = self.engine.tokenizer
-        msgs = [m.model_dump() for m in body.messages]
         if not getattr(tok, "chat_template", None):
             raise APIError(400, "this model has no chat template; use /v1/completions")
+        msgs = body.chat_messages()
         prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        if max_tokens is None:
-            max_tokens = self.engine.max_model_len - len(tok.encode(prompt))
-        return await self.serve(prompt, body, max_tokens, chat=True)
+        if max_tokens is None:  # the rest of the context (at least 1: too long is then a 400)
+            max_tokens = max(1, self.engine.max_model_len - len(tok.encode(prompt)))
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        params = body.sampling_params(max_tokens, logprobs)
+        return await self.serve([prompt], body, params, chat=True)
 
     # --- shared steps ----------------------------------------------------------------------
     def check_engine(self) -> None:
         if self.aeng.error is not None:
             raise APIError(500, f"engine failed: {self.aeng.error!r}", "InternalServerError")
 
-    def sampling_params(self, body: CommonRequest, max_tokens: int) -> SamplingParams:
-        if body.model != self.served_name:
-            raise APIError(
-                404, f"The model `{body.model}` does not exist.", "NotFoundError", "model"
-            )
-        if body.n != 1:
-            raise APIError(400, f"n={body.n}: this engine returns one choice (n=1)", param="n")
-        try:
-            return SamplingParams(
-                max_tokens=max_tokens,
-                temperature=float(body.temperature),
-                top_k=max(body.top_k, 0),
-                top_p=float(body.top_p),
-                seed=body.seed,
-                ignore_eos=body.ignore_eos,
-                stop_token_ids=list(body.stop_token_ids or []),
-            )
-        except ValueError as e:
-            raise APIError(400, str(e)) from e
+    def check_model(self, name: str) -> None:
+        if name != self.served_name:
+            raise APIError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
 
     def new_sequence(self, prompt: str | list[int], params: SamplingParams, rid: str) -> Sequence:
         try:
@@ -165,73 +162,125 @@ class OpenAIServing:
             if not finished:
                 self.aeng.abort(rid)
 
+    def make_choices(
+        self, prompts: list[str | list[int]], body: CommonRequest, params: SamplingParams, rid: str
+    ) -> list[tuple[Choice, Sequence]]:
+        """One sequence per (prompt, choice), all validated before any reaches the engine."""
+        each = params.choices()
+        if len(prompts) * len(each) > MAX_SEQUENCES:
+            raise APIError(
+                400,
+                f"{len(prompts)} prompts x n={len(each)} is {len(prompts) * len(each)} "
+                f"sequences; this server takes at most {MAX_SEQUENCES} per request",
+                param="n",
+            )
+        echo = isinstance(body, CompletionRequest) and bool(body.echo)
+        out = []
+        for i, (prompt, p) in enumerate(itertools.product(prompts, each)):
+            cid = rid if len(prompts) * len(each) == 1 else f"{rid}-{i}"
+            seq = self.new_sequence(prompt, p, cid)
+            text = "" if not echo else prompt if isinstance(prompt, str) else self.decode(prompt)
+            out.append((Choice(i, cid, self.engine.tokenizer, body.stop_strings(), text), seq))
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.engine.tokenizer.decode(ids, skip_special_tokens=True)
+
     async def serve(
-        self, prompt: str | list[int], body: CommonRequest, max_tokens: int, chat: bool
+        self,
+        prompts: list[str | list[int]],
+        body: CommonRequest,
+        params: SamplingParams,
+        chat: bool,
     ) -> StreamingResponse | dict:
-        params = self.sampling_params(body, max_tokens)
+        self.check_model(body.model)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        seq = self.new_sequence(prompt, params, rid)
+        pairs = self.make_choices(prompts, body, params, rid)
         self.check_engine()
-        q = self.aeng.submit(seq)
+        queues = [self.aeng.submit(seq) for _, seq in pairs]
+        choices = [c for c, _ in pairs]
         head = {"id": rid, "created": int(time.time()), "model": self.served_name}
+        run = Run(choices, queues, params.n, params.logprobs is not None, chat)
         if not body.stream:
-            return await self.complete(q, head, chat)
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = self.stream(q, head, chat, include_usage)
+            return await self.complete(run, head)
+        events = self.stream(run, head, body.include_usage())
         return StreamingResponse(events, media_type="text/event-stream")
 
-    async def complete(self, q: asyncio.Queue, head: dict, chat: bool) -> dict:
-        """The whole answer in one JSON body (decoded once, at the end)."""
-        last, ids = None, []
-        async for out in self.results(q, head["id"]):
-            ids += out.new_token_ids
-            last = out
-        text = self.engine.tokenizer.decode(ids)
-        if chat:
-            c = {"index": 0, "message": {"role": "assistant", "content": text}}
-        else:
-            c = {"index": 0, "text": text, "logprobs": None}
-        c["finish_reason"] = last.finish_reason
-        obj = "chat.completion" if chat else "text_completion"
-        return {**head, "object": obj, "choices": [c], "usage": usage(last)}
+    async def outputs(self, run: Run) -> AsyncIterator[tuple[Choice, StepOutput]]:
+        """Every choice's step outputs as they come, until each choice is done. A choice that
+        a stop string ended is aborted in the engine at once (its blocks freed)."""
+        if len(run.choices) == 1:  # the common case, without a task per choice
+            c = run.choices[0]
+            async with aclosing(self.results(run.queues[0], c.request_id)) as outs:
+                async for out in outs:
+                    yield c, out
+                    if c.done:
+                        return
+            return
+        merged: asyncio.Queue = asyncio.Queue()
 
-    async def stream(
-        self, q: asyncio.Queue, head: dict, chat: bool, include_usage: bool
-    ) -> AsyncIterator[str]:
-        """Server-sent events: one per token that adds text, then usage (if asked) and [DONE]."""
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        token_event = token_event_writer(head, obj, chat)
-        detok = Detokenizer(self.engine.tokenizer)
-        if chat:
-            first = {"index": 0, "delta": {"role": "assistant", "content": ""}}
-            yield sse({**head, "object": obj, "choices": [first]})
-        last = None
+        async def pump(c: Choice, q: asyncio.Queue) -> None:
+            try:
+                async for out in self.results(q, c.request_id):
+                    merged.put_nowait((c, out))
+            except APIError as e:
+                merged.put_nowait((c, e))
+
+        tasks = [asyncio.create_task(pump(c, q)) for c, q in zip(run.choices, run.queues)]
         try:
-            async for out in self.results(q, head["id"]):
-                text = detok.add(out.new_token_ids)
-                last = out
-                finish = out.finish_reason if out.finished else None
-                if text or finish:
-                    yield token_event(text, finish)
+            while not all(c.done for c in run.choices):
+                c, out = await merged.get()
+                if isinstance(out, APIError):
+                    raise out
+                yield c, out
+                if c.stopped_early:
+                    self.aeng.abort(c.request_id)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def complete(self, run: Run, head: dict) -> dict:
+        """The whole answer in one JSON body."""
+        texts = {c.index: [c.echo] for c in run.choices}
+        entries: dict[int, list[Entry]] = {c.index: [] for c in run.choices}
+        async for c, out in self.outputs(run):
+            delta = c.add(out)
+            texts[c.index].append(delta.text)
+            entries[c.index] += delta.entries
+        bodies = [
+            choice_body(
+                c, "".join(texts[c.index]), entries[c.index] if run.logprobs else None, run.chat
+            )
+            for c in run.choices
+        ]
+        obj = "chat.completion" if run.chat else "text_completion"
+        return {**head, "object": obj, "choices": bodies, "usage": usage(run.choices, run.n)}
+
+    async def stream(self, run: Run, head: dict, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events: per choice its start (chat role, or echoed prompt), one event per
+        step that adds text (or logprobs, or the finish), then usage (if asked) and [DONE]."""
+        obj = "chat.completion.chunk" if run.chat else "text_completion"
+        token_event = token_event_writer(head, obj, run.chat)
+        for c in run.choices:
+            if run.chat:
+                first = {"index": c.index, "delta": {"role": "assistant", "content": ""}}
+                yield sse({**head, "object": obj, "choices": [first]})
+            elif c.echo:
+                yield token_event(c.index, c.echo, None)
+        try:
+            async for c, out in self.outputs(run):
+                delta = c.add(out)
+                if run.logprobs and (delta.text or delta.entries or delta.finish_reason):
+                    chunk = chunk_choice(c.index, delta, run.chat, logprobs=True)
+                    yield sse({**head, "object": obj, "choices": [chunk]})
+                elif delta.text or delta.finish_reason:
+                    yield token_event(c.index, delta.text, delta.finish_reason)
         except APIError as e:  # the engine died mid-stream: say so in the stream
             yield sse(error_body(e.status, e.message, e.type))
             return
         if include_usage:
-            yield sse({**head, "object": obj, "choices": [], "usage": usage(last)})
+            yield sse({**head, "object": obj, "choices": [], "usage": usage(run.choices, run.n)})
         yield "data: [DONE]\n\n"
-
-
-def token_event_writer(head: dict, obj: str, chat: bool):
-    """The per-token SSE event, the hot path (one per token per stream): its constant part is
-    serialized once, only the new text and the finish reason are encoded per token."""
-    prefix = "data: " + json.dumps({**head, "object": obj})[:-1] + ', "choices": [{"index": 0, '
-    text_key = '"delta": {"content": ' if chat else '"text": '
-    text_end = "}" if chat else ', "logprobs": null'
-
-    def token_event(text: str, finish: str | None) -> str:
-        return f'{prefix}{text_key}{json.dumps(text)}{text_end}, "finish_reason": {json.dumps(finish)}}}]}}\n\n'
-
-    return token_event
 
 
 class APIKeyMiddleware:
@@ -251,15 +300,9 @@ class APIKeyMiddleware:
 
 
 async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """pydantic's complaints as one OpenAI error message (400)."""
-    problems = []
-    for err in exc.errors():
-        if err.get("type") == "json_invalid":
-            problems.append(f"the body is not valid JSON ({err.get('msg')})")
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        problems.append(f"{where}: {err.get('msg')}")
-    return JSONResponse(error_body(400, "; ".join(problems), "BadRequestError"), status_code=400)
+    """pydantic's complaints as one OpenAI error (400) naming the field and the value."""
+    message, param = validation_message(exc.errors())
+    return JSONResponse(error_body(400, message, "BadRequestError", param), status_code=400)
 
 
 async def on_api_error(_: Request, exc: APIError) -> JSONResponse:
