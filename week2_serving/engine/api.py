@@ -114,7 +114,9 @@ class OpenAIServing:
                 param="echo",
             )
         if body.best_of is not None and body.best_of != (body.n or 1):
-            raise APIError(400, f"best_of={body.best_of} is implemented only as best_of == n")
+            raise APIError(
+                400, f"best_of={body.best_of} is implemented only as best_of == n", param="best_of"
+            )
         params = body.sampling_params(body.max_tokens or 16, body.logprobs)
         return await self.serve(body.prompts(), body, params, chat=False)
 
@@ -143,10 +145,18 @@ class OpenAIServing:
             raise APIError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
 
     def new_sequence(self, prompt: str | list[int], params: SamplingParams, rid: str) -> Sequence:
+        limit = self.engine.max_model_len
+        if isinstance(prompt, list) and len(prompt) >= limit:  # before scanning the ids
+            raise APIError(
+                400,
+                f"the prompt has {len(prompt)} tokens; this model's context is {limit}",
+                param="prompt",
+            )
         try:
             return self.engine.make_sequence(prompt, params, rid)
-        except ValueError as e:
-            raise APIError(400, str(e), param="prompt") from e
+        except ValueError as e:  # too long with max_tokens, outside the vocabulary, empty
+            param = "max_tokens" if "maximum context length" in str(e) else "prompt"
+            raise APIError(400, str(e), param=param) from e
 
     async def results(self, q: asyncio.Queue, rid: str) -> AsyncIterator[StepOutput]:
         """The request's step outputs until it finishes; abort it if the consumer goes away."""

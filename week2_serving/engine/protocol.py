@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     Strict,
     StrictBool,
     StrictInt,
@@ -37,7 +38,6 @@ MAX_COMPLETION_LOGPROBS, MAX_CHAT_LOGPROBS = 5, 20  # OpenAI's limits
 Number = Annotated[float, Strict(), AllowInfNan(False)]  # an int or a finite float
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 TokenId = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
-TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 ShortStr = Annotated[StrictStr, Field(max_length=256)]
 StopStr = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
@@ -134,13 +134,41 @@ def only_no_op(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def check_prompt(value: Any) -> str | list[int] | list[str] | list[list[int]]:
+    """The completions prompt, checked by hand: one clear message instead of four (one per
+    shape the value is not)."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(map(_token, value))):
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"prompt must be a string, a list of token ids, or a list of 1 to {MAX_PROMPTS} "
+            f"strings or token lists (got {short_repr(value)})"
+        )
+    if len(value) > MAX_PROMPTS:
+        raise ValueError(f"prompt holds {len(value)} prompts; send at most {MAX_PROMPTS}")
+    if all(isinstance(p, str) for p in value):
+        return value
+    for i, p in enumerate(value):
+        if not (isinstance(p, list) and p and all(map(_token, p))):
+            raise ValueError(
+                f"prompt[{i}]={short_repr(p)}: each prompt of a list must be a string or a "
+                f"non-empty list of token ids in [0, 2**63), all of one kind"
+            )
+    return value
+
+
+def _token(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**63
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class CompletionRequest(CommonRequest):
-    prompt: (
-        StrictStr
-        | TokenIds
-        | Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_PROMPTS)]
-        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
-    )
+    # a string, a list of token ids, or a list of 1..MAX_PROMPTS of either
+    prompt: Annotated[str | list[int] | list[str] | list[list[int]], PlainValidator(check_prompt)]
     max_tokens: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)] | None = 16
     logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     echo: StrictBool | None = False
@@ -229,9 +257,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         if err.get("type") == "extra_forbidden":
             text = f"unknown field `{where}`: this server does not implement it; leave it out"
         else:
-            got = repr(err.get("input"))
-            got = got if len(got) <= 60 else got[:57] + "..."
-            text = f"{where}: {err.get('msg')} (got {got})"
+            text = f"{where}: {err.get('msg')} (got {short_repr(err.get('input'))})"
         if text not in problems:
             problems.append(text)
             params.append(loc[0] if loc else None)
