@@ -44,6 +44,23 @@ def left_pad(prompts: list[list[int]], device: torch.device, pad_id: int = 0):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def check_prompts(prompts: list[list[int]], vocab: int, ctx: int, max_tokens: int) -> None:
+    """Refuse, naming the problem, prompts that are empty, outside the vocabulary or too long."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError(
+            "every prompt needs at least one token (got an empty prompt or no prompts)"
+        )
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+    longest = max(len(p) for p in prompts)
+    if longest + max_tokens > ctx:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_tokens={max_tokens} exceeds the context "
+            f"of {ctx} tokens; shorten the prompt or lower max_tokens to {max(ctx - longest, 0)}"
+        )
+
+
 @torch.inference_mode()
 def generate(
     model: GPT,
@@ -54,20 +71,8 @@ def generate(
     record_step_times: bool = False,
 ) -> GenerateOutput:
     """Generate up to `params.max_tokens` for each prompt (a list of token-id lists)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError(
-            "every prompt needs at least one token (got an empty prompt or no prompts)"
-        )
-    V, ctx = model.cfg.vocab_size, model.cfg.block_size
-    bad = [t for p in prompts for t in p if not 0 <= t < V]
-    if bad:
-        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {V})")
+    check_prompts(prompts, model.cfg.vocab_size, model.cfg.block_size, params.max_tokens)
     longest = max(len(p) for p in prompts)
-    if longest + params.max_tokens > ctx:
-        raise ValueError(
-            f"prompt of {longest} tokens + max_tokens={params.max_tokens} exceeds the context "
-            f"of {ctx} tokens; shorten the prompt or lower max_tokens to {max(ctx - longest, 0)}"
-        )
     model.eval()
     device = model.lm_head.weight.device
     gen = make_generator(params.seed, device) if params.seed is not None else None

@@ -257,7 +257,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
         if err.get("type") == "extra_forbidden":
             text = f"unknown field `{where}`: this server does not implement it; leave it out"
         else:
-            text = f"{where}: {err.get('msg')} (got {short_repr(err.get('input'))})"
+            text = f"{where}={short_repr(err.get('input'))}: {err.get('msg')}"
         if text not in problems:
             problems.append(text)
             params.append(loc[0] if loc else None)
