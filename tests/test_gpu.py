@@ -48,7 +48,7 @@ def test_cache_equals_no_cache_on_gpu(arch):
     torch.manual_seed(0)
     model = GPT(make_config(arch, "tiny", vocab_size=97)).cuda().eval()
     prompts = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11], [4]]
-    p = SamplingParams(max_new_tokens=64)
+    p = SamplingParams(max_tokens=64)
     a = generate(model, prompts, p, use_cache=True, return_logits=True)
     b = generate(model, prompts, p, use_cache=False, return_logits=True)
     assert a.tokens == b.tokens

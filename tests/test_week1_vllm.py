@@ -22,9 +22,7 @@ def test_vllm_serves_the_export_and_greedy_matches_ours(tiny_gpt, vllm_tiny):
     model, tok = load_model_and_tokenizer(tiny_gpt["checkpoint"])
     prompts = ["The ", "def __init__(self", "Operator precedence", "\n"]
     n = 24
-    ours = generate(
-        model, [tok.encode(p) for p in prompts], SamplingParams(max_new_tokens=n)
-    ).tokens
+    ours = generate(model, [tok.encode(p) for p in prompts], SamplingParams(max_tokens=n)).tokens
     models = httpx.get(vllm_tiny.url + "/v1/models", timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["tiny"]
     for prompt, mine in zip(prompts, ours):

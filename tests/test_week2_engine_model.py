@@ -12,8 +12,7 @@ from week1_gpt_kvcache.hf_convert import to_hf_model
 from week1_gpt_kvcache.model import GPT, make_config
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.model_runner import make_group, paged_attention
-from week2_serving.engine.sampler import Sampler, filter_logits
-from week2_serving.engine.sequence import SamplingParams, Sequence
+from week2_serving.engine.sequence import SamplingParams
 
 
 # --- paged attention == dense attention ---------------------------------------------------------
@@ -173,21 +172,3 @@ def test_same_seed_same_tokens_whatever_the_batch(tiny_gpt, hf_reference):
     assert eng.generate(["The list type"], other, use_tqdm=False)[0].token_ids != alone
     top1 = SamplingParams(max_tokens=5, temperature=1.0, top_k=1, seed=1, ignore_eos=True)
     assert eng.generate([PROMPTS[0]], top1, use_tqdm=False)[0].token_ids == refs[0]
-
-
-def test_top_k_and_top_p_filters():
-    logits = torch.tensor([3.0, 1.0, 2.0, 0.0])
-    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [False, True, False, True]
-    # probs ~ [0.64, 0.09, 0.24, 0.03]: top_p 0.7 keeps the first two ranked (0.64, then 0.24)
-    kept = ~torch.isinf(filter_logits(logits, 0, 0.7))
-    assert kept.tolist() == [True, False, True, False]
-    assert (~torch.isinf(filter_logits(logits, 0, 0.5))).sum() == 1  # the top token always stays
-
-
-def test_sampler_follows_its_distribution():
-    sampler = Sampler()
-    seqs = [Sequence([1], SamplingParams(temperature=1.0, seed=i)) for i in range(400)]
-    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).repeat(400, 1)
-    tokens = torch.tensor(sampler(logits, seqs))
-    freq = torch.bincount(tokens, minlength=3).float() / 400
-    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.07)

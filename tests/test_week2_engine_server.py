@@ -81,7 +81,7 @@ def post(url: str, path: str, body, **kw) -> httpx.Response:
         ({"model": "tiny", "prompt": "hi", "max_tokens": 0}, "max_tokens=0"),
         ({"model": "tiny", "prompt": "hi", "max_tokens": -3}, "max_tokens=-3"),
         ({"model": "tiny", "prompt": "hi", "temperature": -1}, "temperature"),
-        ({"model": "tiny", "prompt": "word " * 200, "max_tokens": 4}, "maximum context length"),
+        ({"model": "tiny", "prompt": "word " * 200, "max_tokens": 4}, "context"),
         ({"model": "tiny", "prompt": [1, 2, 100000]}, "outside the vocabulary"),
     ],
 )

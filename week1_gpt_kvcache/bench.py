@@ -81,7 +81,7 @@ def bench_cache(model: GPT, prompt: list[int], cfg: BenchConfig) -> list[dict]:
                 model.cfg.block_size,
             )
             continue
-        params = SamplingParams(max_new_tokens=n)
+        params = SamplingParams(max_tokens=n)
         row = {"new_tokens": n}
         for name, use_cache in (("cache", True), ("no_cache", False)):
 
@@ -170,7 +170,7 @@ def bench_vs_hf(model: GPT, hf, prompts: list[list[int]], cfg: BenchConfig, devi
         def ours(batch=batch):
             synchronize(device)
             t0 = time.perf_counter()
-            out = generate(model, batch, SamplingParams(max_new_tokens=n))
+            out = generate(model, batch, SamplingParams(max_tokens=n))
             return time.perf_counter() - t0, out.tokens
 
         @torch.inference_mode()

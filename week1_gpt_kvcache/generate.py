@@ -19,26 +19,9 @@ from common.cli import parse
 from common.device import pick_device, synchronize
 from week1_gpt_kvcache.checkpoint import load_model_and_tokenizer
 from week1_gpt_kvcache.model import GPT
+from week1_gpt_kvcache.sampling import SamplingParams, make_generator, mask_tokens, sample
 
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy (argmax)
-    top_k: int | None = None  # keep the k most likely tokens
-    top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus)
-    seed: int | None = None  # for reproducible sampling
-    stop_token_ids: tuple[int, ...] = ()  # e.g. the EOS id; the stop token is not returned
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k} must be >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+__all__ = ["GenerateOutput", "SamplingParams", "generate", "left_pad", "main"]
 
 
 @dataclass
@@ -48,26 +31,6 @@ class GenerateOutput:
     prefill_seconds: float = 0.0  # time to the first new token
     decode_seconds: float = 0.0  # time for the remaining tokens
     step_seconds: list[float] = field(default_factory=list)  # per step, if record_step_times
-
-
-def sample_next(
-    logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
-) -> torch.Tensor:
-    """Pick one token per row from (B, V) logits."""
-    if p.temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / p.temperature
-    if p.top_k is not None and p.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if p.top_p is not None and p.top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # tokens after the mass reached p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
 def left_pad(prompts: list[list[int]], device: torch.device, pad_id: int = 0):
@@ -82,7 +45,7 @@ def left_pad(prompts: list[list[int]], device: torch.device, pad_id: int = 0):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def check_prompts(model: GPT, prompts: list[list[int]], max_new_tokens: int) -> int:
+def check_prompts(model: GPT, prompts: list[list[int]], max_tokens: int) -> int:
     """Refuse empty prompts, unknown ids and overlong requests; return the longest prompt."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError(
@@ -93,10 +56,10 @@ def check_prompts(model: GPT, prompts: list[list[int]], max_new_tokens: int) -> 
     if bad:
         raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {V})")
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > ctx:
+    if longest + max_tokens > ctx:
         raise ValueError(
-            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context "
-            f"of {ctx} tokens; shorten the prompt or lower max_new_tokens to {max(ctx - longest, 0)}"
+            f"prompt of {longest} tokens + max_tokens={max_tokens} exceeds the context "
+            f"of {ctx} tokens; shorten the prompt or lower max_tokens to {max(ctx - longest, 0)}"
         )
     return longest
 
@@ -150,29 +113,29 @@ def generate(
     return_logits: bool = False,
     record_step_times: bool = False,
 ) -> GenerateOutput:
-    """Generate up to `params.max_new_tokens` for each prompt (a list of token-id lists)."""
-    longest = check_prompts(model, prompts, params.max_new_tokens)
+    """Generate up to `params.max_tokens` for each prompt (a list of token-id lists)."""
+    longest = check_prompts(model, prompts, params.max_tokens)
     model.eval()
     device = model.lm_head.weight.device
-    gen = (
-        torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
-    )
+    gen = make_generator(params.seed, device) if params.seed is not None else None
     ids, key_mask, positions = left_pad(prompts, device)
     B = len(prompts)
-    cache = model.new_cache(B, longest + params.max_new_tokens) if use_cache else None
+    cache = model.new_cache(B, longest + params.max_tokens) if use_cache else None
     stops = torch.tensor(params.stop_token_ids or [-1], device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
     step_logits: list[torch.Tensor] = []
     clock = StepClock(device)
-    for step in range(params.max_new_tokens):
+    for step in range(params.max_tokens):
         # the whole sequence so far (prefill, or no cache), else only the newest token
         new = slice(None) if cache is None or step == 0 else slice(-1, None)
         logits, _ = model(ids[:, new], cache=cache, positions=positions[:, new], key_mask=key_mask)
         logits = logits[:, -1, :]  # (B, V): the next-token distribution
         if return_logits:
             step_logits.append(logits.float().cpu())
-        nxt = sample_next(logits, params, gen)  # (B,)
+        if step < params.min_tokens:  # no stop token before min_tokens
+            logits = mask_tokens(logits, params.stop_token_ids)
+        nxt = sample(logits, params, gen)  # (B,)
         done = done | torch.isin(nxt, stops)
         out.append(torch.where(done, torch.full_like(nxt, -1), nxt))
         ids, key_mask, positions = append_token(ids, key_mask, positions, nxt)
@@ -193,8 +156,8 @@ class GenerateConfig:
     prompt: list[str] = field(default_factory=list)  # one or more prompts, one batch; none = "\n"
     max_new_tokens: int = 100  # tokens to generate per prompt
     temperature: float = 0.8  # 0 = greedy (argmax)
-    top_k: int | None = None  # keep the k most likely tokens
-    top_p: float | None = None  # nucleus sampling: the smallest set reaching probability p
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    top_p: float = 1.0  # nucleus sampling: the smallest set reaching probability p (1 = off)
     seed: int = 0  # for reproducible sampling
     cache: bool = True  # use the KV cache; --no-cache recomputes the whole context each step
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
@@ -204,11 +167,11 @@ class GenerateConfig:
 
     def sampling(self, stop_token_ids: tuple[int, ...] = ()) -> SamplingParams:
         return SamplingParams(
-            self.max_new_tokens,
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.seed,
+            max_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
             stop_token_ids=stop_token_ids,
         )
 

@@ -261,7 +261,7 @@ def write_samples(model: GPT, tok, seed: int, path: Path) -> list[str]:
     """Three sampled continuations (temperature 0.8, top-k 50) into samples.txt."""
     prompts = ["The ", "\n", "def "] if tok.kind == "bpe" else ["T", "\n", "d"]
     params = SamplingParams(
-        max_new_tokens=min(120, model.cfg.block_size - 4),
+        max_tokens=min(120, model.cfg.block_size - 4),
         temperature=0.8,
         top_k=50,
         seed=seed,

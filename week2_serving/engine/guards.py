@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.results import get_logger
-from week2_serving.engine.protocol import APIError, error_body
+from week2_serving.engine.protocol import APIError, error_body, validation_message
 
 log = get_logger("week2.engine.server")
 OPEN_PATHS = ("/health",)  # answered without a key: a supervisor's liveness probe
@@ -145,15 +145,9 @@ def replay(body: bytes, receive):
 
 # --- errors as OpenAI bodies --------------------------------------------------------------------
 async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """pydantic's complaints as one OpenAI error message (400)."""
-    problems = []
-    for err in exc.errors():
-        if err.get("type") == "json_invalid":
-            problems.append(f"the body is not valid JSON ({err.get('msg')})")
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        problems.append(f"{where}: {err.get('msg')}")
-    return JSONResponse(error_body(400, "; ".join(problems), "BadRequestError"), status_code=400)
+    """pydantic's complaints as one OpenAI error (400) naming the field and the value."""
+    message, param = validation_message(exc.errors())
+    return JSONResponse(error_body(400, message, "BadRequestError", param), status_code=400)
 
 
 async def on_api_error(_: Request, exc: APIError) -> JSONResponse:

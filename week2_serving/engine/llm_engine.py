@@ -29,6 +29,7 @@ from tqdm import tqdm
 from common.device import pick_device, pick_dtype
 from common.hub import is_offline, resolve_model
 from common.results import get_logger, runs_root
+from week1_gpt_kvcache.sampling import TokenLogprobs
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.metrics import EngineMetrics
@@ -82,6 +83,7 @@ class StepOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     error: str | None = None  # what went wrong, when finish_reason is "error"
+    logprobs: TokenLogprobs | None = None  # of the new token, when the request asked
 
 
 @dataclass
@@ -291,6 +293,7 @@ class LLMEngine:
             s.num_prompt_tokens,
             s.num_output_tokens,
             s.error,
+            s.output_logprobs[-1] if got_token and s.params.logprobs is not None else None,
         )
 
     # --- offline ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Every step computes some of the rest:
   outputs stay in `tokens`, so the next prefill recomputes prompt + outputs and decoding
   continues where it stopped.
 
-Pure Python, no torch: the scheduler and block manager are testable on their own.
+Pure Python logic, no tensors: the scheduler and block manager are testable on their own.
+(`SamplingParams` is week 1's: one sampling rule for the whole course.)
 """
 
 from __future__ import annotations
@@ -21,40 +22,16 @@ from __future__ import annotations
 import enum
 import itertools
 import time
-from dataclasses import dataclass, field
+
+from week1_gpt_kvcache.sampling import SamplingParams, TokenLogprobs
+
+__all__ = ["SamplingParams", "Sequence", "Status"]
 
 
 class Status(enum.Enum):
     WAITING = "waiting"  # in the waiting queue (new, or preempted)
     RUNNING = "running"  # has blocks, is scheduled every step
     FINISHED = "finished"  # done: stop token, max_tokens, aborted, or too long
-
-
-@dataclass
-class SamplingParams:
-    """What vLLM's SamplingParams means by the same names (the subset this engine implements)."""
-
-    max_tokens: int = 16
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    seed: int | None = None  # per-request generator: same seed, same tokens
-    ignore_eos: bool = False
-    stop_token_ids: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens={self.max_tokens!r} must be an integer >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
-        if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 turns it off)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 _ids = itertools.count()
@@ -88,6 +65,7 @@ class Sequence:
         self.arrival_time = time.monotonic()
         self.last_token_time: float | None = None  # when the latest output token was sampled
         self.num_preemptions = 0
+        self.output_logprobs: list[TokenLogprobs] = []  # one per output token, if asked
 
     # --- views ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -114,7 +92,8 @@ class Sequence:
         """Add a sampled token and finish the sequence if it is a stop token or the last one."""
         self.tokens.append(token_id)
         p = self.params
-        if not p.ignore_eos and (token_id == self.eos_token_id or token_id in p.stop_token_ids):
+        is_eos = token_id == self.eos_token_id and not p.ignore_eos
+        if (is_eos or token_id in p.stop_token_ids) and self.num_output_tokens > p.min_tokens:
             self.finish("stop")
         elif self.num_output_tokens >= p.max_tokens:
             self.finish("length")
