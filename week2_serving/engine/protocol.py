@@ -84,6 +84,8 @@ class CommonRequest(ClosedModel):
     min_tokens: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
     stop_token_ids: Annotated[list[TokenId], Field(max_length=64)] | None = None
     user: ShortStr | None = None  # metadata only
+    # prefix-cache isolation (vLLM's field): requests share cached KV only with the same salt
+    cache_salt: Annotated[ShortStr, Field(min_length=1)] | None = None
     # accepted only as no-ops (NO_OP)
     frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None

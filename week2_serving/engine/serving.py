@@ -127,13 +127,15 @@ class GenerationRoutes:
         except ValueError as e:
             raise APIError(400, str(e), param="prompt") from e
 
-    def new_sequence(self, ids: list[int], params: SamplingParams, rid: str) -> Sequence:
+    def new_sequence(
+        self, ids: list[int], params: SamplingParams, rid: str, salt: str | None = None
+    ) -> Sequence:
         limit = self.engine.max_model_len
         if len(ids) >= limit:  # before scanning the ids
             message = f"the prompt has {len(ids)} tokens; this model's context is {limit}"
             raise APIError(400, message, param="prompt")
         try:  # tokens already: this checks the length with max_tokens and the vocabulary
-            return self.engine.make_sequence(ids, params, rid)
+            return self.engine.make_sequence(ids, params, rid, cache_salt=salt)
         except ValueError as e:  # too long with max_tokens, outside the vocabulary, empty
             param = "max_tokens" if "maximum context length" in str(e) else "prompt"
             raise APIError(400, str(e), param=param) from e
@@ -160,7 +162,7 @@ class GenerationRoutes:
         pairs = itertools.product(enumerate(prompts), each)
         for i, ((j, ids), p) in enumerate(pairs):
             cid = rid if total == 1 else f"{rid}-{i}"
-            seq = self.new_sequence(ids, p, cid)
+            seq = self.new_sequence(ids, p, cid, body.cache_salt)
             echo = "" if echoes is None else echoes[j] or self.decode(ids)
             out.append((Choice(i, cid, self.engine.tokenizer, body.stop_strings(), echo), seq))
         return out
