@@ -14,7 +14,6 @@ status is non-zero when anything did.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
@@ -22,7 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from common.cli import build_parser, config_from_args
 from common.results import REPO_ROOT, get_logger, read_json, runs_root
 
 log = get_logger("pipeline")
@@ -141,7 +142,7 @@ def gpu_steps() -> list[Step]:
     ]
 
 
-PROFILES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu_steps, "gpu": gpu_steps}
+PROFILES: dict[str, Callable[[], list[Step]]] = {"cpu": cpu_steps, "gpu": gpu_steps}  # --profile
 
 
 GROUPS = ("week0", "week1", "week2", "week2-engine", "week3", "report")
@@ -242,14 +243,18 @@ def summary(outcomes: list[Outcome], failures: list[str]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class PipelineConfig:
+    """Run the curriculum's main job step by step (make all, make weekN)."""
+
+    profile: Literal["cpu", "gpu"] = "cpu"  # cpu: the 2-core defaults; gpu: GPU presets, hub model
+    only: list[str] | None = None  # some of: week0 week1 week2 week2-engine week3 report
+    dry_run: bool = False  # print the steps, run nothing
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    p.add_argument("--only", nargs="+", default=None, metavar="PART", help=f"some of {GROUPS}")
-    p.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
-    a = p.parse_args(argv)
+    p = build_parser(PipelineConfig, description=__doc__)
+    a = config_from_args(PipelineConfig, p.parse_args(argv))
     try:
         steps = select(PROFILES[a.profile](), a.only)
     except ValueError as e:

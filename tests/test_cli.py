@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -32,6 +33,8 @@ ENTRY_POINTS = [
     "week2_serving.report",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
+    "week2_serving.harness.soak",
+    "common.pipeline",
     "week3_finetune_lora.data",
     "week3_finetune_lora.sft",
     "week3_finetune_lora.dpo",
@@ -45,16 +48,43 @@ ENTRY_POINTS = [
 FROM_CONFIG = [m for m in ENTRY_POINTS if m.startswith(("week0_", "week1_", "common."))]
 
 
+# Every entry point's `--help`, run in one child process (torch and friends imported once, not
+# once per entry point): each module runs as `python -m MODULE --help` would, under runpy.
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+out = {}
+for module in sys.argv[1:]:
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [module, "--help"]
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException as e:
+            code, _ = 1, stderr.write(repr(e))
+    out[module] = [code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
 @functools.cache
-def run_help(module: str) -> subprocess.CompletedProcess:
-    """`python -m module --help`, run once per session however many tests read it."""
-    return subprocess.run(
-        [sys.executable, "-m", module, "--help"],
+def all_help() -> dict[str, subprocess.CompletedProcess]:
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_RUNNER, *ENTRY_POINTS],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {m: subprocess.CompletedProcess([m], rc, so, se) for m, (rc, so, se) in result.items()}
+
+
+def run_help(module: str) -> subprocess.CompletedProcess:
+    """`python -m module --help`, as the one runner above saw it."""
+    return all_help()[module]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)
@@ -101,7 +131,7 @@ def test_flags_used_by_the_pipeline_and_readmes_still_parse():
     w1 = week1("--preset", "tiny", "--arch", "gpt2", "--resume")
     assert (w1.arch, w1.size, w1.resume, w1.run_name) == ("gpt2", "tiny", True, "gpt-gpt2-bpe")
     g = parse(generate.GenerateConfig, ["--prompt", "The ", "--no-cache", "--top-k", "5"])
-    assert (g.prompt, g.cache, g.top_k, g.top_p) == (["The "], False, 5, None)
+    assert (g.prompt, g.cache, g.top_k, g.top_p) == (["The "], False, 5, 1.0)
     b = parse(bench.BenchConfig, ["--lengths", "64", "128", "--repeats", "1", "--device", "cpu"])
     assert (b.lengths, b.repeats, b.hf_batches) == ([64, 128], 1, [1, 8])
 
