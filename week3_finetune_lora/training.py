@@ -2,8 +2,8 @@
 
 QLoRA: the frozen base is stored in 4-bit NF4 with double quantization (the absmax scales are
 themselves quantized), the LoRA matrices stay fp32. On CPUs with AVX512-BF16, bitsandbytes'
-fast inference path breaks the next backward, so it is switched off on every Linear4bit (see
-../shared/ENVIRONMENT.md).
+fast inference path breaks the next backward, so it is switched off on every Linear4bit
+(`fix_bnb_cpu_backward` below says how).
 """
 
 from __future__ import annotations
