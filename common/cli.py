@@ -23,11 +23,11 @@ Fields with `field(metadata={"cli": False})` are left off the command line.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import inspect
 import io
 import math
+import re
 import textwrap
 import tokenize
 import types
@@ -42,40 +42,80 @@ NONE_WORDS = {"none", "null"}
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The comment on each field's line (or the comment lines just above it), by field name."""
+    """The comment on each field's line (or the comment lines just above it), by field name.
+
+    Read with `tokenize` from the class's source lines, not with `ast`/`inspect.getsource`
+    (which parse the whole module with the compiler: slower, and on CPython 3.11 it can fail
+    spuriously after a RecursionError elsewhere in the process)."""
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        try:
-            source = textwrap.dedent(inspect.getsource(klass))
-        except (OSError, TypeError):
-            continue
-        out.update(_comments_in(source))
+        body = _class_body(klass)
+        if body:
+            out.update(_comments_in(textwrap.dedent("\n".join(body)) + "\n"))
     return out
 
 
-def _comments_in(source: str) -> dict[str, str]:
-    comments: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-    lines = source.splitlines()
-    tree = ast.parse(source)
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    found: dict[str, str] = {}
-    for node in body:
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+def _class_body(klass: type) -> list[str]:
+    """The source lines of `klass`'s body (empty when the source cannot be found)."""
+    try:
+        lines = Path(inspect.getsourcefile(klass) or "").read_text().splitlines()
+    except (OSError, TypeError):
+        return []
+    head = re.compile(rf"^(\s*)class {re.escape(klass.__name__)}\b")
+    for i, line in enumerate(lines):
+        m = head.match(line)
+        if not m:
             continue
-        text = comments.get(node.end_lineno or node.lineno)
+        indent, body = len(m.group(1)), []
+        for line in lines[i + 1 :]:
+            text = line.strip()
+            if text and len(line) - len(line.lstrip()) <= indent:
+                break  # the first line back at the class's own indentation ends its body
+            body.append(line)
+        return body
+    return []
+
+
+def _comments_in(source: str) -> dict[str, str]:
+    """Field name -> comment, for the top-level `name: type = ...` lines of a class body."""
+    comments: dict[int, str] = {}
+    fields: list[tuple[str, int, int]] = []  # (name, first row, last row) of each field
+    start, first = None, []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                names = [x for x in first if x.type not in (tokenize.INDENT, tokenize.DEDENT)]
+                top = start is not None and start[1] == 0
+                if (
+                    top
+                    and len(names) > 1
+                    and names[0].type == tokenize.NAME
+                    and names[1].string == ":"
+                ):
+                    fields.append((names[0].string, start[0], tok.start[0]))
+                start, first = None, []
+            elif tok.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT):
+                start = start or tok.start
+                if len(first) < 2:
+                    first.append(tok)
+    except (tokenize.TokenError, IndentationError):
+        return {}
+    lines = source.splitlines()
+    found: dict[str, str] = {}
+    for name, row, end in fields:
+        text = comments.get(end)
         if text is None:  # comment lines directly above the field
-            above, row = [], node.lineno - 1
-            while row >= 1 and lines[row - 1].strip().startswith("#"):
-                above.insert(0, comments.get(row, ""))
+            above = []
+            while row > 1 and lines[row - 2].strip().startswith("#"):
                 row -= 1
+                above.insert(0, comments.get(row, ""))
             text = " ".join(above) if above else None
         if text:
-            found[node.target.id] = text
+            found[name] = text
     return found
 
 

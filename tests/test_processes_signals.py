@@ -122,8 +122,8 @@ def requests_running(port: int) -> bool:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return False
-    return any(
-        line.startswith("engine_num_requests_running ") and float(line.split()[1]) > 0
+    return any(  # vLLM's name, labelled with the model: vllm:num_requests_running{...} N
+        line.startswith("vllm:num_requests_running") and float(line.split()[-1]) > 0
         for line in text.splitlines()
     )
 

@@ -173,5 +173,5 @@ def test_sampling_never_raises_and_greedy_is_argmax(row, batch, p, dtype, one_fi
     assert all(0 <= i < len(row) for i in ids.tolist())
     if p.greedy:
         assert torch.equal(ids, logits.argmax(-1))
-    elif one_finite:
+    elif one_finite and torch.isfinite(logits[0, len(row) // 2]):  # it may overflow in 16 bits
         assert ids.tolist() == [len(row) // 2] * batch  # the only possible token
