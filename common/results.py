@@ -33,7 +33,7 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get("IE_RUNS_DIR", REPO_ROOT / "runs"))
+    return Path(os.environ.get("IE_RUNS_DIR") or REPO_ROOT / "runs")  # unset or empty: runs/
 
 
 def run_dir(week: str, name: str) -> Path:
