@@ -72,6 +72,7 @@ def cpu_steps() -> list[Step]:
         _s("week2/quality", "week2_serving.quant.quality", ("week2/quantize",)),
         _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
         _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),
+        _s("week2/capacity", "week2_serving.harness.capacity", ("week1/export",)),
         _s("week2/engine-bench", "week2_serving.engine.bench", ("week1/export",), "week2-engine"),
         _s(
             "week2/engine-report",
