@@ -30,6 +30,7 @@ ENTRY_POINTS = [
     "week2_serving.harness.capacity",
     "week2_serving.harness.rates",
     "week2_serving.harness.traces",
+    "week2_serving.harness.prefix_study",
     "week2_serving.quant.quantize",
     "week2_serving.quant.quality",
     "week2_serving.report",

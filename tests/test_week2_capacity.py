@@ -7,8 +7,9 @@ import math
 
 import pytest
 
+from common.results import write_json_atomic
 from week2_serving.harness.capacity import CapacityConfig, conclude, cost_per_million, parse_args
-from week2_serving.harness.capacity_page import plot_search, write_page
+from week2_serving.harness.capacity_page import capacity_section, plot_search, write_page
 from week2_serving.harness.slo import Probe, SLOTerm, attainment, bisect_capacity, parse_term
 
 
@@ -108,3 +109,13 @@ def test_the_page_and_plot_are_written(tmp_path):
     assert plot_search(results, tmp_path / "c.png").stat().st_size > 1000
     text = write_page(results, tmp_path / "r.md").read_text()
     assert "**Capacity: " in text and text.count("| 1.") == len(calls)
+    # the sweep report's section: one row per study beside the sweep, and the frontier plot
+    sweep = tmp_path / "week2" / "sweep-cpu"
+    sweep.mkdir(parents=True)
+    assert capacity_section(sweep, [], None) is None  # no study: no section
+    results["config"].update(engine="vllm", server_args=["--no-enable-prefix-caching"])
+    results["verification"] = {"at": {"meets": True}, "above": {"meets": False}}
+    write_json_atomic(tmp_path / "week2" / "capacity-fake" / "results.json", results)
+    section = capacity_section(sweep, [], None)
+    assert "vllm · hf-model --no-enable-prefix-caching" in section
+    assert "| meets | misses |" in section and (sweep / "slo_frontier.png").is_file()

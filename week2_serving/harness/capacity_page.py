@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.plots import plt, save
 from common.report import md_table
-from common.results import atomic_write_bytes
+from common.results import atomic_write_bytes, read_json
 
 
 def _fmt(x, spec: str = "{:.3g}") -> str:
@@ -92,3 +92,76 @@ def write_page(results: dict, path: Path) -> Path:
     ]
     atomic_write_bytes(path, "\n".join(text).encode())
     return path
+
+
+# ---- the sweep report's section: every capacity study beside the sweep ----
+
+
+def load_studies(week_dir: Path) -> list[dict]:
+    """The capacity studies under runs/week2 (capacity-*/results.json), by name."""
+    out = []
+    for path in sorted(Path(week_dir).glob("capacity-*/results.json")):
+        res = read_json(path)
+        res["folder"] = path.parent.name
+        out.append(res)
+    return out
+
+
+def lever_of(res: dict) -> str:
+    """What the study's server was: engine, model folder name, server flags."""
+    cfg = res["config"]
+    model = Path(cfg.get("model") or "runs/week1/hf-model").name
+    where = cfg.get("base_url") or f"{cfg['engine']} · {model}"
+    return " ".join([where, *cfg.get("server_args", [])])
+
+
+def frontier_plot(studies: list[dict], path: Path) -> Path:
+    """Goodput against offered rate, every probe of every study: the SLO frontier is where
+    goodput stops following the offered rate."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, res in enumerate(studies):
+        pts = sorted(
+            (p["rate"], p["summary"].get("goodput") or 0.0)
+            for s in res["searches"]
+            for p in s["probes"]
+        )
+        if pts:
+            ax.plot(*zip(*pts), "-o", color=f"C{i}", label=res["config"]["name"], ms=3)
+        if res.get("capacity"):
+            ax.axvline(res["capacity"], color=f"C{i}", ls=":", alpha=0.7)
+    lim = max((p["rate"] for r in studies for s in r["searches"] for p in s["probes"]), default=1)
+    ax.plot([0, lim], [0, lim], color="gray", lw=0.8, label="goodput = offered")
+    ax.set_xlabel("offered rate (req/s)")
+    ax.set_ylabel("goodput (req/s meeting the SLO)")
+    ax.set_title("SLO frontier (dotted: capacity found)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def capacity_section(sweep: Path, cells: list[dict], baseline: str | None) -> str | None:
+    """The report's capacity part (a report.Section): one row per study under the sweep's
+    parent folder, with the capacity's spread, the check at it and above, and the cost."""
+    studies = load_studies(Path(sweep).parent)
+    if not studies:
+        return None
+    rows = []
+    for r in studies:
+        check = r.get("verification") or {}
+        caps = r.get("capacities") or []
+        rows.append(
+            [
+                f"[{r['config']['name']}](../{r['folder']}/report.md)",
+                lever_of(r),
+                " ".join(r["slo"]),
+                f"{_fmt(r.get('capacity'))} [{_fmt(min(caps, default=None))}–"
+                f"{_fmt(max(caps, default=None))}] ({len(caps)})",
+                "meets" if check.get("at", {}).get("meets") else "misses" if check else "n/a",
+                "meets" if check.get("above", {}).get("meets") else "misses" if check else "n/a",
+                _fmt(r.get("usd_per_1m_output_tokens"), "${:.2f}"),
+            ]
+        )
+    head = ["study", "server", "SLO", "capacity req/s [min–max] (searches)", "check at it"]
+    head += ["check at 1.25x", "$ / 1M output tok"]
+    img = frontier_plot(studies, Path(sweep) / "slo_frontier.png")
+    return "\n".join([md_table(head, rows), "", f"![SLO frontier]({img.name})"])

@@ -119,13 +119,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, list[float] 
     p.add_argument("--profile", choices=["rates", "sweep"], default="rates")
     p.add_argument("--num-rates", type=int, default=5, help="rates between the ends (sweep)")
     a = p.parse_args(argv)
-    if a.profile == "rates" and not a.request_rates:
+    # the bench's parser leaves unset flags out of the namespace: read ours with defaults
+    rates = vars(a).pop("request_rates", None)
+    profile = vars(a).pop("profile", "rates")
+    num = vars(a).pop("num_rates", 5)
+    if profile == "rates" and not rates:
         p.error("give --request-rates R [R ...] or --profile sweep")
     if "goodput" in a:
         a.goodput = dict(a.goodput)
-    rates, profile, num = a.request_rates, a.profile, a.num_rates
-    for k in ("request_rates", "profile", "num_rates"):
-        delattr(a, k)
     try:
         cfg = config_from_args(BenchConfig, a)
     except (TypeError, ValueError) as e:

@@ -32,8 +32,10 @@ SPREAD_KEYS = (
     "mean_tpot_token_weighted_ms",
     "p99_tpot_token_weighted_ms",
     "mean_itl_ms",
+    "median_itl_ms",
     "p99_itl_ms",
     "mean_e2el_ms",
+    "median_e2el_ms",
     "p99_e2el_ms",
 )
 PER_RUN_DROPPED = ("requests", "config", "environment", "server", "per_turn")
