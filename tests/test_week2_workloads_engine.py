@@ -84,3 +84,27 @@ def test_reset_is_refused_while_a_request_runs(served):
     finally:
         engine_blocks.free_seq(seq)
     assert httpx.post(url + "/reset_prefix_cache", json={}).json() == {"reset": True}
+
+
+def test_a_trace_is_replayed_at_its_own_times(served, tmp_path):
+    url, _, hf_dir = served
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,input_len,output_len\n5.0,6,3\n5.4,4,2\n5.2,5,4\n")
+    res = bench.main(
+        bench.BenchConfig(
+            base_url=url,
+            model="tiny",
+            tokenizer=str(hf_dir),
+            dataset_name="trace",
+            dataset_path=str(trace),
+            trace_speedup=2.0,
+            num_warmups=0,
+            save=False,
+        )
+    )
+    assert res["completed"] == 3 and res["duration"] >= 0.2  # the last one is sent at 0.2 s
+    sent = [(q["arrival_s"], q["start_time"]) for q in res["requests"]]
+    assert [a for a, _ in sent] == pytest.approx([0.0, 0.1, 0.2])
+    gaps = [b[1] - a[1] for a, b in zip(sent, sent[1:])]
+    assert all(0.08 <= g <= 0.3 for g in gaps), gaps
+    assert [q["output_tokens"] for q in res["requests"]] == [3, 4, 2]  # counted, as asked
