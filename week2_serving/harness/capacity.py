@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from common.cli import build_parser, config_from_args
+from common.procs import sigterm_as_interrupt
 from common.results import get_logger, run_dir, runs_root, save_results
 from week2_serving.harness import bench
 from week2_serving.harness.capacity_page import plot_search, write_page
@@ -232,4 +233,6 @@ def parse_args(argv: list[str] | None = None) -> CapacityConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cfg = parse_args()
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the server started is stopped
+        main(cfg)

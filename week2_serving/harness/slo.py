@@ -8,7 +8,8 @@ Goodput is then the rate of requests that met every term at once.
 
 Capacity is the highest request rate (open loop: arrivals do not wait for the server) whose
 run meets the SLO. It is found by **bisection over measured points**: bracket it between a
-rate that met the SLO and one that missed, measure the midpoint, keep the half where the
+rate that met the SLO and one that missed (the bottom halved until it meets, the top doubled
+until it misses: in an open loop the offered rate can exceed what the server completes), measure the midpoint, keep the half where the
 boundary lies, until the bracket is narrower than `tolerance` (relative) or the probes run
 out. The answer is the highest *measured* rate that met it, never an interpolation: every
 number reported was measured. Measurements are noisy, so a rate just below the boundary can
@@ -94,9 +95,10 @@ def bisect_capacity(
     tolerance: float = 0.05,
     max_probes: int = 8,
 ) -> dict:
-    """Bisection over measured rates between `low` and `high` (requests/s). Returns the
-    capacity (highest measured rate that met the SLO, None if even `low`, halved up to 3
-    times, missed) and every probe in the order measured."""
+    """Bisection over measured rates between `low` and `high` (requests/s), the bracket
+    widened first where its ends do not straddle the boundary. Returns the capacity (highest
+    measured rate that met the SLO; None if even `low`, halved 3 times, missed) and every
+    probe in the order measured."""
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high, got low={low}, high={high}")
     probes: list[Probe] = []
@@ -112,8 +114,11 @@ def bisect_capacity(
         missed, low = low, low / 2
     if missed is not None:
         high = missed
-    elif run(high).meets:
-        return {"capacity": high, "probes": probes, "why": "met at the highest rate tried"}
+    else:  # the top must miss: double it (open loop, arrivals can outrun the server)
+        while run(high).meets:
+            if len(probes) >= max_probes:
+                return {"capacity": high, "probes": probes, "why": "met at the highest rate tried"}
+            low, high = high, high * 2
     while high / low - 1 > tolerance and len(probes) < max_probes:
         mid = (low + high) / 2
         low, high = (mid, high) if run(mid).meets else (low, mid)
