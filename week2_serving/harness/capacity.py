@@ -13,6 +13,11 @@ and at `--verify-factor` × it: the first should meet the SLO, the second miss i
 its runs). The cost per 1M tokens at capacity prices the machine-hour at `--usd-per-hour`.
 The prefix cache is reset before every run (vLLM is started with VLLM_SERVER_DEV_MODE=1 for
 it). Writes runs/week2/capacity-<name>/results.json, capacity.png and report.md.
+
+A capacity belongs to its run length: `--num-prompts` requests offered at any rate are at
+worst one burst of that many, so if the saturated run (everything at once) meets the SLO no
+rate can miss it, and the search ends saying so. Choose lengths and a run size whose burst
+misses the SLO (the defaults do on the week 1 model on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -44,13 +49,13 @@ class CapacityConfig:
     engine: str = "vllm"  # vllm | sglang | engine, when the server is started here
     model: str | None = None  # HF folder or hub id (none: runs/week1/hf-model)
     tokenizer: str | None = None  # for --base-url: the model's folder (none: the server says)
-    input_len: int = 64  # mean prompt tokens (random workload)
-    output_len: int = 64  # mean output tokens
+    input_len: int = 256  # mean prompt tokens (random workload)
+    output_len: int = 128  # mean output tokens
     range_ratio: float = 0.5  # lengths uniform in [len*(1-r), len*(1+r)]
-    num_prompts: int = 48  # requests per measured run
+    num_prompts: int = 64  # requests per measured run
     probe_runs: int = 1  # runs per probed rate (their requests pooled)
     tolerance: float = 0.1  # stop when the bracket's width is under this share of its bottom
-    max_probes: int = 7  # measured rates per search, at most
+    max_probes: int = 9  # measured rates per search, at most
     searches: int = 1  # independent searches (other arrival seeds): the capacity's spread
     verify_runs: int = 3  # runs at the capacity and at verify_factor x it (0: no check)
     verify_factor: float = 1.25
