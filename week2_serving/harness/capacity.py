@@ -1,6 +1,6 @@
 """Capacity under an SLO: the highest request rate a server sustains while meeting it.
 
-    python -m week2_serving.harness.capacity --slo ttft_p99:500 tpot_p99:50     # vLLM CPU, week 1 model
+    python -m week2_serving.harness.capacity --slo ttft_p99:500 tpot_p99:20     # vLLM CPU, week 1 model
     python -m week2_serving.harness.capacity --engine engine --name engine --slo ttft_p99:500
     python -m week2_serving.harness.capacity --name no-pc -- --no-enable-prefix-caching  # server flags
     python -m week2_serving.harness.capacity --base-url http://127.0.0.1:8000 --tokenizer DIR ...
@@ -43,7 +43,7 @@ log = get_logger("week2.capacity")
 class CapacityConfig:
     """Find the highest request rate that meets an SLO, check it, and price it."""
 
-    slo: list[str] = field(default_factory=lambda: ["ttft_p99:500", "tpot_p99:50"])  # terms
+    slo: list[str] = field(default_factory=lambda: ["ttft_p99:500", "tpot_p99:20"])  # terms
     name: str = "default"  # results go to runs/week2/capacity-<name>
     base_url: str | None = None  # a running server (none: start `engine` serving `model`)
     engine: str = "vllm"  # vllm | sglang | engine, when the server is started here

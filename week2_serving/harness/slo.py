@@ -8,11 +8,12 @@ Goodput is then the rate of requests that met every term at once.
 
 Capacity is the highest request rate (open loop: arrivals do not wait for the server) whose
 run meets the SLO. It is found by **bisection over measured points**: bracket it between a
-rate that met the SLO and one that missed (the bottom halved until it meets, the top doubled
-until it misses: in an open loop the offered rate can exceed what the server completes), measure the midpoint, keep the half where the
+rate that met the SLO and one that missed (the bottom halved until it meets), measure the midpoint, keep the half where the
 boundary lies, until the bracket is narrower than `tolerance` (relative) or the probes run
 out. The answer is the highest *measured* rate that met it, never an interpolation: every
-number reported was measured. Measurements are noisy, so a rate just below the boundary can
+number reported was measured. The top of the bracket is the saturated rate, the most the
+server completes per second: a higher offered rate cannot be sustained (its queue grows for
+as long as the load lasts), even if a short run of it still meets a latency bound. Measurements are noisy, so a rate just below the boundary can
 miss by chance: bisection then settles lower, which the verification runs (3 at the answer, 3
 at 1.25× it) show.
 """
@@ -95,10 +96,9 @@ def bisect_capacity(
     tolerance: float = 0.05,
     max_probes: int = 8,
 ) -> dict:
-    """Bisection over measured rates between `low` and `high` (requests/s), the bracket
-    widened first where its ends do not straddle the boundary. Returns the capacity (highest
-    measured rate that met the SLO; None if even `low`, halved 3 times, missed) and every
-    probe in the order measured."""
+    """Bisection over measured rates between `low` and `high` (requests/s). Returns the
+    capacity (highest measured rate that met the SLO; `high` when it meets; None if even
+    `low`, halved 3 times, missed) and every probe in the order measured."""
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high, got low={low}, high={high}")
     probes: list[Probe] = []
@@ -114,11 +114,11 @@ def bisect_capacity(
         missed, low = low, low / 2
     if missed is not None:
         high = missed
-    else:  # the top must miss: double it (open loop, arrivals can outrun the server)
-        while run(high).meets:
-            if len(probes) >= max_probes:
-                return {"capacity": high, "probes": probes, "why": "met at the highest rate tried"}
-            low, high = high, high * 2
+    elif run(high).meets:
+        why = (
+            "met at the top of the bracket, the saturated rate: throughput, not latency, bounds it"
+        )
+        return {"capacity": high, "probes": probes, "why": why}
     while high / low - 1 > tolerance and len(probes) < max_probes:
         mid = (low + high) / 2
         low, high = (mid, high) if run(mid).meets else (low, mid)
