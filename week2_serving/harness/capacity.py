@@ -56,7 +56,10 @@ class CapacityConfig:
     probe_runs: int = 1  # runs per probed rate (their requests pooled)
     tolerance: float = 0.1  # stop when the bracket's width is under this share of its bottom
     max_probes: int = 9  # measured rates per search, at most
-    searches: int = 1  # independent searches (other arrival seeds): the capacity's spread
+    searches: int = 1  # repeated searches: the capacity's spread
+    # each search with its own arrival seed (the workload's sampling noise too); off: the same
+    # arrival times every search (the measurement's noise only)
+    new_arrivals: bool = True
     verify_runs: int = 3  # runs at the capacity and at verify_factor x it (0: no check)
     verify_factor: float = 1.25
     usd_per_hour: float = 2.0  # price of one machine-hour, for $ per 1M tokens
@@ -131,7 +134,7 @@ def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms, edges: dict)
     """`cfg.searches` bisections, each with its own arrival seed."""
     out = []
     for s in range(cfg.searches):
-        seed = cfg.seed + 1 + s
+        seed = cfg.seed + 1 + (s if cfg.new_arrivals else 0)
 
         def probe(rate: float, seed: int = seed) -> Probe:
             return measure(base, terms, rate, cfg.probe_runs, seed)
