@@ -126,13 +126,19 @@ def test_token_weighted_tpot_differs_from_request_weighted():
     assert request_weighted == 20.0 and w["mean_tpot_token_weighted_ms"] > 29
 
 
-def test_ttft_by_turn_groups_successful_turns():
-    reqs = multi_turn_requests(Tok(), 2, 2, 3, 3)
-    recs = [rec(0.1, 1, 3), rec(0.02, 1, 3), rec(0.3, 1, 3), rec(9, 9, 3, ok=False)]
-    turns = ttft_by_turn(reqs, recs)
+def test_ttft_by_turn_pools_successful_turns():
+    rows = [
+        {"turn": 0, "ttft": 0.1, "prompt_len": 3, "success": True},
+        {"turn": 1, "ttft": 0.02, "prompt_len": 9, "success": True},
+        {"turn": 0, "ttft": 0.3, "prompt_len": 3, "success": True, "run": 1},
+        {"turn": 1, "ttft": 9.0, "prompt_len": 9, "success": False},
+        {"ttft": 9.0, "prompt_len": 9, "success": True},  # not a turn
+    ]
+    turns = ttft_by_turn(rows)
     assert turns["0"]["n"] == 2 and turns["0"]["mean_ttft_ms"] == pytest.approx(200)
     assert turns["1"] == {"n": 1, "mean_ttft_ms": 20.0, "median_ttft_ms": 20.0,
-                          "mean_prompt_len": 4.0}  # fmt: skip
+                          "mean_prompt_len": 9.0}  # fmt: skip
+    assert ttft_by_turn(rows[-1:]) == {}
 
 
 def test_combine_runs_reports_medians_and_min_max():

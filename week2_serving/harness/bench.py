@@ -227,6 +227,9 @@ def run_all(
         if interrupted:
             break
     results = combine_runs(runs)
+    turns = ttft_by_turn(results["requests"])  # every run pooled
+    if turns:
+        results["per_turn"] = turns
     if interrupted:
         results.update(interrupted=interrupted, unfinished=len(requests) - len(records))
     results["prefix_cache_reset"] = resets or "not asked"
@@ -291,10 +294,6 @@ def results_of(
         "environment": environment(server_versions=server_versions(cfg.base_url, cfg.backend)),
         "requests": per_request,
     }
-    if requests is not None and len(requests) == len(records):
-        turns = ttft_by_turn(requests, records)
-        if turns:
-            results["per_turn"] = turns
     return results
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from week2_serving.harness.client import Request
-from week2_serving.harness.metrics import RequestRecord
 from week2_serving.harness.synth import lengths, random_ids, vocabulary
 
 
@@ -78,20 +77,21 @@ def multi_turn_requests(
     return reqs
 
 
-def ttft_by_turn(requests: list[Request], records: list[RequestRecord]) -> dict[str, dict]:
-    """TTFT per turn index over the successful requests: {turn: {n, mean_ttft_ms,
+def ttft_by_turn(rows: list[dict]) -> dict[str, dict]:
+    """TTFT per turn index over the successful request records of results.json (each with
+    `turn`, `ttft`, `prompt_len`, `success`), every run pooled: {turn: {n, mean_ttft_ms,
     median_ttft_ms, mean_prompt_len}}; empty for a workload without turns."""
-    by: dict[int, list[RequestRecord]] = {}
-    for req, rec in zip(requests, records):
-        if isinstance(req, TurnRequest) and rec.success:
-            by.setdefault(req.turn, []).append(rec)
+    by: dict[int, list[dict]] = {}
+    for row in rows:
+        if row.get("turn") is not None and row.get("success"):
+            by.setdefault(row["turn"], []).append(row)
     out = {}
     for turn in sorted(by):
-        ttfts = np.array([r.ttft for r in by[turn]]) * 1000
+        ttfts = np.array([r["ttft"] for r in by[turn]]) * 1000
         out[str(turn)] = {
             "n": len(ttfts),
             "mean_ttft_ms": float(ttfts.mean()),
             "median_ttft_ms": float(np.median(ttfts)),
-            "mean_prompt_len": float(np.mean([r.prompt_len for r in by[turn]])),
+            "mean_prompt_len": float(np.mean([r["prompt_len"] for r in by[turn]])),
         }
     return out
