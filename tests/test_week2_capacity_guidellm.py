@@ -12,6 +12,7 @@ from week2_serving.harness.guidellm_check import (
     METRIC_MAP,
     compare,
     guidellm_command,
+    guidellm_env,
     parse_guidellm,
     verdict,
 )
@@ -58,3 +59,8 @@ def test_the_command_asks_for_constant_rates_on_the_completions_api(tmp_path):
     assert profile == {"kind": "constant", "rate": [1.5, 3.0]}
     assert "request_format=/v1/completions" in cmd[cmd.index("--backend") + 1]
     assert cmd[cmd.index("--constraint") + 1] == "kind=max_requests,count=32"
+
+
+def test_guidellm_runs_one_worker_process_by_default():
+    assert guidellm_env()["GUIDELLM__MAX_WORKER_PROCESSES"] == "1"
+    assert guidellm_env(4)["GUIDELLM__MAX_WORKER_PROCESSES"] == "4"

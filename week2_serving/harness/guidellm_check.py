@@ -16,6 +16,7 @@ skipped.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from week2_serving.harness import bench
 
 log = get_logger("week2.guidellm")
 GUIDELLM = REPO_ROOT / ".venvs" / "guidellm" / "bin" / "guidellm"
+# guidellm sends from 10 worker processes by default; on a few cores they take CPU from the
+# server (its API process shares the clients' core in validate) and inflate what guidellm
+# measures. One worker process (asyncio inside, as our client) loads the machine as ours does.
+GUIDELLM_WORKERS = 1
 CONSTANT_BURSTINESS = 1e4  # gamma shape: gaps of CV 1/sqrt(1e4) = 1%, i.e. constant
 # ours -> guidellm's metric (its mean over successful requests)
 METRIC_MAP = {
@@ -56,6 +61,11 @@ def guidellm_command(
         f"kind=json,path={out}",
         "--disable-console",
     ]
+
+
+def guidellm_env(workers: int = GUIDELLM_WORKERS) -> dict[str, str]:
+    """guidellm's environment: this one, with its worker-process count set."""
+    return {**os.environ, "GUIDELLM__MAX_WORKER_PROCESSES": str(workers)}
 
 
 def parse_guidellm(path: Path) -> list[dict]:
@@ -93,7 +103,9 @@ def run_check(
         return {"skipped": f"{GUIDELLM} not found: run `make setup-guidellm`"}
     path = out / "guidellm-benchmarks.json"
     cmd = guidellm_command(url, model, model_dir, prompts, rates, count, path)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=out)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=1800, cwd=out, env=guidellm_env()
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     rows = []
