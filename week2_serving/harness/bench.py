@@ -23,11 +23,11 @@ import gc
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import aiohttp
 import httpx
-import numpy as np
 from tqdm import tqdm
 
 from common.cli import config_from_args
@@ -39,20 +39,16 @@ from common.timing import environment
 from week2_serving.harness.bench_config import BenchConfig, bench_parser, parse_goodput
 from week2_serving.harness.client import Request, send_request
 from week2_serving.harness.metrics import RequestRecord, compute_metrics
+from week2_serving.harness.multiturn import ttft_by_turn
+from week2_serving.harness.repeats import combine_runs, reset_prefix_cache
+from week2_serving.harness.schedule import arrival_intervals, chains
+from week2_serving.harness.tpot_weights import token_weighted_tpot
 from week2_serving.harness.workloads import build_workload
 
-__all__ = ["BenchConfig", "main", "parse_args", "parse_goodput", "run_load"]
+__all__ = ["BenchConfig", "arrival_intervals", "main", "parse_args", "parse_goodput", "run_load"]
 
 log = get_logger("week2.bench")
-
-
-def arrival_intervals(n: int, rate: float, burstiness: float, seed: int = 0) -> np.ndarray:
-    """Seconds to wait before each request. Gamma(shape=b, scale=1/(rate·b)): mean 1/rate,
-    variance 1/(rate²·b); b = 1 is a Poisson process (exponential gaps). rate = inf: no waits."""
-    if math.isinf(rate):
-        return np.zeros(n)
-    rng = np.random.default_rng(seed)
-    return rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
+TAGS = ("conversation", "turn", "arrival_s")  # what a request records of its workload
 
 
 def discover_model(
@@ -118,9 +114,13 @@ async def run_load(
     count_tokens,
     progress: bool = True,
     collected: Collected | None = None,
+    warmups: int | None = None,
+    before_run: Callable[[], object] | None = None,
 ) -> tuple[list[RequestRecord], float]:
-    """Send `requests` with the configured arrival process and concurrency cap; return every
-    record and the run's wall time. `collected` receives each record as it finishes."""
+    """Send `requests` as the schedule says (arrival process, trace times or conversations)
+    under the concurrency cap; return every record and the run's wall time. `warmups` untimed
+    requests go first (default cfg.num_warmups), then `before_run()` (e.g. a prefix-cache
+    reset, so the warm-ups leave nothing behind). `collected` receives each record."""
     collected = collected or Collected(len(requests))
     limit = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
     timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s, connect=10.0)
@@ -140,28 +140,30 @@ async def run_load(
                     client, cfg.base_url, cfg.backend, model, req, count_tokens, cfg.api_key
                 )
 
-        async def measured(i: int, req: Request) -> RequestRecord:
-            collected.records[i] = rec = await one(req)
-            return rec
-
-        for i in range(cfg.num_warmups):  # untimed: first-request costs (compilation, caches)
+        for i in range(cfg.num_warmups if warmups is None else warmups):  # untimed
             warm = await one(requests[i % len(requests)])
             if not warm.success:
                 log.warning("warmup request failed: %s", warm.error)
+        if before_run is not None:
+            before_run()
         bar = tqdm(total=len(requests), desc="requests", leave=False, disable=not progress)
-        waits = arrival_intervals(len(requests), cfg.request_rate, cfg.burstiness, cfg.seed)
+
+        async def chain(offset: float, members: list[int]) -> None:
+            """One chain of the schedule: wait for its start, then its requests in turn."""
+            await asyncio.sleep(max(0.0, offset - collected.elapsed()))
+            for k, i in enumerate(members):
+                think = getattr(requests[i], "think_time_s", 0.0)
+                if k and think > 0:
+                    await asyncio.sleep(think)
+                collected.records[i] = await one(requests[i])
+                bar.update(1)
+
+        plan = chains(requests, cfg.request_rate, cfg.burstiness, cfg.seed)
         collected.start = time.perf_counter()
-        tasks = []
-        for i, (req, wait) in enumerate(zip(requests, waits)):
-            if wait > 0:
-                await asyncio.sleep(wait)
-            task = asyncio.create_task(measured(i, req))
-            task.add_done_callback(lambda _: bar.update(1))
-            tasks.append(task)
-        records = await asyncio.gather(*tasks)
+        await asyncio.gather(*(chain(offset, members) for offset, members in plan))
         duration = collected.elapsed()
         bar.close()
-    return list(records), duration
+    return collected.finished(), duration
 
 
 def resolve_target(cfg: BenchConfig) -> tuple[str, str]:
@@ -176,7 +178,12 @@ def resolve_target(cfg: BenchConfig) -> tuple[str, str]:
 
 
 def measure(
-    cfg: BenchConfig, requests: list[Request], model: str, count
+    cfg: BenchConfig,
+    requests: list[Request],
+    model: str,
+    count,
+    warmups: int | None = None,
+    before_run: Callable[[], object] | None = None,
 ) -> tuple[list[RequestRecord], float, str | None]:
     """(records, duration, the signal that interrupted the run or None). Ctrl-C or SIGTERM
     (as `Terminated`) ends the run early; the requests that finished are kept."""
@@ -187,7 +194,9 @@ def measure(
     gc.collect()
     gc.freeze()
     try:
-        records, duration = asyncio.run(run_load(cfg, requests, model, count, True, collected))
+        records, duration = asyncio.run(
+            run_load(cfg, requests, model, count, True, collected, warmups, before_run)
+        )
         return records, duration, None
     except KeyboardInterrupt as e:
         sig = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
@@ -198,6 +207,35 @@ def measure(
         gc.unfreeze()
 
 
+def run_all(
+    cfg: BenchConfig, requests, model: str, tok_path: str, count
+) -> tuple[dict, str | None]:
+    """`cfg.num_runs` measured runs (warm-ups before the first only, the prefix cache reset
+    before each when asked), combined: medians, with min–max in `spread`."""
+    runs, resets, interrupted = [], [], None
+    for k in range(cfg.num_runs):
+
+        def reset(k: int = k) -> None:
+            resets.append(reset_prefix_cache(cfg.base_url, cfg.api_key))
+            if resets[-1] != "reset":
+                log.warning("prefix cache not reset before run %d: %s", k + 1, resets[-1])
+
+        warmups = cfg.num_warmups if k == 0 else 0
+        before = reset if cfg.reset_prefix_cache else None
+        records, duration, interrupted = measure(cfg, requests, model, count, warmups, before)
+        runs.append(results_of(cfg, records, duration, model, tok_path, requests))
+        if interrupted:
+            break
+    results = combine_runs(runs)
+    turns = ttft_by_turn(results["requests"])  # every run pooled
+    if turns:
+        results["per_turn"] = turns
+    if interrupted:
+        results.update(interrupted=interrupted, unfinished=len(requests) - len(records))
+    results["prefix_cache_reset"] = resets or "not asked"
+    return results, interrupted
+
+
 def main(cfg: BenchConfig) -> dict:
     """Run the benchmark; results.json holds what was measured, even if it was interrupted
     (then, after saving, the KeyboardInterrupt is raised again)."""
@@ -206,18 +244,16 @@ def main(cfg: BenchConfig) -> dict:
     requests = build_requests(cfg, tokenizer)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
     log.info(
-        "%d requests (%s) to %s, model %s, concurrency %s, rate %s",
+        "%d requests (%s) to %s, model %s, concurrency %s, rate %s, %d run(s)",
         len(requests),
         cfg.dataset_name,
         cfg.base_url,
         model,
         cfg.max_concurrency or "unlimited",
         cfg.request_rate,
+        cfg.num_runs,
     )
-    records, duration, interrupted = measure(cfg, requests, model, count)
-    results = results_of(cfg, records, duration, model, tok_path)
-    if interrupted:
-        results.update(interrupted=interrupted, unfinished=len(requests) - len(records))
+    results, interrupted = run_all(cfg, requests, model, tok_path, count)
     log_summary(results)
     if cfg.save:
         save_results("week2", cfg.run_name, results)
@@ -227,13 +263,24 @@ def main(cfg: BenchConfig) -> dict:
 
 
 def results_of(
-    cfg: BenchConfig, records: list[RequestRecord], duration: float, model: str, tok_path: str
+    cfg: BenchConfig,
+    records: list[RequestRecord],
+    duration: float,
+    model: str,
+    tok_path: str,
+    requests: list[Request] | None = None,
 ) -> dict:
-    """The results document: vLLM-named metrics, the run's settings, every request's record."""
+    """The results document: vLLM-named metrics, the run's settings, every request's record
+    (with its conversation and turn in a multi-turn load, and TTFT per turn)."""
     metrics = compute_metrics(records, duration, cfg.percentiles, cfg.goodput)
     rate = cfg.request_rate if math.isfinite(cfg.request_rate) else "inf"
+    per_request = [r.to_dict() for r in records]
+    if requests is not None and len(requests) == len(records):
+        for d, req in zip(per_request, requests):
+            d.update({k: getattr(req, k) for k in TAGS if hasattr(req, k)})
     results = {
         **metrics,
+        **token_weighted_tpot(records, cfg.percentiles),
         "backend": cfg.backend,
         "model_id": model,
         "tokenizer_id": tok_path,
@@ -245,7 +292,7 @@ def results_of(
         "config": {**asdict(cfg), "request_rate": rate},
         "server": cfg.server_info,
         "environment": environment(server_versions=server_versions(cfg.base_url, cfg.backend)),
-        "requests": [r.to_dict() for r in records],
+        "requests": per_request,
     }
     return results
 

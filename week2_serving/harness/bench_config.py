@@ -41,11 +41,22 @@ class BenchConfig:
     prefix_len: int = 256  # tokens of each shared prefix (shared-prefix workload)
     suffix_len: int = 32  # unique tokens after the prefix (shared-prefix workload)
     num_prefixes: int = 4  # distinct prefixes (shared-prefix workload)
+    gsp_num_groups: int = 4  # groups, each its own system prompt (generated-shared-prefix)
+    gsp_prompts_per_group: int = 16  # requests per group (generated-shared-prefix)
+    gsp_system_prompt_len: int = 256  # tokens of each group's system prompt
+    gsp_question_len: int = 32  # tokens of each request's question after it
+    gsp_output_len: int = 64  # output tokens per request (generated-shared-prefix)
+    num_turns: int = 4  # turns per conversation (multi-turn; num_prompts/num_turns conversations)
+    think_time_s: float = 1.0  # seconds between a reply and the next turn (multi-turn)
+    trace_speedup: float = 1.0  # replay a trace this many times faster than recorded (trace)
     max_concurrency: int | None = None  # cap on requests in flight (none: no cap)
     request_rate: float = math.inf  # requests/s; inf = send all at once (up to max_concurrency)
     burstiness: float = 1.0  # gamma shape of inter-arrival times: 1 = Poisson, <1 burstier
     seed: int = 0  # seeds the workload and the arrival times
-    num_warmups: int = 2  # untimed requests before the run
+    num_warmups: int = 2  # untimed requests before the first run (their own prompts)
+    num_runs: int = 1  # measured runs; the results are their medians, with min-max beside
+    # POST /reset_prefix_cache before each run (vLLM with VLLM_SERVER_DEV_MODE=1, our engine)
+    reset_prefix_cache: bool = True
     ignore_eos: bool = True  # generate exactly max_tokens (as vllm bench serve)
     # SLOs in ms, e.g. {"ttft": 200, "tpot": 20}; on the command line --goodput ttft:200 tpot:20
     goodput: dict[str, float] = field(default_factory=dict, metadata=NOT_ON_CLI)
@@ -66,6 +77,13 @@ class BenchConfig:
         problem = workload_problem(self)
         if problem:
             raise ValueError(problem)
+        if self.num_runs < 1:
+            raise ValueError(f"num_runs={self.num_runs} must be >= 1")
+        if self.num_turns < 1 or self.think_time_s < 0 or not self.trace_speedup > 0:
+            raise ValueError(
+                f"num_turns={self.num_turns} must be >= 1, think_time_s={self.think_time_s} "
+                f">= 0 and trace_speedup={self.trace_speedup} > 0"
+            )
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts={self.num_prompts} must be >= 1")
         if self.max_concurrency is not None and self.max_concurrency < 1:

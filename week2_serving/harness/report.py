@@ -11,6 +11,8 @@ Writes SWEEP_DIR/report.md and PNGs beside it:
 - the decode roofline: a decode step reads the weights once plus every sequence's KV cache,
   so tokens/s ≤ batch × bandwidth / (weight bytes + KV bytes); the measured fraction of that
   ceiling is the memory-bandwidth utilisation (MBU);
+- capacity under an SLO: every capacity study beside the sweep (runs/week2/capacity-*), its
+  capacity per lever, the check at it and at 1.25x, $ per 1M tokens, the SLO frontier plot;
 - any extra sections its caller passes (`build(..., extra_sections=...)`).
 """
 
@@ -28,6 +30,7 @@ import torch
 from common.cli import build_parser, config_from_args
 from common.report import md_table
 from common.results import atomic_write_bytes, get_logger, read_json
+from week2_serving.harness.capacity_page import capacity_section
 from week2_serving.harness.report_plots import pareto, plots
 
 __all__ = ["Section", "build", "load_cells", "main", "pareto", "roofline"]
@@ -248,7 +251,8 @@ def build(
     bw = bandwidth_gbs or measure_bandwidth_gbs()
     env = cells[0]["environment"]
     extras = []
-    for title, section in (extra_sections or {}).items():
+    sections = {"Capacity under an SLO": capacity_section, **(extra_sections or {})}
+    for title, section in sections.items():
         body = section(sweep, cells, servers[0] if servers else None)
         extras += [f"\n## {title}\n", body] if body else []
     text = [

@@ -11,7 +11,9 @@ bench sends no temperature and the server samples at its default, which is anoth
 The server runs without prefix caching (the second tool would hit the first's prompts), its
 model worker on its own core(s) and everything else, both clients included, on the last one.
 Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
-median over rounds, and every round is kept, with each client's own CPU seconds. Writes
+median over rounds, and every round is kept, with each client's own CPU seconds. Then a second
+independent tool, guidellm (guidellm_check.py), runs at two constant rates (30% and 60% of our
+saturated rate) on one more prompt file, and ours at the same rates. Writes
 runs/week2/validate/results.json.
 """
 
@@ -32,7 +34,7 @@ from common.hub import hub_env, is_offline, resolve_model
 from common.results import get_logger, run_dir, runs_root, save_results
 from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
-from week2_serving.harness import bench
+from week2_serving.harness import bench, guidellm_check
 from week2_serving.harness.launch import launch
 from week2_serving.harness.workloads import random_requests
 
@@ -65,6 +67,9 @@ class ValidateConfig:
     rounds: int = 5  # each tool runs this many times, alternating; the medians are compared
     tolerance: float = 0.10  # relative difference of the medians counted as agreement
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
+    # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped
+    guidellm_rate_shares: tuple[float, float] = (0.3, 0.6)
+    guidellm_prompts: int = 64  # requests per guidellm rate (and ours)
 
     def __post_init__(self) -> None:
         for name in ("num_prompts", "input_len", "output_len", "max_concurrency", "rounds"):
@@ -95,11 +100,30 @@ def write_prompts(path: Path, tokenizer, cfg: ValidateConfig, seed: int) -> Path
             text = tokenizer.decode(r.prompt)
             f.write(
                 json.dumps(
-                    {"prompt": text, "output_len": r.output_len, "output_tokens": r.output_len}
+                    {
+                        "prompt": text,
+                        "output_len": r.output_len,
+                        "output_tokens": r.output_len,
+                        "output_tokens_count": r.output_len,  # guidellm's column
+                    }
                 )
                 + "\n"
             )
     return path
+
+
+def guidellm_part(url: str, model_dir: str, rows: list, cfg: ValidateConfig, out: Path) -> dict:
+    """guidellm at two constant rates (shares of our saturated rate) vs ours, same prompts."""
+    if not cfg.guidellm_rate_shares:
+        return {"skipped": "no rates asked"}
+    saturated = statistics.median(r["ours"]["request_throughput"] for r in rows)
+    rates = [round(share * saturated, 3) for share in cfg.guidellm_rate_shares]
+    tokenizer = bench.load_tokenizer(model_dir)
+    prompts = write_prompts(out / "prompts-guidellm.jsonl", tokenizer, cfg, seed=1000)
+    result = guidellm_check.run_check(
+        url, "week1", model_dir, prompts, rates, min(cfg.guidellm_prompts, cfg.num_prompts), out
+    )
+    return guidellm_check.verdict(result, cfg.tolerance)
 
 
 def run_vllm_bench(
@@ -196,7 +220,10 @@ def run_rounds(url: str, served: str, model_dir: str, cfg: ValidateConfig, out: 
             "round": r,
             "first": "vllm" if r % 2 == 0 else "ours",
             "vllm": {k: theirs[k] for k in COMPARED + ("completed", "client_cpu_s")},
-            "ours": {k: ours[k] for k in COMPARED + ("completed", "failed", "client_cpu_s")},
+            "ours": {
+                k: ours[k]
+                for k in COMPARED + ("completed", "failed", "client_cpu_s", "request_throughput")
+            },
             "ours_errors": ours.get("errors", [])[:3],
         }
         log.info(
@@ -250,6 +277,7 @@ def main(cfg: ValidateConfig) -> dict:
     try:
         with server:
             rows = run_rounds(server.url, "week1", folder, cfg, out)
+            second_tool = guidellm_part(server.url, folder, rows, cfg, out)
     finally:
         os.sched_setaffinity(0, set(cores))
     summary = summarize(rows, cfg.tolerance)
@@ -257,6 +285,7 @@ def main(cfg: ValidateConfig) -> dict:
         "summary": summary,
         "rounds": rows,
         "all_within_tolerance": all(s["within_tolerance"] for s in summary.values()),
+        "guidellm": second_tool,
         "config": asdict(cfg),
         "model": folder,
         "cpu_layout": {"worker": cores[:-1], "server_rest_and_clients": cores[-1:]}

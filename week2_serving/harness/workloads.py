@@ -8,6 +8,10 @@
   output length.
 - `shared-prefix`: `num_prefixes` system-prompt-like prefixes of `prefix_len` tokens, each
   followed by a unique suffix: the workload that prefix caching speeds up.
+- `generated-shared-prefix`: SGLang's gsp, groups × prompts per group × system-prompt length.
+- `multi-turn`: conversations whose every turn resends the history (multiturn.py).
+- `trace`: a BurstGPT-style CSV replayed at its own timestamps (traces.py).
+- `custom` and `prefix_repetition`: `vllm bench serve`'s names for `file` and `shared-prefix`.
 
 Adding a workload is one entry in `WORKLOADS`: a name, a function `(cfg, tokenizer) ->
 list[Request]` that reads the BenchConfig fields it needs, those fields' names, the fields it
@@ -26,24 +30,12 @@ from typing import Any
 import numpy as np
 
 from week2_serving.harness.client import Request
-
-
-def _lengths(rng: np.random.Generator, mean: int, ratio: float, n: int) -> np.ndarray:
-    if mean < 1:
-        raise ValueError(f"lengths must be >= 1, got {mean}")
-    if not 0 <= ratio < 1:
-        raise ValueError(f"range ratio must be in [0, 1), got {ratio}")
-    lo, hi = max(1, int(mean * (1 - ratio))), max(1, int(mean * (1 + ratio)))
-    return rng.integers(lo, hi + 1, size=n)
-
-
-def _special_ids(tokenizer) -> set[int]:
-    return set(getattr(tokenizer, "all_special_ids", []) or [])
-
-
-def _random_ids(rng: np.random.Generator, vocab: np.ndarray, n: int) -> list[int]:
-    return rng.choice(vocab, size=n).tolist()
-
+from week2_serving.harness.gsp import generated_shared_prefix_requests
+from week2_serving.harness.multiturn import multi_turn_requests
+from week2_serving.harness.synth import lengths as _lengths
+from week2_serving.harness.synth import random_ids as _random_ids
+from week2_serving.harness.synth import vocabulary
+from week2_serving.harness.traces import trace_requests
 
 OUTPUT_DISTS = ("uniform", "exponential")
 EXP_CAP = 6  # exponential output lengths are capped at 6x their mean
@@ -72,7 +64,7 @@ def random_requests(
     if output_dist not in OUTPUT_DISTS:
         raise ValueError(f"output_dist={output_dist!r}: use one of {', '.join(OUTPUT_DISTS)}")
     rng = np.random.default_rng(seed)
-    vocab = np.array(sorted(set(range(len(tokenizer))) - _special_ids(tokenizer)))
+    vocab = vocabulary(tokenizer)
     ins = _lengths(rng, input_len, range_ratio, num)
     if output_dist == "uniform":
         outs = _lengths(rng, output_len, range_ratio, num)
@@ -102,7 +94,7 @@ def shared_prefix_requests(
     if num_prefixes < 1 or prefix_len < 1 or suffix_len < 1:
         raise ValueError("num_prefixes, prefix_len and suffix_len must be >= 1")
     rng = np.random.default_rng(seed)
-    vocab = np.array(sorted(set(range(len(tokenizer))) - _special_ids(tokenizer)))
+    vocab = vocabulary(tokenizer)
     prefixes = [_random_ids(rng, vocab, prefix_len) for _ in range(num_prefixes)]
     reqs = []
     for i in range(num):
@@ -214,6 +206,44 @@ def _file(cfg, tokenizer) -> list[Request]:
     )
 
 
+def _gsp(cfg, tokenizer) -> list[Request]:
+    return generated_shared_prefix_requests(
+        tokenizer,
+        cfg.gsp_num_groups,
+        cfg.gsp_prompts_per_group,
+        cfg.gsp_system_prompt_len,
+        cfg.gsp_question_len,
+        cfg.gsp_output_len,
+        cfg.seed,
+        cfg.ignore_eos,
+    )
+
+
+def _multi_turn(cfg, tokenizer) -> list[Request]:
+    conversations = cfg.num_prompts // cfg.num_turns
+    if conversations < 1:
+        raise ValueError(
+            f"num_prompts={cfg.num_prompts} < num_turns={cfg.num_turns}: no whole conversation"
+        )
+    return multi_turn_requests(
+        tokenizer,
+        conversations,
+        cfg.num_turns,
+        cfg.random_input_len,
+        cfg.random_output_len,
+        cfg.think_time_s,
+        cfg.random_range_ratio,
+        cfg.seed,
+        cfg.ignore_eos,
+    )
+
+
+def _trace(cfg, tokenizer) -> list[Request]:
+    return trace_requests(
+        cfg.dataset_path, tokenizer, cfg.num_prompts, cfg.trace_speedup, cfg.seed, cfg.ignore_eos
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     "random": Workload(
         _random,
@@ -236,6 +266,47 @@ WORKLOADS: dict[str, Workload] = {
         _shared_prefix,
         ("num_prefixes", "prefix_len", "suffix_len", "random_output_len", "seed"),
         "a few long shared prefixes, each request a unique suffix (prefix caching)",
+    ),
+    "prefix_repetition": Workload(  # vllm bench serve's name for the same workload
+        _shared_prefix,
+        ("num_prefixes", "prefix_len", "suffix_len", "random_output_len", "seed"),
+        "vLLM's name for shared-prefix",
+    ),
+    "generated-shared-prefix": Workload(
+        _gsp,
+        (
+            "gsp_num_groups",
+            "gsp_prompts_per_group",
+            "gsp_system_prompt_len",
+            "gsp_question_len",
+            "gsp_output_len",
+            "seed",
+        ),
+        "SGLang's gsp: groups x prompts per group, each group one system prompt (num_prompts unused)",
+    ),
+    "custom": Workload(  # vllm bench serve's name for a JSONL prompt file
+        _file,
+        ("dataset_path", "random_output_len"),
+        "vLLM's name for file",
+        required=("dataset_path",),
+    ),
+    "multi-turn": Workload(
+        _multi_turn,
+        (
+            "num_turns",
+            "think_time_s",
+            "random_input_len",
+            "random_output_len",
+            "random_range_ratio",
+            "seed",
+        ),
+        "num_prompts/num_turns conversations; each turn's prompt holds the history",
+    ),
+    "trace": Workload(
+        _trace,
+        ("dataset_path", "trace_speedup", "seed"),
+        "replay a CSV trace (BurstGPT columns or timestamp,input_len,output_len)",
+        required=("dataset_path",),
     ),
 }
 

@@ -1,0 +1,66 @@
+"""Week 2: reading guidellm's results (a canned benchmarks.json of guidellm 0.8.1, trimmed to
+the fields read) and comparing them with ours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from week2_serving.harness.guidellm_check import (
+    METRIC_MAP,
+    compare,
+    guidellm_command,
+    guidellm_env,
+    parse_guidellm,
+    verdict,
+)
+
+CANNED = Path(__file__).parent / "data" / "guidellm-benchmarks.json"
+
+
+def test_parse_reads_each_rate_in_our_names():
+    rows = parse_guidellm(CANNED)
+    assert [r["rate"] for r in rows] == [2.0, 4.0]
+    first = rows[0]
+    assert first["completed"] == 20 and first["failed"] == 0
+    raw = json.loads(CANNED.read_text())["benchmarks"][0]["metrics"]
+    # vLLM's TPOT is guidellm's inter-token latency, not its time_per_output_token
+    assert first["mean_tpot_ms"] == raw["inter_token_latency_ms"]["successful"]["mean"]
+    assert first["mean_tpot_ms"] != raw["time_per_output_token_ms"]["successful"]["mean"]
+    assert first["output_throughput"] == raw["output_tokens_per_second"]["successful"]["mean"]
+    assert rows[1]["output_throughput"] > rows[0]["output_throughput"]  # twice the rate
+
+
+def test_parse_refuses_an_empty_file(tmp_path):
+    empty = tmp_path / "b.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    with pytest.raises(ValueError, match="no benchmark"):
+        parse_guidellm(empty)
+
+
+def test_compare_and_verdict_apply_the_tolerance():
+    theirs = dict.fromkeys(METRIC_MAP, 100.0)
+    ours = {**theirs, "mean_ttft_ms": 115.0}
+    row = {"rate": 1.0, **compare(ours, theirs, 1.0)}
+    assert row["mean_ttft_ms"]["relative_diff"] == pytest.approx(0.15)
+    out = verdict({"rows": [row]}, tolerance=0.10)
+    assert not out["all_within_tolerance"] and out["rows"][0]["output_throughput"]["within"]
+    assert verdict({"rows": [row]}, tolerance=0.2)["all_within_tolerance"]
+    assert verdict({"skipped": "absent"}, 0.1) == {"skipped": "absent"}
+
+
+def test_the_command_asks_for_constant_rates_on_the_completions_api(tmp_path):
+    cmd = guidellm_command(
+        "http://h:1", "m", "/tok", tmp_path / "p.jsonl", [1.5, 3.0], 32, tmp_path / "o.json"
+    )
+    profile = json.loads(cmd[cmd.index("--profile") + 1])
+    assert profile == {"kind": "constant", "rate": [1.5, 3.0]}
+    assert "request_format=/v1/completions" in cmd[cmd.index("--backend") + 1]
+    assert cmd[cmd.index("--constraint") + 1] == "kind=max_requests,count=32"
+
+
+def test_guidellm_runs_one_worker_process_by_default():
+    assert guidellm_env()["GUIDELLM__MAX_WORKER_PROCESSES"] == "1"
+    assert guidellm_env(4)["GUIDELLM__MAX_WORKER_PROCESSES"] == "4"

@@ -1,0 +1,246 @@
+"""Capacity under an SLO: the highest request rate a server sustains while meeting it.
+
+    python -m week2_serving.harness.capacity --slo ttft_p99:500 tpot_p99:20     # vLLM CPU, week 1 model
+    python -m week2_serving.harness.capacity --engine engine --name engine --slo ttft_p99:500
+    python -m week2_serving.harness.capacity --name no-pc -- --no-enable-prefix-caching  # server flags
+    python -m week2_serving.harness.capacity --base-url http://127.0.0.1:8000 --tokenizer DIR ...
+
+Steps: (1) the synchronous rate (one request at a time: 1 / mean latency) and the saturated
+rate (everything at once: the most the server completes per second) bracket the search;
+(2) bisection over measured open-loop rates (slo.py says how) finds the highest that meets the
+SLO, `--searches` times; (3) a separate check runs `--verify-runs` times at the capacity found
+and at `--verify-factor` × it: the first should meet the SLO, the second miss it (pooled over
+its runs). The cost per 1M tokens at capacity prices the machine-hour at `--usd-per-hour`.
+The prefix cache is reset before every run (vLLM is started with VLLM_SERVER_DEV_MODE=1 for
+it). Writes runs/week2/capacity-<name>/results.json, capacity.png and report.md.
+
+A capacity belongs to its run length: `--num-prompts` requests offered at any rate are at
+worst one burst of that many, so if the saturated run (everything at once) meets the SLO no
+rate can miss it, and the search ends saying so. Choose lengths and a run size whose burst
+misses the SLO (the defaults do on the week 1 model on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from common.cli import build_parser, config_from_args
+from common.procs import sigterm_as_interrupt
+from common.results import get_logger, run_dir, runs_root, save_results
+from week2_serving.harness import bench
+from week2_serving.harness.capacity_page import plot_search, write_page
+from week2_serving.harness.launch import ENGINES, launch
+from week2_serving.harness.slo import Probe, attainment, bisect_capacity, parse_term
+
+log = get_logger("week2.capacity")
+
+
+@dataclass
+class CapacityConfig:
+    """Find the highest request rate that meets an SLO, check it, and price it."""
+
+    slo: list[str] = field(default_factory=lambda: ["ttft_p99:500", "tpot_p99:20"])  # terms
+    name: str = "default"  # results go to runs/week2/capacity-<name>
+    base_url: str | None = None  # a running server (none: start `engine` serving `model`)
+    engine: str = "vllm"  # vllm | sglang | engine, when the server is started here
+    model: str | None = None  # HF folder or hub id (none: runs/week1/hf-model)
+    tokenizer: str | None = None  # for --base-url: the model's folder (none: the server says)
+    input_len: int = 256  # mean prompt tokens (random workload)
+    output_len: int = 128  # mean output tokens
+    range_ratio: float = 0.5  # lengths uniform in [len*(1-r), len*(1+r)]
+    num_prompts: int = 64  # requests per measured run
+    probe_runs: int = 1  # runs per probed rate (their requests pooled)
+    tolerance: float = 0.1  # stop when the bracket's width is under this share of its bottom
+    max_probes: int = 9  # measured rates per search, at most
+    searches: int = 1  # repeated searches: the capacity's spread
+    # each search with its own arrival seed (the workload's sampling noise too); off: the same
+    # arrival times every search (the measurement's noise only)
+    new_arrivals: bool = True
+    verify_runs: int = 3  # runs at the capacity and at verify_factor x it (0: no check)
+    verify_factor: float = 1.25
+    usd_per_hour: float = 2.0  # price of one machine-hour, for $ per 1M tokens
+    seed: int = 0
+    server_args: list[str] = field(default_factory=list, metadata={"cli": False})  # after --
+
+    def __post_init__(self) -> None:
+        for t in self.slo:
+            parse_term(t)  # raises with the term and the syntax
+        if not self.slo:
+            raise ValueError("give at least one SLO term, e.g. --slo ttft_p99:500")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}: use one of {', '.join(ENGINES)}")
+        for k in ("input_len", "output_len", "num_prompts", "probe_runs", "max_probes"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+        if self.searches < 1 or self.verify_runs < 0 or not self.verify_factor > 1:
+            raise ValueError("searches >= 1, verify_runs >= 0 and verify_factor > 1, please")
+
+
+def base_bench(cfg: CapacityConfig, url: str, tokenizer: str | None) -> bench.BenchConfig:
+    """The workload every run of the study sends (open loop: no concurrency cap)."""
+    return bench.BenchConfig(
+        base_url=url,
+        model="capacity" if cfg.base_url is None else None,
+        tokenizer=tokenizer,
+        num_prompts=cfg.num_prompts,
+        random_input_len=cfg.input_len,
+        random_output_len=cfg.output_len,
+        random_range_ratio=cfg.range_ratio,
+        seed=cfg.seed,
+        save=False,
+    )
+
+
+def summary_of(res: dict, terms) -> dict:
+    """What a probe keeps: attainment (pooled over its runs) and the headline metrics."""
+    att = attainment(res["requests"], terms)
+    keep = ("request_throughput", "output_throughput", "total_token_throughput")
+    keep += ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms", "mean_tpot_ms")
+    keep += ("mean_tpot_token_weighted_ms", "p99_tpot_token_weighted_ms", "p99_e2el_ms")
+    out = {k: res.get(k) for k in keep}
+    out.update(att, goodput=att["good_share"] * res["request_throughput"])
+    if res.get("num_runs", 1) > 1:
+        out["runs_meet"] = [attainment(r, terms)["meets"] for r in runs_requests(res)]
+    return out
+
+
+def runs_requests(res: dict) -> list[list[dict]]:
+    """The request records of each run of a combined results document."""
+    by: dict[int, list[dict]] = {}
+    for q in res["requests"]:
+        by.setdefault(q.get("run", 0), []).append(q)
+    return [by[k] for k in sorted(by)]
+
+
+def measure(base: bench.BenchConfig, terms, rate: float, runs: int, seed: int) -> Probe:
+    res = bench.main(replace(base, request_rate=rate, num_runs=runs, seed=seed, num_warmups=1))
+    s = summary_of(res, terms)
+    log.info("%.3g req/s: %s %s", rate, "meets" if s["meets"] else "misses", s["shares"])
+    return Probe(rate, s["meets"], s)
+
+
+def bracket(base: bench.BenchConfig) -> dict:
+    """The synchronous rate (one at a time) and the saturated rate (all at once)."""
+    sync = bench.main(replace(base, max_concurrency=1, num_prompts=min(base.num_prompts, 16)))
+    sat = bench.main(base)
+    return {"sync_rate": sync["request_throughput"], "saturated_rate": sat["request_throughput"]}
+
+
+def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms, edges: dict) -> list:
+    """`cfg.searches` bisections, each with its own arrival seed."""
+    out = []
+    for s in range(cfg.searches):
+        seed = cfg.seed + 1 + (s if cfg.new_arrivals else 0)
+
+        def probe(rate: float, seed: int = seed) -> Probe:
+            return measure(base, terms, rate, cfg.probe_runs, seed)
+
+        found = bisect_capacity(
+            probe, edges["sync_rate"], edges["saturated_rate"], cfg.tolerance, cfg.max_probes
+        )
+        found["probes"] = [asdict(p) for p in found["probes"]]
+        log.info("search %d: capacity %s (%s)", s + 1, found["capacity"], found["why"])
+        out.append(found)
+    return out
+
+
+def verify(cfg: CapacityConfig, base: bench.BenchConfig, terms, rate: float) -> dict:
+    """`verify_runs` runs at `rate` and at verify_factor × rate (new seeds)."""
+    seed = cfg.seed + 100
+    at = measure(base, terms, rate, cfg.verify_runs, seed)
+    above = measure(base, terms, rate * cfg.verify_factor, cfg.verify_runs, seed + 1)
+    return {"at": asdict(at), "above": asdict(above), "factor": cfg.verify_factor}
+
+
+def cost_per_million(usd_per_hour: float, tokens_per_s: float | None) -> float | None:
+    """$ per 1M tokens when the machine produces `tokens_per_s` for `usd_per_hour`."""
+    return usd_per_hour / (tokens_per_s * 3600) * 1e6 if tokens_per_s else None
+
+
+def conclude(cfg: CapacityConfig, searches: list, check: dict | None) -> dict:
+    """The capacity (median over searches), its spread, and the cost per 1M tokens there."""
+    found = [s["capacity"] for s in searches if s["capacity"] is not None]
+    if not found:
+        return {"capacity": None, "why": searches[0]["why"]}
+    cap = statistics.median(found)
+    at = (check or {}).get("at", {}).get("summary") or {}
+    out_tps, all_tps = at.get("output_throughput"), at.get("total_token_throughput")
+    return {
+        "capacity": cap,
+        "capacities": found,
+        "spread_of_median": (max(found) - min(found)) / cap if cap else None,
+        "usd_per_1m_output_tokens": cost_per_million(cfg.usd_per_hour, out_tps),
+        "usd_per_1m_total_tokens": cost_per_million(cfg.usd_per_hour, all_tps),
+        "verified": bool(check and check["at"]["meets"] and not check["above"]["meets"]),
+    }
+
+
+def model_of(cfg: CapacityConfig) -> str:
+    return cfg.model or str(runs_root() / "week1" / "hf-model")
+
+
+def served(cfg: CapacityConfig, out: Path):
+    """The server to measure: the one at --base-url, or one started here (prefix-cache resets
+    allowed: vLLM serves /reset_prefix_cache only in its dev mode)."""
+    if cfg.base_url:
+        return contextlib.nullcontext(None)
+    model = model_of(cfg)
+    env = {"VLLM_SERVER_DEV_MODE": "1"} if cfg.engine == "vllm" else {}
+    return launch(
+        cfg.engine, model, extra=cfg.server_args, log_dir=out, served_name="capacity", env=env
+    )
+
+
+def main(cfg: CapacityConfig) -> dict:
+    out = run_dir("week2", f"capacity-{cfg.name}")
+    terms = [parse_term(t) for t in cfg.slo]
+    with served(cfg, out) as srv:
+        url = srv.url if srv is not None else cfg.base_url
+        base = base_bench(cfg, url, cfg.tokenizer or (None if cfg.base_url else model_of(cfg)))
+        edges = bracket(base)
+        searches = search_all(cfg, base, terms, edges)
+        found = [s["capacity"] for s in searches if s["capacity"] is not None]
+        check = None
+        if found and cfg.verify_runs:
+            check = verify(cfg, base, terms, statistics.median(found))
+        command = getattr(srv, "cmd", None)
+    results = {
+        **conclude(cfg, searches, check),
+        "slo": [str(t) for t in terms],
+        "method": "bisection over measured open-loop rates between the synchronous and the "
+        "saturated rate; capacity = the highest measured rate that met the SLO",
+        "bracket": edges,
+        "searches": searches,
+        "verification": check,
+        "config": asdict(cfg),
+        "server_command": command,
+    }
+    save_results("week2", f"capacity-{cfg.name}", results)
+    plot_search(results, out / "capacity.png")
+    write_page(results, out / "report.md")
+    log.info("capacity %s req/s (%s)", results["capacity"], out)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> CapacityConfig:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    p = build_parser(CapacityConfig, description=__doc__)
+    try:
+        return config_from_args(CapacityConfig, p.parse_args(argv), server_args=extra)
+    except ValueError as e:
+        p.error(str(e))
+        raise
+
+
+if __name__ == "__main__":
+    cfg = parse_args()
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the server started is stopped
+        main(cfg)

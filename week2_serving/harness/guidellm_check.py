@@ -1,0 +1,139 @@
+"""A second, independent tool: guidellm at two constant rates against our harness.
+
+Same server, same prompt file (JSONL rows with `prompt` and `output_tokens_count`, which
+guidellm's column mapper reads), the same rates. guidellm's constant profile spaces arrivals
+evenly; ours is asked for the same with a gamma shape so large (`CONSTANT_BURSTINESS`) that the
+gaps vary by about 1%. Compared per rate: request throughput, output tokens/s, mean TTFT and
+mean TPOT, within a relative tolerance.
+
+Names differ: vLLM's TPOT, (E2EL − TTFT) / (n − 1), is guidellm's `inter_token_latency_ms`;
+guidellm's own `time_per_output_token_ms` divides the whole latency, first token included,
+by n, so it is compared with nothing. guidellm lives in its own venv (`make setup-guidellm`:
+.venvs/guidellm, pinned in constraints/guidellm.txt); without it the check says so and is
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from common.results import REPO_ROOT, get_logger
+from week2_serving.harness import bench
+
+log = get_logger("week2.guidellm")
+GUIDELLM = REPO_ROOT / ".venvs" / "guidellm" / "bin" / "guidellm"
+# guidellm sends from 10 worker processes by default; on a few cores they take CPU from the
+# server (its API process shares the clients' core in validate) and inflate what guidellm
+# measures. One worker process (asyncio inside, as our client) loads the machine as ours does.
+GUIDELLM_WORKERS = 1
+CONSTANT_BURSTINESS = 1e4  # gamma shape: gaps of CV 1/sqrt(1e4) = 1%, i.e. constant
+# ours -> guidellm's metric (its mean over successful requests)
+METRIC_MAP = {
+    "request_throughput": "requests_per_second",
+    "output_throughput": "output_tokens_per_second",
+    "mean_ttft_ms": "time_to_first_token_ms",
+    "mean_tpot_ms": "inter_token_latency_ms",
+}
+
+
+def guidellm_command(
+    url: str, model: str, tokenizer: str, prompts: Path, rates: list[float], count: int, out: Path
+) -> list[str]:
+    """guidellm run: the completions API, constant rates, `count` requests each, JSON out."""
+    profile = json.dumps({"kind": "constant", "rate": rates})
+    return [
+        str(GUIDELLM),
+        "run",
+        "--backend",
+        f"kind=openai_http,target={url},model={model},request_format=/v1/completions",
+        "--profile",
+        profile,
+        "--constraint",
+        f"kind=max_requests,count={count}",
+        "--data",
+        f"kind=json_file,path={prompts}",
+        "--tokenizer",
+        f"kind=huggingface_auto,model={tokenizer}",
+        "--output",
+        f"kind=json,path={out}",
+        "--disable-console",
+    ]
+
+
+def guidellm_env(workers: int = GUIDELLM_WORKERS) -> dict[str, str]:
+    """guidellm's environment: this one, with its worker-process count set."""
+    return {**os.environ, "GUIDELLM__MAX_WORKER_PROCESSES": str(workers)}
+
+
+def parse_guidellm(path: Path) -> list[dict]:
+    """One row per benchmark of guidellm's benchmarks.json: its rate and our metric names."""
+    data = json.loads(Path(path).read_text())
+    rows = []
+    for b in data["benchmarks"]:
+        m = b["metrics"]
+        row = {"rate": b["config"]["strategy"].get("rate")}
+        for ours, theirs in METRIC_MAP.items():
+            row[ours] = m[theirs]["successful"]["mean"]
+        row["completed"] = m["request_totals"]["successful"]
+        row["failed"] = m["request_totals"]["errored"]
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no benchmark")
+    return rows
+
+
+def compare(ours: dict, theirs: dict, tolerance: float) -> dict:
+    """Per metric: both values, the relative difference (vs guidellm) and the verdict."""
+    out = {}
+    for k in METRIC_MAP:
+        o, t = ours[k], theirs[k]
+        diff = (o - t) / t if t else float("inf")
+        out[k] = {"ours": o, "guidellm": t, "relative_diff": diff, "within": abs(diff) <= tolerance}
+    return out
+
+
+def run_check(
+    url: str, model: str, model_dir: str, prompts: Path, rates: list[float], count: int, out: Path
+) -> dict:
+    """guidellm at `rates`, then ours at the same rates on the same prompts; compared."""
+    if not GUIDELLM.exists():
+        return {"skipped": f"{GUIDELLM} not found: run `make setup-guidellm`"}
+    path = out / "guidellm-benchmarks.json"
+    cmd = guidellm_command(url, model, model_dir, prompts, rates, count, path)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=1800, cwd=out, env=guidellm_env()
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    rows = []
+    for theirs in parse_guidellm(path):
+        cfg = bench.BenchConfig(
+            base_url=url,
+            model=model,
+            tokenizer=model_dir,
+            dataset_name="file",
+            dataset_path=str(prompts),
+            num_prompts=count,
+            request_rate=theirs["rate"],
+            burstiness=CONSTANT_BURSTINESS,
+            num_warmups=1,
+            save=False,
+        )
+        ours = bench.main(cfg)
+        rows.append({"rate": theirs["rate"], **compare(ours, theirs, 1.0)})
+    return {"command": cmd, "rows": rows}
+
+
+def verdict(result: dict, tolerance: float) -> dict:
+    """Mark each compared metric within `tolerance` or not; all_within for the whole check."""
+    if "rows" not in result:
+        return result
+    ok = True
+    for row in result["rows"]:
+        for k in METRIC_MAP:
+            row[k]["within"] = abs(row[k]["relative_diff"]) <= tolerance
+            ok &= row[k]["within"]
+    return {**result, "tolerance": tolerance, "all_within_tolerance": ok}

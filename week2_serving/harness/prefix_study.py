@@ -1,0 +1,121 @@
+"""Multi-turn load with prefix caching on and off: the server's hit rate and TTFT per turn.
+
+    python -m week2_serving.harness.prefix_study                 # vLLM CPU, the week 1 model
+    python -m week2_serving.harness.prefix_study --engine engine --name engine
+
+Starts the server twice, with its prefix cache on (vLLM's default) and off, and sends each the
+same multi-turn workload (multiturn.py: every turn resends the conversation so far) `--num-runs`
+times, the cache reset before each run. The server's own counters (/metrics: prefix-cache
+queries and hits) give the hit rate; TTFT is broken down by turn. With the cache on, later
+turns find the earlier turns' prompts cached and their TTFT should fall below the cache-off
+TTFT of the same turn, whose prefill grows with the history. Writes
+runs/week2/prefix-study-<name>/results.json and ttft_by_turn.png.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from common.cli import parse
+from common.plots import plt, save
+from common.results import get_logger, run_dir, runs_root, save_results
+from week2_serving.harness import bench, server_metrics
+from week2_serving.harness.launch import launch
+
+log = get_logger("week2.prefix_study")
+OFF_FLAGS = {"vllm": ["--no-enable-prefix-caching"], "engine": ["--no-enable-prefix-caching"]}
+
+
+@dataclass
+class PrefixStudyConfig:
+    """Multi-turn conversations against a server with prefix caching on, then off."""
+
+    name: str = "vllm"  # results go to runs/week2/prefix-study-<name>
+    engine: str = "vllm"  # vllm | engine
+    model: str | None = None  # HF folder (none: runs/week1/hf-model)
+    conversations: int = 16  # conversations per run
+    num_turns: int = 4  # turns per conversation
+    input_len: int = 64  # tokens of each new user message
+    output_len: int = 32  # tokens of each reply
+    think_time_s: float = 0.5  # between a reply and the next turn
+    request_rate: float = 2.0  # conversations started per second (Poisson)
+    num_runs: int = 3  # runs per setting (medians, min-max)
+
+    def __post_init__(self) -> None:
+        if self.engine not in OFF_FLAGS:
+            raise ValueError(f"engine={self.engine!r}: use one of {', '.join(OFF_FLAGS)}")
+        if min(self.conversations, self.num_turns, self.num_runs) < 1:
+            raise ValueError("conversations, num_turns and num_runs must be >= 1")
+
+
+def measure(cfg: PrefixStudyConfig, caching: bool, out) -> dict:
+    """One server start (cache on or off), the workload `num_runs` times, its counters."""
+    model = cfg.model or str(runs_root() / "week1" / "hf-model")
+    extra = [] if caching else OFF_FLAGS[cfg.engine]
+    env = {"VLLM_SERVER_DEV_MODE": "1"} if cfg.engine == "vllm" else {}
+    with launch(cfg.engine, model, extra=extra, log_dir=out, served_name="m", env=env) as srv:
+        before = server_metrics.scrape(srv.url)
+        res = bench.main(
+            bench.BenchConfig(
+                base_url=srv.url,
+                model="m",
+                tokenizer=model,
+                dataset_name="multi-turn",
+                num_prompts=cfg.conversations * cfg.num_turns,
+                num_turns=cfg.num_turns,
+                think_time_s=cfg.think_time_s,
+                random_input_len=cfg.input_len,
+                random_output_len=cfg.output_len,
+                request_rate=cfg.request_rate,
+                num_runs=cfg.num_runs,
+                save=False,
+            )
+        )
+        counters = server_metrics.cell_counters(before, server_metrics.scrape(srv.url))
+    res.pop("requests", None)
+    return {"prefix_caching": caching, "server_metrics": counters, **res}
+
+
+def plot(on: dict, off: dict, path) -> object:
+    """Mean TTFT per turn, cache on vs off (the median run's numbers)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for res, label in ((on, "prefix caching on"), (off, "prefix caching off")):
+        turns = sorted(res["per_turn"], key=int)
+        ax.plot(
+            [int(t) + 1 for t in turns],
+            [res["per_turn"][t]["mean_ttft_ms"] for t in turns],
+            "-o",
+            label=label,
+        )
+    ax.set_xlabel("turn")
+    ax.set_ylabel("mean TTFT (ms)")
+    ax.set_title("multi-turn TTFT by turn (each turn resends the history)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save(fig, path)
+
+
+def main(cfg: PrefixStudyConfig) -> dict:
+    out = run_dir("week2", f"prefix-study-{cfg.name}")
+    on, off = measure(cfg, True, out), measure(cfg, False, out)
+    last = str(cfg.num_turns - 1)
+    results = {
+        "config": asdict(cfg),
+        "hit_rate_on": on["server_metrics"].get("prefix_cache_hit_rate"),
+        "hit_rate_off": off["server_metrics"].get("prefix_cache_hit_rate"),
+        "last_turn_ttft_ms": {
+            "on": on["per_turn"][last]["mean_ttft_ms"],
+            "off": off["per_turn"][last]["mean_ttft_ms"],
+        },
+        "on": on,
+        "off": off,
+    }
+    plot(on, off, out / "ttft_by_turn.png")
+    save_results("week2", f"prefix-study-{cfg.name}", results)
+    log.info("hit rate on %s off %s", results["hit_rate_on"], results["hit_rate_off"])
+    log.info("last-turn TTFT ms: %s", results["last_turn_ttft_ms"])
+    return results
+
+
+if __name__ == "__main__":
+    main(parse(PrefixStudyConfig, description=__doc__))
