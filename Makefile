@@ -174,7 +174,7 @@ PIPELINE := $(PY) -m common.pipeline --profile $(PROFILE)
 ifeq ($(PROFILE),gpu)
 WEEK2_SETUP := setup setup-vllm
 else
-WEEK2_SETUP := setup setup-vllm setup-awq setup-quant setup-guidellm
+WEEK2_SETUP := setup setup-vllm setup-awq setup-quant
 endif
 
 all: $(WEEK2_SETUP)

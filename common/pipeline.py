@@ -70,8 +70,6 @@ def cpu_steps() -> list[Step]:
             "week2_serving.harness.sweep week2_serving/harness/configs/cpu.yaml",
             ("week1/export",),
         ),
-        # before the report, whose capacity section reads it
-        _s("week2/capacity", "week2_serving.harness.capacity", ("week1/export",)),
         _s("week2/quality", "week2_serving.quant.quality", ("week2/quantize",)),
         _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
         _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),

@@ -124,7 +124,7 @@ def test_rendering_from_another_thread_while_the_engine_steps(make):
             except Exception as e:  # any failure is the test's failure
                 errors.append(e)
                 return
-            time.sleep(0.002)  # a scraper's pace, not a busy loop that starves the engine of the GIL
+            time.sleep(0.002)  # a scraper's pace: a busy loop would starve the engine (GIL)
 
     thread = threading.Thread(target=render)
     thread.start()

@@ -2,7 +2,8 @@
 wires it into FastAPI with the guards (limits, API key, error bodies) of guards.py.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (serving.py: streaming with SSE, or
-not), GET /v1/models, /health, /version, /metrics (Prometheus text, vLLM's metric names).
+not), GET /v1/models, /health, /version, /metrics (Prometheus text, vLLM's metric names),
+POST /reset_prefix_cache (cache_admin.py, between benchmark runs).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from week2_serving.engine.async_engine import AsyncEngine
+from week2_serving.engine.cache_admin import add_cache_routes
 from week2_serving.engine.guards import ServingLimits, add_guards
 from week2_serving.engine.llm_engine import LLMEngine
 from week2_serving.engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -85,4 +87,5 @@ def create_app(
     app.get("/metrics")(serving.metrics)
     app.post("/v1/completions")(serving.completions)
     app.post("/v1/chat/completions")(serving.chat)
+    add_cache_routes(app, aeng, engine)
     return app
