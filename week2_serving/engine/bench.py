@@ -16,10 +16,11 @@ Writes runs/week2/engine/results.json, throughput.png and kv_memory.png.
 
 from __future__ import annotations
 
-import argparse
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.cli import parse
 from common.plots import plt, save
 from common.results import REPO_ROOT, get_logger, runs_root, save_results
 from common.timing import environment
@@ -145,13 +146,16 @@ def plot_memory(trace: dict, summary: dict, out: Path) -> Path:
     return save(fig, out)
 
 
+@dataclass
+class EngineBenchConfig:
+    """Our engine against itself and against vLLM (the sweep, then its analysis)."""
+
+    config: str = str(CONFIG)  # the sweep config (servers x loads)
+    skip_sweep: bool = False  # only analyse the results of a sweep that already ran
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--config", default=str(CONFIG))
-    p.add_argument("--skip-sweep", action="store_true", help="only analyse the sweep's results")
-    a = p.parse_args(argv)
+    a = parse(EngineBenchConfig, argv, description=__doc__)
     cfg = sweep.SweepConfig.from_yaml(a.config)
     sweep_dir = sweep.sweep_dir(cfg) if a.skip_sweep else sweep.run_sweep(cfg)
     cells = load_cells(sweep_dir)
