@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,18 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         self.limits()  # a bad limit is a usage error naming it
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port={self.port}: use 1..65535")
+        sizes = {"block_size": 1024, "max_num_seqs": 65536, "threads": 4096}
+        sizes["max_num_batched_tokens"] = 1 << 24
+        for name, most in sizes.items():  # bounded: a typo must not become a huge allocation
+            value = getattr(self, name)
+            if not 1 <= value <= most:
+                raise ValueError(f"{name}={value}: use an integer in 1..{most}")
+        if self.num_kv_blocks is not None and not 1 <= self.num_kv_blocks <= 1 << 24:
+            raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: use 1..{1 << 24}, or none")
+        if not (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0):
+            raise ValueError(f"kv_cache_gib={self.kv_cache_gib}: use a finite number of GiB > 0")
 
     def limits(self) -> ServingLimits:
         names = [f.name for f in dataclasses.fields(ServingLimits)]
