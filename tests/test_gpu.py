@@ -109,7 +109,7 @@ def test_engine_bf16_on_gpu_follows_hf_bf16(tiny_gpt):
     cfg = engine_config(a)
     cfg.num_blocks = 64
     eng = LLMEngine(cfg, tok)
-    assert eng.runner.k_cache.dtype == torch.bfloat16 and eng.runner.k_cache.is_cuda
+    assert eng.runner.kv.k.dtype == torch.bfloat16 and eng.runner.kv.k.is_cuda
     hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).cuda().eval()
     prompts = ["The list type", "x", "A dictionary is a mapping object that"]
     outs = eng.generate(prompts, EngineParams(max_tokens=16, ignore_eos=True), use_tqdm=False)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.fake_hub import make_fake_hub
+from week2_serving.engine.attention import make_group
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
-from week2_serving.engine.model_runner import make_group
 from week2_serving.engine.sequence import SamplingParams
 from week2_serving.engine.server import engine_config, parse_args
 
@@ -83,7 +83,7 @@ def test_bf16_engine_follows_hf_bf16_greedy(tiny_gpt):
     d = tiny_gpt["hf_dir"]
     tok = AutoTokenizer.from_pretrained(d)
     eng = LLMEngine(EngineConfig(model=d, device="cpu", dtype="bfloat16", num_blocks=128), tok)
-    assert eng.runner.k_cache.dtype == torch.bfloat16
+    assert eng.runner.kv.k.dtype == torch.bfloat16
     assert eng.runner.layers[0].qkv_w.dtype == torch.bfloat16
     hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval()
     outs = _greedy(eng)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from week1_gpt_kvcache.hf_convert import to_hf_model
 from week1_gpt_kvcache.model import GPT, make_config
+from week2_serving.engine.attention import make_group, paged_attention
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
-from week2_serving.engine.model_runner import make_group, paged_attention
 from week2_serving.engine.sequence import SamplingParams
 
 

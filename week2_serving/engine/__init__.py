@@ -1,7 +1,8 @@
 """Our own serving engine: paged KV cache, continuous batching, prefix caching (week 2b).
 
-Read in this order: sequence.py -> block_manager.py -> scheduler.py -> model_runner.py ->
-sampler.py -> llm_engine.py (metrics.py and errors.py on the side), then the server:
+Read in this order: sequence.py -> block_manager.py -> scheduler.py -> kv_cache.py ->
+attention.py -> model_runner.py -> sampler.py -> llm_engine.py (metrics.py and errors.py on the
+side), then the server:
 protocol.py -> async_engine.py -> detokenizer.py -> guards.py -> responses.py -> api.py ->
 server.py (the command line).
 

@@ -1,18 +1,11 @@
 """One batched forward pass over a mix of prefill chunks and decodes, reading K/V by block table.
 
-The KV cache is a pool of token *slots*, per layer: `k_cache[layer]` has shape
-(num_blocks * block_size, Hkv, D); slot = block_id * block_size + offset. A token at position p
-of a sequence lives in slot `block_table[p // bs] * bs + p % bs`. Nothing about a sequence
-needs to be contiguous: that is what lets the block manager hand out memory one block at a
-time (PagedAttention, Kwon et al. 2023).
-
 A step packs every scheduled token of every sequence into one flat batch of N rows, so all the
 matrix multiplications (QKV, output projection, MLP, LM head) run once for the whole step. Only
 attention needs to know which rows belong to which sequence: each sequence's queries attend to
-its own keys, gathered from the pool through its block table.
+its own keys, read from the KV pool (kv_cache.py) through its block table (attention.py).
 
-Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V vocab,
-B sequences in an attention group, T queries per sequence, L keys per sequence.
+Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V vocab.
 """
 
 from __future__ import annotations
@@ -25,84 +18,11 @@ import torch.nn.functional as F
 
 from week1_gpt_kvcache.hf_convert import from_hf_folder
 from week1_gpt_kvcache.model import GPT, RMSNorm
+from week2_serving.engine.attention import AttnGroup, attend, plan_groups
+from week2_serving.engine.kv_cache import PagedKVCache
 from week2_serving.engine.scheduler import ScheduledBatch
 
 
-# --- paged attention --------------------------------------------------------------------------
-def gather_slots(
-    block_tables: torch.Tensor,  # (B, M) physical block ids, padded with anything
-    ctx_lens: torch.Tensor,  # (B,) keys per sequence (past + this step's tokens)
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pool slot of every key position, and which positions are real: (B, L), (B, L)."""
-    L = int(ctx_lens.max())
-    pos = torch.arange(L, device=block_tables.device)  # (L,)
-    blocks = block_tables[:, pos // block_size]  # (B, L) block holding each position
-    slots = blocks * block_size + pos % block_size  # (B, L)
-    valid = pos[None, :] < ctx_lens[:, None]  # (B, L)
-    return slots.masked_fill(~valid, 0), valid
-
-
-@dataclass
-class AttnGroup:
-    """Sequences whose attention runs as one padded SDPA call (per layer)."""
-
-    rows: torch.Tensor  # (B*T,) row of each padded query in the step's flat batch (-1 = pad)
-    slots: torch.Tensor  # (B, L) pool slots of each sequence's keys
-    mask: torch.Tensor  # (B, 1, T, L) float: 0 where a query may see a key, -inf elsewhere
-    B: int
-    T: int
-    padded: bool  # some queries are padding (rows == -1)
-
-
-def make_group(
-    block_tables: list[list[int]],
-    ctx_lens: list[int],
-    q_lens: list[int],
-    row_starts: list[int],
-    block_size: int,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> AttnGroup:
-    B, T = len(ctx_lens), max(q_lens)
-    M = max(len(t) for t in block_tables)
-    bt = torch.tensor([t + [0] * (M - len(t)) for t in block_tables], device=device)  # (B, M)
-    ctx = torch.tensor(ctx_lens, device=device)  # (B,)
-    ql = torch.tensor(q_lens, device=device)  # (B,)
-    slots, valid = gather_slots(bt, ctx, block_size)  # (B, L)
-    L = slots.shape[1]
-    t = torch.arange(T, device=device)
-    q_pos = (ctx - ql)[:, None] + t[None, :]  # (B, T) absolute position of each query
-    causal = torch.arange(L, device=device)[None, None, :] <= q_pos[:, :, None]  # (B, T, L)
-    mask = causal & valid[:, None, :]
-    pad_q = t[None, :] >= ql[:, None]  # (B, T) padding queries: let them see all real keys
-    mask = torch.where(pad_q[:, :, None], valid[:, None, :], mask)
-    rows = torch.tensor(row_starts, device=device)[:, None] + t[None, :]  # (B, T)
-    rows = rows.masked_fill(pad_q, -1).flatten()
-    # in the queries' dtype: SDPA refuses a float mask of another dtype
-    additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))
-    padded = bool(pad_q.any())
-    return AttnGroup(rows=rows, slots=slots, mask=additive[:, None], B=B, T=T, padded=padded)
-
-
-def paged_attention(
-    q: torch.Tensor,  # (B, T, H, D)
-    k_pool: torch.Tensor,  # (num_slots, Hkv, D)
-    v_pool: torch.Tensor,  # (num_slots, Hkv, D)
-    slots: torch.Tensor,  # (B, L)
-    mask: torch.Tensor,  # (B, 1, T, L) bool (True = may see) or float (added to the scores)
-) -> torch.Tensor:  # (B, T, H, D)
-    B, L = slots.shape
-    flat = slots.flatten()  # index_select on a flat index: several times faster than pool[slots]
-    k = k_pool.index_select(0, flat).view(B, L, *k_pool.shape[1:]).transpose(1, 2)  # (B,Hkv,L,D)
-    v = v_pool.index_select(0, flat).view(B, L, *v_pool.shape[1:]).transpose(1, 2)  # (B,Hkv,L,D)
-    y = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True
-    )  # (B, H, T, D)
-    return y.transpose(1, 2)
-
-
-# --- the runner --------------------------------------------------------------------------------
 @dataclass
 class StepInputs:
     """What one forward pass needs, on the device: built by `prepare`, consumed by `forward`."""
@@ -169,9 +89,10 @@ class ModelRunner:
         self.cfg = self.model.cfg
         self.device, self.dtype = torch.device(device), dtype
         self.num_blocks, self.block_size = num_blocks, block_size
-        shape = (self.cfg.n_layer, num_blocks * block_size, self.cfg.n_kv_head, self.cfg.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        c = self.cfg
+        self.kv = PagedKVCache(
+            c.n_layer, num_blocks, block_size, c.n_kv_head, c.head_dim, dtype, self.device
+        )
         self.layers = [fuse(blk) for blk in self.model.blocks]
         # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
         half = self.cfg.head_dim // 2
@@ -180,19 +101,14 @@ class ModelRunner:
     @staticmethod
     def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
         """2 (K and V) x layers x Hkv x D x bytes x block_size."""
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * itemsize * block_size
-
-    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
-        bs = self.block_size
-        for src, dst in copies:  # copy-on-write, every layer at once
-            self.k_cache[:, dst * bs : (dst + 1) * bs] = self.k_cache[:, src * bs : (src + 1) * bs]
-            self.v_cache[:, dst * bs : (dst + 1) * bs] = self.v_cache[:, src * bs : (src + 1) * bs]
+        return PagedKVCache.bytes_per_block(
+            cfg.n_layer, cfg.n_kv_head, cfg.head_dim, block_size, dtype
+        )
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Run one step; return the logits (S, V) of the last token of each sampled sequence."""
-        self.copy_blocks(batch.copies)
+        self.kv.copy_blocks(batch.copies)
         return self.forward(self.prepare(batch))
 
     # --- 1. inputs ------------------------------------------------------------------------------
@@ -214,42 +130,14 @@ class ModelRunner:
             ids=torch.tensor(ids, device=dev),
             positions=torch.tensor(positions, device=dev),
             slot_mapping=torch.tensor(slot_mapping, device=dev),
-            groups=self.plan_groups(decode, prefill),
+            groups=plan_groups(decode, prefill, bs, dev, self.dtype),
             sample_rows=torch.tensor(sample_rows, dtype=torch.long, device=dev),
         )
-
-    def plan_groups(self, decode: list[tuple], prefill: list[tuple]) -> list[AttnGroup]:
-        """Decodes run as padded groups of similar context length (padding every decode to the
-        longest context would make one long request slow down the whole batch); each prefill
-        chunk is a group of its own."""
-        buckets: dict[int, list] = {}
-        for d in decode:  # bucket by the power of two of the context length: <= 2x padding
-            buckets.setdefault(d[1].bit_length(), []).append(d)
-        bs, dev, dt = self.block_size, self.device, self.dtype
-        groups = [make_group(*zip(*b), bs, dev, dt) for _, b in sorted(buckets.items())]
-        return groups + [make_group(*zip(p), bs, dev, dt) for p in prefill]
 
     # --- 2. attention ---------------------------------------------------------------------------
     def attention(self, layer: int, q: torch.Tensor, groups: list[AttnGroup]) -> torch.Tensor:
         """Every row's attention over its own sequence's keys in the pool: (N, H, D) -> (N, H, D)."""
-        kc, vc = self.k_cache[layer], self.v_cache[layer]
-        N, H, D = q.shape
-        if len(groups) == 1 and groups[0].rows.numel() == N and not groups[0].padded:
-            g = groups[0]  # one group holding every row in order (e.g. all decodes)
-            return paged_attention(q.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask).reshape(N, H, D)
-        out = q.new_empty(N, H, D)
-        for g in groups:  # gather each group's queries, attend, scatter outputs back
-            if not g.padded:
-                qg = q.index_select(0, g.rows).view(g.B, g.T, H, D)
-                y = paged_attention(qg, kc, vc, g.slots, g.mask)
-                out.index_copy_(0, g.rows, y.reshape(g.B * g.T, H, D))
-                continue
-            real = g.rows >= 0
-            qg = q.new_zeros(g.B * g.T, H, D)
-            qg[real] = q[g.rows[real]]
-            y = paged_attention(qg.view(g.B, g.T, H, D), kc, vc, g.slots, g.mask)
-            out[g.rows[real]] = y.reshape(g.B * g.T, H, D)[real]
-        return out
+        return attend(q, *self.kv.layer(layer), groups)
 
     # --- 3. the forward pass --------------------------------------------------------------------
     @torch.inference_mode()
@@ -289,8 +177,7 @@ class ModelRunner:
         if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
             qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
         q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
-        self.k_cache[layer].index_copy_(0, inputs.slot_mapping, k)  # this step's K/V -> pool
-        self.v_cache[layer].index_copy_(0, inputs.slot_mapping, v)
+        self.kv.write(layer, inputs.slot_mapping, k, v)  # this step's K/V -> pool
         attn = self.attention(layer, q, inputs.groups)  # (N, H, D)
         x = x + F.linear(attn.reshape(N, H * D), fl.o_w, fl.o_b)
         h = norm(blk.norm2, x)
