@@ -35,6 +35,7 @@ ENTRY_POINTS = [
     "week2_serving.quant.quantize",
     "week2_serving.quant.quality",
     "week2_serving.report",
+    "week2_serving.arith",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
     "week2_serving.harness.soak",
