@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 
-.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-guidellm setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report clean help
+.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-guidellm setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report docs publish lab-start lab-check clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md;"
@@ -29,6 +29,7 @@ help:
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make constraints - rewrite constraints/*.txt (pinned versions) from the venvs as installed now; run after make test passes"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
+	@echo "make docs    - re-render the READMEs' generated result tables from reference/ (DOCS_ARGS='--import-runs runs' copies a run's numbers in first)"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
 setup: $(STAMP)
@@ -207,6 +208,12 @@ steps: setup
 
 report: setup
 	$(PY) -m common.report
+
+# README result tables are generated (between <!-- generated:NAME --> markers) from the small
+# committed reference/<week>/<name>.json files; tests/test_docs_fresh.py fails when one is stale.
+DOCS_ARGS ?=
+docs: setup
+	$(PY) -m common.docs $(DOCS_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

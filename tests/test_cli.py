@@ -18,6 +18,7 @@ ENTRY_POINTS = [
     "week0_pytorch.quantize",
     "week0_pytorch.micrograd.train",
     "common.report",
+    "common.docs",
     "week1_gpt_kvcache.prepare",
     "week1_gpt_kvcache.train",
     "week1_gpt_kvcache.generate",
