@@ -29,6 +29,7 @@ help:
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make constraints - rewrite constraints/*.txt (pinned versions) from the venvs as installed now; run after make test passes"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
+	@echo "make publish - write a self-contained portfolio page (page + images, relative links) to PORTFOLIO=portfolio/, for your fork"
 	@echo "make docs    - re-render the READMEs' generated result tables from reference/ (DOCS_ARGS='--import-runs runs' copies a run's numbers in first)"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
@@ -214,6 +215,14 @@ report: setup
 DOCS_ARGS ?=
 docs: setup
 	$(PY) -m common.docs $(DOCS_ARGS)
+
+# The portfolio page as a folder to commit to your fork: report card with targets, what was
+# built, correctness evidence, every week's results, provenance; images copied beside it.
+# JUNIT=path adds each evidence test's outcome (from `make test PYTEST_ARGS=--junitxml=path`).
+PORTFOLIO ?= portfolio
+JUNIT ?=
+publish: setup
+	$(PY) -m common.publish --out $(PORTFOLIO) $(if $(JUNIT),--junit $(JUNIT))
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -19,6 +19,7 @@ ENTRY_POINTS = [
     "week0_pytorch.micrograd.train",
     "common.report",
     "common.docs",
+    "common.publish",
     "week1_gpt_kvcache.prepare",
     "week1_gpt_kvcache.train",
     "week1_gpt_kvcache.generate",
