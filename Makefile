@@ -30,6 +30,8 @@ help:
 	@echo "make constraints - rewrite constraints/*.txt (pinned versions) from the venvs as installed now; run after make test passes"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
 	@echo "make publish - write a self-contained portfolio page (page + images, relative links) to PORTFOLIO=portfolio/, for your fork"
+	@echo "make lab-start LAB=kvcache - a branch lab/kvcache where the lab's code is a stub to write (labs: python -m common.labs)"
+	@echo "make lab-check LAB=kvcache - run the tests that grade it"
 	@echo "make docs    - re-render the READMEs' generated result tables from reference/ (DOCS_ARGS='--import-runs runs' copies a run's numbers in first)"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
@@ -223,6 +225,17 @@ PORTFOLIO ?= portfolio
 JUNIT ?=
 publish: setup
 	$(PY) -m common.publish --out $(PORTFOLIO) $(if $(JUNIT),--junit $(JUNIT))
+
+# Build-it-yourself labs (common/labs.py): the reference bodies between `# LAB:<name>` markers
+# become stubs with hints on a new branch lab/<name>; lab-check runs the tests that grade them.
+LAB ?=
+lab-start: setup
+	@test -n "$(LAB)" || { $(PY) -m common.labs; echo "usage: make lab-start LAB=<name>"; exit 2; }
+	$(PY) -m common.labs --start $(LAB)
+
+lab-check: setup
+	@test -n "$(LAB)" || { $(PY) -m common.labs; echo "usage: make lab-check LAB=<name>"; exit 2; }
+	$(PY) -m common.labs --check $(LAB)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -20,6 +20,7 @@ ENTRY_POINTS = [
     "common.report",
     "common.docs",
     "common.publish",
+    "common.labs",
     "week1_gpt_kvcache.prepare",
     "week1_gpt_kvcache.train",
     "week1_gpt_kvcache.generate",
