@@ -108,6 +108,8 @@ def test_config_names_gqa_and_bad_input(tmp_path) -> None:
         get_accelerator("tpu-v9")
     with pytest.raises(ValueError, match="no config"):
         load_shape(str(tmp_path / "missing.json"))
+    with pytest.raises(SystemExit, match="arith: no config"):
+        main(ArithConfig(config=str(tmp_path / "missing.json")))
     for bad in ({"context": 0}, {"batch": []}, {"memory_fraction": 1.5}, {"dtype": "fp3"}):
         with pytest.raises(ValueError):
             ArithConfig(**bad)  # type: ignore[arg-type]

@@ -65,7 +65,7 @@ def cpu_part(cfg: ArithConfig, m, acc) -> tuple[dict, object]:
     acc = acc.with_bandwidth(cpu["dram"]["bytes_per_s"], "measured on this machine (copy)")
     llc = max(cpu["cache_sizes"].values(), default=0)
     fits = bool(llc) and fits_in_cache(m, llc, cfg.dtype)
-    step = decode_step(m, 1, min(cfg.context, 256), cfg.dtype)
+    step = decode_step(m, 1, cfg.context, cfg.dtype)
     cpu["weights_fit_in_last_level_cache"] = fits
     cpu["last_level_cache_bytes"] = llc
     cpu["decode_batch1_tokens_per_s_dram_roof"] = 1 / max(
@@ -78,8 +78,10 @@ def cpu_part(cfg: ArithConfig, m, acc) -> tuple[dict, object]:
 
 
 def main(cfg: ArithConfig) -> dict:
-    m = load_shape(cfg.config)
-    acc = get_accelerator(cfg.accelerator)
+    try:
+        m, acc = load_shape(cfg.config), get_accelerator(cfg.accelerator)
+    except ValueError as e:
+        raise SystemExit(f"arith: {e}") from None
     if cfg.price_per_hour is not None:
         acc = type(acc)(**{**acc.__dict__, "price_per_hour": cfg.price_per_hour})
     cpu = None
@@ -95,6 +97,12 @@ def main(cfg: ArithConfig) -> dict:
             f"  this CPU: DRAM {cpu['dram']['bytes_per_s'] / 1e9:.1f} GB/s, cache "
             f"{cpu['cache']['bytes_per_s'] / 1e9:.1f} GB/s; the weights {where} in the "
             f"{cpu['last_level_cache_bytes'] / 2**20:.0f} MiB last-level cache"
+        )
+        roof = "cache" if cpu["weights_fit_in_last_level_cache"] else "DRAM"
+        lines.append(
+            f"  decode batch 1 ceiling: {cpu['decode_batch1_tokens_per_s_dram_roof']:,.0f} tok/s "
+            f"from DRAM, {cpu['decode_batch1_tokens_per_s_cache_roof']:,.0f} tok/s from cache: "
+            f"the {roof} roof applies"
         )
     print("\n".join(lines))
     out = cfg.out or run_dir("week2", "arith-" + Path(m.name).name.replace(".json", ""))

@@ -73,7 +73,11 @@ def analyse(
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:,.2f} GB"
+    """Bytes in the largest decimal unit that keeps a digit before the point."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} bytes"
 
 
 def report_lines(r: dict) -> list[str]:
