@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 
-.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-guidellm setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report clean help
+.PHONY: all steps setup setup-vllm setup-awq setup-quant setup-guidellm setup-sglang constraints test lint format week0 week1 week2 week2-engine week3 report docs publish lab-start lab-check clean help
 
 help:
 	@echo "make all     - set up, run every week's main job (CPU profile), build runs/report/README.md;"
@@ -29,6 +29,10 @@ help:
 	@echo "make setup-sglang - .venvs/sglang (CUDA machines only; refuses elsewhere)"
 	@echo "make constraints - rewrite constraints/*.txt (pinned versions) from the venvs as installed now; run after make test passes"
 	@echo "make report  - rebuild runs/report/README.md from the results present"
+	@echo "make publish - write a self-contained portfolio page (page + images, relative links) to PORTFOLIO=portfolio/, for your fork"
+	@echo "make lab-start LAB=kvcache - a branch lab/kvcache where the lab's code is a stub to write (labs: python -m common.labs)"
+	@echo "make lab-check LAB=kvcache - run the tests that grade it"
+	@echo "make docs    - re-render the READMEs' generated result tables from reference/ (DOCS_ARGS='--import-runs runs' copies a run's numbers in first)"
 	@echo "make clean   - remove runs/ and caches (keeps the venv)"
 
 setup: $(STAMP)
@@ -207,6 +211,31 @@ steps: setup
 
 report: setup
 	$(PY) -m common.report
+
+# README result tables are generated (between <!-- generated:NAME --> markers) from the small
+# committed reference/<week>/<name>.json files; tests/test_docs_fresh.py fails when one is stale.
+DOCS_ARGS ?=
+docs: setup
+	$(PY) -m common.docs $(DOCS_ARGS)
+
+# The portfolio page as a folder to commit to your fork: report card with targets, what was
+# built, correctness evidence, every week's results, provenance; images copied beside it.
+# JUNIT=path adds each evidence test's outcome (from `make test PYTEST_ARGS=--junitxml=path`).
+PORTFOLIO ?= portfolio
+JUNIT ?=
+publish: setup
+	$(PY) -m common.publish --out $(PORTFOLIO) $(if $(JUNIT),--junit $(JUNIT))
+
+# Build-it-yourself labs (common/labs.py): the reference bodies between `# LAB:<name>` markers
+# become stubs with hints on a new branch lab/<name>; lab-check runs the tests that grade them.
+LAB ?=
+lab-start: setup
+	@test -n "$(LAB)" || { $(PY) -m common.labs; echo "usage: make lab-start LAB=<name>"; exit 2; }
+	$(PY) -m common.labs --start $(LAB)
+
+lab-check: setup
+	@test -n "$(LAB)" || { $(PY) -m common.labs; echo "usage: make lab-check LAB=<name>"; exit 2; }
+	$(PY) -m common.labs --check $(LAB)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

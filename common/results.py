@@ -17,6 +17,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+FILE_MODE = 0o644  # results, reports, metrics: readable by everyone, writable by the owner
+
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s | %(message)s"
 
 
@@ -79,6 +81,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp makes 0600: results are for reading
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -18,7 +18,10 @@ def kv_cache_bytes(
     n_layer: int, n_kv_head: int, head_dim: int, seq_len: int, batch: int, bytes_per_element: int
 ) -> int:
     """2 · layers · n_kv_head · head_dim · bytes · T · B."""
+    # LAB:kvcache begin
+    # HINT: K and V, for every layer, K/V head, head dimension, token and sequence.
     return 2 * n_layer * n_kv_head * head_dim * bytes_per_element * seq_len * batch
+    # LAB:kvcache end
 
 
 class KVCache:
@@ -49,6 +52,10 @@ class KVCache:
         self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, Hkv, T, D) new keys/values after the filled slots; return all (B, Hkv, S, D)."""
+        # LAB:kvcache begin
+        # HINT: write k_new / v_new into slots [self.length, self.length + T) of `layer`.
+        # HINT: refuse (ValueError) to go past self.max_len; do not advance self.length here.
+        # HINT: return views of the filled slots 0 .. length + T: shape (B, Hkv, S, D).
         T = k_new.shape[2]
         end = self.length + T
         if end > self.max_len:
@@ -59,6 +66,7 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k_new
         self.v[layer, :, :, self.length : end] = v_new
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        # LAB:kvcache end
 
     def advance(self, n: int) -> None:
         self.length += n
