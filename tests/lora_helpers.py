@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 VOCAB = 320
@@ -85,3 +86,45 @@ def merged_generate(
         )
         outs.append(got[0, len(p) :].tolist())
     return outs
+
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# name -> (rank, target modules, rsLoRA): different ranks, partial targets, both scalings
+ADAPTERS = {
+    "all4": (4, ALL, False),
+    "qv8": (8, ["q_proj", "v_proj"], True),
+    "mlp2": (2, ["gate_proj", "down_proj", "o_proj"], False),
+}
+
+
+@pytest.fixture(scope="session")
+def lora_folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny base and the three ADAPTERS on it, as folders (built once per session)."""
+    root = tmp_path_factory.mktemp("lora")
+    base = make_base(root / "base")
+    paths = {
+        name: make_adapter(base, root / name, r, targets, seed=i + 1, rslora=rs)
+        for i, (name, (r, targets, rs)) in enumerate(ADAPTERS.items())
+    }
+    return {"base": base, "paths": paths, "root": root}
+
+
+def lora_engine(folders: dict, **lora):
+    """Our engine on the tiny base serving every adapter: 2 slots for 3 adapters, 4-token
+    blocks, prefix caching on, prefills in chunks of 12 tokens next to the decodes."""
+    from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
+    from week2_serving.engine.lora.config import LoRAConfig
+
+    modules = {n: str(p) for n, p in folders["paths"].items()}
+    cfg = LoRAConfig(modules, **{"max_loras": 2, "max_lora_rank": 8, **lora})
+    return LLMEngine(
+        EngineConfig(
+            model=folders["base"],
+            device="cpu",
+            num_blocks=64,
+            block_size=4,
+            max_num_batched_tokens=12,
+            enable_prefix_caching=True,
+            lora=cfg,
+        )
+    )
