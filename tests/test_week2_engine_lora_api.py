@@ -128,7 +128,7 @@ def test_api_models_load_unload_and_errors(lora_folders, tmp_path):  # noqa: F81
 
 
 def test_unload_refuses_an_adapter_in_use(lora_folders):  # noqa: F811
-    from week2_serving.engine.lora.routes import unload
+    from week2_serving.engine.lora_routes import unload
 
     engine = lora_engine(lora_folders)
     engine.add_sequence(engine.make_sequence([5, 6, 7], lora_name="qv8"))
