@@ -51,7 +51,7 @@ def lora_cards(manager: LoRAManager | None, parent: str, max_model_len: int) -> 
             "parent": parent,
             "max_model_len": max_model_len,
         }
-        for reg in manager.registry.values()
+        for reg in list(manager.registry.values())  # the engine thread may add one meanwhile
     ]
 
 
