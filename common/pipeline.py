@@ -100,6 +100,11 @@ def _week3_steps(preset: str, needs: tuple[str, ...]) -> list[Step]:
             f"week3_finetune_lora.serve{p}",
             ("week3/sft-reverse", "week3/sft-sort", "week3/sft-shift"),
         ),
+        _s(  # the same served evaluation on our engine's multi-LoRA, beside vLLM's
+            "week3/serve-engine",
+            f"week3_finetune_lora.serve --server engine --run-name serve-engine --skip-bench{p}",
+            ("week3/sft-reverse", "week3/sft-sort", "week3/sft-shift"),
+        ),
         _s("week3/summary", "week3_finetune_lora.summary", data),
     ]
 

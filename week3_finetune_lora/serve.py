@@ -6,6 +6,8 @@
     python -m week3_finetune_lora.serve --skip-bench     # only the served-vs-local scores
     python -m week3_finetune_lora.serve --max-loras 1    # one adapter per batch (exercise 4)
     python -m week3_finetune_lora.serve --preset gpu     # Qwen2.5-0.5B-Instruct + adapters, bf16
+    python -m week3_finetune_lora.serve --server engine --run-name serve-engine --skip-bench
+                                                         # the same on our engine (week 2b)
 
 vLLM is started through week 2's launcher with the multi-LoRA flags (multilora.py). Then
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 
@@ -92,6 +95,8 @@ class ServeConfig:
     )
     # more vLLM flags, e.g. ("--gpu-memory-utilization", "0.5"); set by presets and code
     vllm_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
+    # the server: vLLM, or our own engine (week2_serving/engine, same LoRA flags and routes)
+    server: Literal["vllm", "engine"] = "vllm"
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()
@@ -155,7 +160,9 @@ def make_config(preset: str = "cpu", **overrides) -> ServeConfig:
 
 def vllm_extra(cfg: ServeConfig) -> list[str]:
     """Flags added to every vLLM server of the run: the dtype (when not the launcher's fp32,
-    which the CPU build needs) and the preset's own flags."""
+    which the CPU build needs) and the preset's own flags. Our engine: its --dtype only."""
+    if cfg.server == "engine":
+        return ["--dtype", cfg.dtype]
     dtype = [] if cfg.dtype == "float32" else ["--dtype", cfg.dtype]  # the last --dtype wins
     return [*dtype, *cfg.vllm_args]
 
@@ -203,7 +210,7 @@ def _bench_merged(cfg: ServeConfig, plan: AdapterPlan, out, record: RunRecord) -
     name, adapter_dir = next(iter(plan.startup.items()))
     merged_dir = merge_to_folder(cfg.model, adapter_dir, out / f"merged-{name}", cfg.dtype)
     with launch_server(
-        "vllm",
+        cfg.server,
         merged_dir,
         port=cfg.port,
         extra=vllm_extra(cfg),
@@ -239,7 +246,7 @@ def main(cfg: ServeConfig) -> dict:
     record = RunRecord(out / "results.json", asdict(cfg), resume=cfg.resume)
     record.data.update(adapters=plan.startup, max_lora_rank=plan.max_rank)
     server = launch_server(
-        "vllm",
+        cfg.server,
         cfg.model,
         port=cfg.port,
         extra=[

@@ -63,7 +63,8 @@ def collect(week: Path) -> dict:
         )
     dpo = [read_json(p) for p in sorted(week.glob("dpo-*/results.json"))]
     serve = _load(week / "serve" / "results.json")
-    return {"tasks": tasks, "qlora": qlora, "dpo": dpo, "serve": serve}
+    engine = _load(week / "serve-engine" / "results.json")  # the same on our engine
+    return {"tasks": tasks, "qlora": qlora, "dpo": dpo, "serve": serve, "serve_engine": engine}
 
 
 def acceptance(s: dict) -> dict:
@@ -101,22 +102,33 @@ def acceptance(s: dict) -> dict:
                 "failed_requests": failed,
                 "pass": r["diff_points"] is not None and abs(r["diff_points"]) <= 2 and not failed,
             }
+    for r in (s.get("serve_engine") or {}).get("scores", []):  # our engine: equal to local
+        failed = r.get("failed_requests", 0)
+        out[f"engine-served-{r['adapter']}"] = {
+            "diff_points": r["diff_points"],
+            "failed_requests": failed,
+            "pass": r["diff_points"] == 0 and not failed,
+        }
     return out
 
 
 def plot_before_after(s: dict, path: Path) -> Path:
     """Exact match per task: base model, LoRA adapter (local), the same adapter served."""
     served = {r["adapter"]: r["served_exact"] for r in (s["serve"] or {}).get("scores", [])}
+    ours = {
+        r["adapter"]: r["served_exact"] for r in (s.get("serve_engine") or {}).get("scores", [])
+    }
     names = [t["task"] for t in s["tasks"]]
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = range(len(names))
     series = [
-        ("base model", [100 * (t["base_exact"] or 0) for t in s["tasks"]], -0.27),
-        ("LoRA adapter (local)", [100 * t["adapter_exact"] for t in s["tasks"]], 0.0),
-        ("LoRA adapter (vLLM)", [100 * (served.get(n) or 0) for n in names], 0.27),
+        ("base model", [100 * (t["base_exact"] or 0) for t in s["tasks"]], -0.3),
+        ("LoRA adapter (local)", [100 * t["adapter_exact"] for t in s["tasks"]], -0.1),
+        ("LoRA adapter (vLLM)", [100 * (served.get(n) or 0) for n in names], 0.1),
+        ("LoRA adapter (our engine)", [100 * (ours.get(n) or 0) for n in names], 0.3),
     ]
     for label, vals, dx in series:
-        bars = ax.bar([x + dx for x in xs], vals, 0.27, label=label)
+        bars = ax.bar([x + dx for x in xs], vals, 0.2, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("exact match on held-out prompts (%)")
@@ -125,7 +137,7 @@ def plot_before_after(s: dict, path: Path) -> Path:
     base = models.pop() if len(models) == 1 else "the base"
     base = "Week 1's model" if base == "hf-model" else base  # the default: week 1's export
     ax.set_title(f"{base} before and after one LoRA per task")
-    ax.legend(loc="upper center", ncol=3, fontsize=8)
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
     return save(fig, path)
 
 

@@ -2,7 +2,7 @@
 
 Read in this order: sequence.py -> block_manager.py -> scheduler.py -> kv_cache.py ->
 attention.py -> model_runner.py -> sampler.py -> llm_engine.py (metrics.py and errors.py on the
-side), then the server:
+side; lora/ for multi-LoRA), then the server:
 protocol.py -> async_engine.py -> detokenizer.py -> guards.py -> responses.py -> api.py ->
 server.py (the command line).
 

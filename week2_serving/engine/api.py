@@ -3,7 +3,8 @@ wires it into FastAPI with the guards (limits, API key, error bodies) of guards.
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (serving.py: streaming with SSE, or
 not), GET /v1/models, /health, /version, /metrics (Prometheus text, vLLM's metric names),
-POST /reset_prefix_cache (cache_admin.py, between benchmark runs).
+POST /reset_prefix_cache (cache_admin.py, between benchmark runs), POST /v1/load_lora_adapter
+and /v1/unload_lora_adapter (lora_routes.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from week2_serving.engine.async_engine import AsyncEngine
 from week2_serving.engine.cache_admin import add_cache_routes
 from week2_serving.engine.guards import ServingLimits, add_guards
 from week2_serving.engine.llm_engine import LLMEngine
+from week2_serving.engine.lora_routes import add_lora_routes, lora_cards
 from week2_serving.engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from week2_serving.engine.serving import GenerationRoutes
 
@@ -50,7 +52,8 @@ class OpenAIServing(GenerationRoutes):
             "root": str(self.engine.config.model),
             "max_model_len": self.engine.max_model_len,
         }
-        return {"object": "list", "data": [card]}
+        adapters = lora_cards(self.engine.lora, self.served_name, self.engine.max_model_len)
+        return {"object": "list", "data": [card, *adapters]}
 
     async def metrics(self) -> Response:
         """vLLM-named Prometheus metrics. The engine thread records them (queue lengths and KV
@@ -88,4 +91,5 @@ def create_app(
     app.post("/v1/completions")(serving.completions)
     app.post("/v1/chat/completions")(serving.chat)
     add_cache_routes(app, aeng, engine)
+    add_lora_routes(app, aeng, engine, served_name)
     return app

@@ -32,6 +32,7 @@ from common.results import get_logger, runs_root
 from week1_gpt_kvcache.sampling import TokenLogprobs
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.errors import EngineFull
+from week2_serving.engine.lora.manager import LoRAConfig, attach_lora, bind_lora
 from week2_serving.engine.metrics import EngineMetrics
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.sampler import Sampler
@@ -62,6 +63,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
     #                      float16: the weights and the KV cache
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
+    lora: LoRAConfig | None = None  # serve LoRA adapters (lora/config.py); None: the base only
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
 
@@ -118,6 +120,7 @@ class LLMEngine:
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
             self.block_manager,
         )
+        self.lora = attach_lora(self)  # a LoRAManager when config.lora is set, else None
         self.sampler = Sampler()
         self.requests: dict[str, Sequence] = {}
         self.eos_token_id = tokenizer.eos_token_id
@@ -169,6 +172,7 @@ class LLMEngine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         cache_salt: str | None = None,
+        lora_name: str | None = None,
     ) -> Sequence:
         """Validate a request and build its Sequence without touching the engine's state.
 
@@ -190,6 +194,7 @@ class LLMEngine:
             raise ValueError(f"cache_salt={cache_salt!r}: use a non-empty string, or none")
         seq = Sequence(ids, params, request_id, self.eos_token_id, cache_salt)
         self.scheduler.check_fits(seq)
+        bind_lora(self.lora, seq, lora_name)  # its adapter (ValueError if unknown) and salt
         return seq
 
     def is_full(self) -> bool:

@@ -20,6 +20,7 @@ from week1_gpt_kvcache.hf_convert import from_hf_folder
 from week1_gpt_kvcache.model import GPT, RMSNorm
 from week2_serving.engine.attention import AttnGroup, attend, plan_groups
 from week2_serving.engine.kv_cache import PagedKVCache
+from week2_serving.engine.lora.manager import LoRAManager, LoRAStep
 from week2_serving.engine.scheduler import ScheduledBatch
 
 
@@ -32,6 +33,7 @@ class StepInputs:
     slot_mapping: torch.Tensor  # (N,) the pool slot each token's K/V is written to
     groups: list[AttnGroup]  # which rows attend together, and to which slots
     sample_rows: torch.Tensor  # (S,) the rows whose logits are sampled (last of a sequence)
+    lora: LoRAStep | None = None  # which rows use which LoRA adapter (lora/); None: none does
 
 
 @dataclass
@@ -97,6 +99,8 @@ class ModelRunner:
         # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
         half = self.cfg.head_dim // 2
         self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, dtype)
+        self.lora: LoRAManager | None = None  # set by the engine when it serves adapters
+        self.lora_step: LoRAStep | None = None  # this step's, for `proj`
 
     @staticmethod
     def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
@@ -132,6 +136,7 @@ class ModelRunner:
             slot_mapping=torch.tensor(slot_mapping, device=dev),
             groups=plan_groups(decode, prefill, bs, dev, self.dtype),
             sample_rows=torch.tensor(sample_rows, dtype=torch.long, device=dev),
+            lora=self.lora.plan(batch.seqs, batch.num_tokens) if self.lora else None,
         )
 
     # --- 2. attention ---------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class ModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Embed, run every layer over the flat batch, and the LM head on the sampled rows."""
         m = self.model
+        self.lora_step = inputs.lora
         x = m.wte(inputs.ids)  # (N, C)
         rope = None
         if m.wpe is not None:
@@ -171,7 +177,7 @@ class ModelRunner:
         N, H, Hkv, D = x.shape[0], self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         blk = fl.block
         h = norm(blk.norm1, x)
-        qkv = F.linear(h, fl.qkv_w, fl.qkv_b)  # (N, (H + 2 Hkv) D)
+        qkv = self.proj(layer, "qkv", h, fl.qkv_w, fl.qkv_b)  # (N, (H + 2 Hkv) D)
         qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
         v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
         if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
@@ -179,9 +185,19 @@ class ModelRunner:
         q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
         self.kv.write(layer, inputs.slot_mapping, k, v)  # this step's K/V -> pool
         attn = self.attention(layer, q, inputs.groups)  # (N, H, D)
-        x = x + F.linear(attn.reshape(N, H * D), fl.o_w, fl.o_b)
+        x = x + self.proj(layer, "o", attn.reshape(N, H * D), fl.o_w, fl.o_b)
         h = norm(blk.norm2, x)
         if fl.gate_up_w is not None:  # SwiGLU: down(silu(gate) * up), gate and up in one go
-            gate, up = F.linear(h, fl.gate_up_w).chunk(2, dim=-1)
-            return x + blk.mlp.down(F.silu(gate) * up)
-        return x + blk.mlp(h)
+            gate, up = self.proj(layer, "gate_up", h, fl.gate_up_w, None).chunk(2, dim=-1)
+            return x + self.proj(layer, "down", F.silu(gate) * up, blk.mlp.down.weight, None)
+        return x + blk.mlp(h)  # GPT-2's MLP as is (LoRA is refused on GPT-2: LoRAManager)
+
+    def proj(
+        self, layer: int, name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:  # (N, in) -> (N, out)
+        """Every projection of a layer ("qkv", "o", "gate_up", "down"): x W^T + b, plus each
+        row's own LoRA delta s (x A) B when this step has rows with an adapter (lora/)."""
+        y = F.linear(x, w, b)
+        if self.lora_step is not None:
+            y = y + self.lora.delta(layer, name, x, self.lora_step)
+        return y

@@ -72,6 +72,7 @@ class SchedulerConfig:
     max_num_seqs: int = 64  # most sequences in one step (the batch size)
     max_num_batched_tokens: int = 512  # token budget of one step (prefill chunks + decodes)
     policy: str = "continuous"  # a name in POLICIES
+    max_loras: int = 0  # most distinct LoRA adapters running at once (lora/); 0: no LoRA
 
     def __post_init__(self) -> None:
         get_policy(self.policy)
@@ -185,6 +186,8 @@ class Scheduler:
         """Waiting sequences, first come first served, while budget, batch size and blocks allow."""
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             seq = self.waiting[0]
+            if not self.lora_fits(seq):  # its adapter can get no slot: it waits first in line
+                break
             self.bm.allocate_prefix(seq)
             n = min(seq.num_uncomputed, budget)
             if not self.bm.can_allocate_slots(seq, n):  # no room: it stays first in line
@@ -197,6 +200,13 @@ class Scheduler:
             self.running.append(seq)
             batch.add(seq, n, copies)
             budget -= n
+
+    def lora_fits(self, seq: Sequence) -> bool:
+        """May `seq` run now: its adapter is in use already or a weight slot is left for it?"""
+        if seq.lora_name is None or not self.config.max_loras:
+            return True
+        active = {s.lora_name for s in self.running} - {None}
+        return seq.lora_name in active or len(active) < self.config.max_loras
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)

@@ -53,6 +53,7 @@ class Sequence:
         self.params = params or SamplingParams()
         self.eos_token_id = eos_token_id
         self.cache_salt = cache_salt  # enters the first block's prefix-cache key: same salt, shared
+        self.lora_name: str | None = None  # the LoRA adapter it runs with (lora/); None: base
         self.tokens: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed = 0  # tokens whose K/V are in the cache

@@ -34,6 +34,7 @@ from common.results import get_logger
 from week2_serving.engine.api import create_app
 from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
+from week2_serving.engine.lora.config import LoRAConfig, parse_modules
 from week2_serving.engine.scheduler import POLICIES
 
 __all__ = [
@@ -114,9 +115,17 @@ class ServerConfig:
     # cores for the engine thread, e.g. '0' or '0,1'; 'auto': all but the last when there are
     # 2 or more, as vLLM's CPU build binds its worker; 'all': no binding
     engine_cpus: str = "auto"
+    # LoRA adapters served beside the base model, NAME=PEFT_FOLDER each; a request picks one
+    # with "model": NAME (lora/)
+    lora_modules: list[str] = field(default_factory=list)
+    enable_lora: bool = False  # serve LoRA adapters (implied by --lora-modules), load at runtime
+    max_loras: int = 1  # adapters in the weight slots at once (one step mixes at most this many)
+    max_lora_rank: int = 16  # the largest rank an adapter may have
+    max_cpu_loras: int | None = None  # adapters kept in host memory; none: --max-loras
 
     def __post_init__(self) -> None:
         self.limits()  # a bad limit is a usage error naming it
+        self.lora_config()  # so is a bad LoRA flag
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: use 1..65535")
         sizes = {"block_size": 1024, "max_num_seqs": 65536, "threads": 4096}
@@ -129,6 +138,12 @@ class ServerConfig:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: use 1..{1 << 24}, or none")
         if not (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0):
             raise ValueError(f"kv_cache_gib={self.kv_cache_gib}: use a finite number of GiB > 0")
+
+    def lora_config(self) -> LoRAConfig | None:
+        """The engine's LoRA settings (None: LoRA off); ValueError naming a bad flag."""
+        modules = parse_modules(self.lora_modules)
+        cfg = LoRAConfig(modules, self.max_loras, self.max_lora_rank, self.max_cpu_loras)
+        return cfg if self.enable_lora or modules else None
 
     def limits(self) -> ServingLimits:
         names = [f.name for f in dataclasses.fields(ServingLimits)]
@@ -200,6 +215,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             device=a.device,
             dtype=a.dtype,
             offline=a.offline,
+            lora=a.lora_config(),
         )
     except ValueError as e:
         raise SystemExit(f"--device {a.device!r} / --dtype {a.dtype!r}: {e}") from None
@@ -236,7 +252,7 @@ def main(cfg: ServerConfig) -> None:
     try:
         engine = LLMEngine(engine_config(cfg))
     except (FileNotFoundError, ValueError) as e:  # not found / not cached, unsupported model
-        raise SystemExit(f"--model {cfg.model!r}: {e}") from None
+        raise SystemExit(f"--model {cfg.model!r} / --lora-modules: {e}") from None
     cpus = engine_cpus(cfg.engine_cpus)
     name = cfg.served_model_name or cfg.model
     app = create_app(engine, name, api_key, cpus, cfg.limits())

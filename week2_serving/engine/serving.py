@@ -110,9 +110,12 @@ class GenerationRoutes:
             message = f"engine failed: {self.aeng.error!r}; the server is stopping"
             raise APIError(503, message, "ServiceUnavailableError")
 
-    def check_model(self, name: str) -> None:
-        if name != self.served_name:
+    def check_model(self, name: str) -> str | None:
+        """The LoRA adapter `name` picks (None: the base model), or 404 as vLLM answers."""
+        lora = self.engine.lora
+        if name != self.served_name and (lora is None or name not in lora.registry):
             raise APIError(404, f"The model `{name}` does not exist.", "NotFoundError", "model")
+        return None if name == self.served_name else name
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         tok = self.engine.tokenizer
@@ -128,14 +131,14 @@ class GenerationRoutes:
             raise APIError(400, str(e), param="prompt") from e
 
     def new_sequence(
-        self, ids: list[int], params: SamplingParams, rid: str, salt: str | None = None
+        self, ids: list[int], params: SamplingParams, rid: str, salt: str | None, lora: str | None
     ) -> Sequence:
         limit = self.engine.max_model_len
         if len(ids) >= limit:  # before scanning the ids
             message = f"the prompt has {len(ids)} tokens; this model's context is {limit}"
             raise APIError(400, message, param="prompt")
         try:  # tokens already: this checks the length with max_tokens and the vocabulary
-            return self.engine.make_sequence(ids, params, rid, cache_salt=salt)
+            return self.engine.make_sequence(ids, params, rid, cache_salt=salt, lora_name=lora)
         except ValueError as e:  # too long with max_tokens, outside the vocabulary, empty
             param = "max_tokens" if "maximum context length" in str(e) else "prompt"
             raise APIError(400, str(e), param=param) from e
@@ -162,7 +165,7 @@ class GenerationRoutes:
         pairs = itertools.product(enumerate(prompts), each)
         for i, ((j, ids), p) in enumerate(pairs):
             cid = rid if total == 1 else f"{rid}-{i}"
-            seq = self.new_sequence(ids, p, cid, body.cache_salt)
+            seq = self.new_sequence(ids, p, cid, body.cache_salt, self.check_model(body.model))
             echo = "" if echoes is None else echoes[j] or self.decode(ids)
             out.append((Choice(i, cid, self.engine.tokenizer, body.stop_strings(), echo), seq))
         return out
@@ -204,7 +207,7 @@ class GenerationRoutes:
             raise self.as_api_error(e) from e
         queues = [self.aeng.submit(seq) for _, seq in pairs]
         choices = [c for c, _ in pairs]
-        head = {"id": rid, "created": int(time.time()), "model": self.served_name}
+        head = {"id": rid, "created": int(time.time()), "model": body.model}  # base or adapter
         run = Run(choices, queues, params.n, params.logprobs is not None, chat, deadline)
         if not body.stream:
             rids = [c.request_id for c in choices]

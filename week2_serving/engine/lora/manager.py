@@ -1,0 +1,227 @@
+"""Which adapters sit in the weight slots, which rows of a step use which slot, and the delta.
+
+Three places an adapter can be, like pages in a memory hierarchy:
+- registered: a name and its peft folder (`add`, `remove`); any number;
+- in host memory: its weights read and arranged for the fused projections (`max_cpu_loras`
+  of them, least recently used dropped first; a dropped one is read from its folder again);
+- in a slot: copied into the stacked tensors the forward pass reads (`max_loras` slots, plus
+  slot 0 for the base model, all zeros). A step whose batch needs an adapter that has no slot
+  takes the least recently used slot that no row of this step needs; the scheduler admits a
+  request only when its adapter has or can get one (Scheduler.lora_fits), so that slot exists.
+
+The forward pass calls `delta(layer, proj, x, step)` for each projection (ModelRunner.proj):
+BGMV for the step's decode rows and SGMV for its prefill chunks (ops.py).
+Shapes: N rows in the step, S = max_loras + 1 slots, R = max_lora_rank.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from week2_serving.engine.lora.adapters import FUSED, fused_pair, load_adapter
+from week2_serving.engine.lora.config import LoRAConfig, check_name
+
+__all__ = ["LoRAConfig", "LoRAManager", "LoRAStep", "attach_lora", "bind_lora"]
+from week2_serving.engine.lora.ops import bgmv, sgmv
+
+Pairs = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # (layer, proj) -> (A, B)
+
+
+@dataclass
+class LoRAStep:
+    """Which rows of this step get which adapter (rows of the base model are in neither)."""
+
+    decode_rows: torch.Tensor  # (Nd,) rows that decode one token with an adapter
+    decode_slots: torch.Tensor  # (Nd,) their slots
+    segments: list[tuple[int, int, int]]  # prefill chunks: (first row, end row, slot)
+
+
+@dataclass
+class Registered:
+    name: str
+    path: str
+    rank: int
+    uid: int  # new for every load: a name loaded again never shares the old one's KV cache
+    scale: float
+
+
+class LoRAManager:
+    def __init__(self, config: LoRAConfig, model_cfg, device: torch.device, dtype: torch.dtype):
+        if model_cfg.arch != "llama":
+            raise ValueError(
+                f"LoRA serving needs a Llama-architecture model; this one is {model_cfg.arch!r}"
+            )
+        self.config, self.device, self.dtype = config, device, dtype
+        self.R = config.max_lora_rank
+        c, S = model_cfg, config.max_loras + 1
+        hd, kv = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+        self.shapes = {  # proj -> (in, the out sizes of its fused parts)
+            "qkv": (c.n_embd, [hd, kv, kv]),
+            "o": (hd, [c.n_embd]),
+            "gate_up": (c.n_embd, [c.mlp_hidden, c.mlp_hidden]),
+            "down": (c.mlp_hidden, [c.n_embd]),
+        }
+        self.n_layer = c.n_layer
+        kw = dict(device=device, dtype=dtype)
+        self.A = [  # per layer, per projection: (S, in, k R)
+            {p: torch.zeros(S, i, len(o) * self.R, **kw) for p, (i, o) in self.shapes.items()}
+            for _ in range(c.n_layer)
+        ]
+        self.B = [  # (S, k R, out)
+            {p: torch.zeros(S, len(o) * self.R, sum(o), **kw) for p, (i, o) in self.shapes.items()}
+            for _ in range(c.n_layer)
+        ]
+        self.scales = torch.zeros(S, **kw)  # (S,) slot 0: the base model, scale 0
+        self.registry: dict[str, Registered] = {}
+        self.host: OrderedDict[str, Pairs] = OrderedDict()  # least recently used first
+        self.slot_of: OrderedDict[str, int] = OrderedDict()  # in a slot, least recently used first
+        self._uids = itertools.count(1)
+        self.num_slot_loads = 0  # copies host -> slot
+        self.num_disk_loads = 0  # reads of a peft folder
+        for name, path in config.modules.items():
+            self.add(name, path)
+
+    # --- the registry ---------------------------------------------------------------------------
+    def add(self, name: str, path: str) -> Registered:
+        """Register (and read) an adapter; ValueError / FileNotFoundError say what is wrong."""
+        check_name(name)
+        if name in self.registry:
+            raise ValueError(f"a LoRA adapter named {name!r} is already loaded; unload it first")
+        pairs, adapter = self._read(name, path)
+        reg = Registered(name, adapter.path, adapter.rank, next(self._uids), adapter.scale)
+        self.registry[name] = reg
+        self._keep_on_host(name, pairs)
+        return reg
+
+    def remove(self, name: str) -> None:
+        """Forget an adapter (its slot and host copy too); KeyError if unknown."""
+        del self.registry[name]
+        self.host.pop(name, None)
+        slot = self.slot_of.pop(name, None)
+        if slot is not None:
+            self.scales[slot] = 0.0
+
+    def cache_salt(self, salt: str | None, name: str | None) -> str | None:
+        """The prefix-cache salt of a request: the adapter (and its load) joins the user's salt,
+        so different adapters never share K/V; every salt is wrapped alike, so no user salt can
+        be crafted to equal an adapter's."""
+        if salt is None and name is None:
+            return None
+        uid = self.registry[name].uid if name is not None else 0
+        return json.dumps([salt, name, uid])
+
+    # --- host memory ----------------------------------------------------------------------------
+    def _read(self, name: str, path: str):
+        adapter = load_adapter(name, path, self.R)
+        bad = sorted({layer for layer, _ in adapter.weights if layer >= self.n_layer})
+        if bad:
+            raise ValueError(f"LoRA {name!r} has layers {bad}; the model has {self.n_layer}")
+        pairs: Pairs = {}
+        for layer in range(self.n_layer):
+            for proj, (i, outs) in self.shapes.items():
+                pair = fused_pair(adapter, layer, proj, outs, i, self.R)
+                if pair is not None:
+                    pairs[(layer, proj)] = (pair[0].to(self.dtype), pair[1].to(self.dtype))
+        self.num_disk_loads += 1
+        return pairs, adapter
+
+    def _keep_on_host(self, name: str, pairs: Pairs) -> None:
+        self.host[name] = pairs
+        self.host.move_to_end(name)
+        while len(self.host) > self.config.max_cpu_loras:  # drop the LRU one not in a slot
+            victim = next(n for n in self.host if n not in self.slot_of)
+            del self.host[victim]
+
+    def _host_copy(self, name: str) -> Pairs:
+        if name not in self.host:
+            pairs, _ = self._read(name, self.registry[name].path)
+            self._keep_on_host(name, pairs)
+        self.host.move_to_end(name)
+        return self.host[name]
+
+    # --- slots ----------------------------------------------------------------------------------
+    def activate(self, name: str, keep: set[str]) -> int:
+        """`name`'s slot, loading it into a free or the LRU slot outside `keep` if needed."""
+        if name in self.slot_of:
+            self.slot_of.move_to_end(name)
+            return self.slot_of[name]
+        used = set(self.slot_of.values())
+        free = [s for s in range(1, self.config.max_loras + 1) if s not in used]
+        if free:
+            slot = free[0]
+        else:  # evict: the least recently used adapter this step does not need
+            victim = next(n for n in self.slot_of if n not in keep)
+            slot = self.slot_of.pop(victim)
+        pairs = self._host_copy(name)
+        for layer in range(self.n_layer):
+            for proj in FUSED:
+                A, B = self.A[layer][proj][slot], self.B[layer][proj][slot]
+                pair = pairs.get((layer, proj))
+                if pair is None:
+                    A.zero_(), B.zero_()
+                else:
+                    A.copy_(pair[0]), B.copy_(pair[1])
+        self.scales[slot] = self.registry[name].scale
+        self.slot_of[name] = slot
+        self.num_slot_loads += 1
+        return slot
+
+    def plan(self, seqs, num_tokens: list[int]) -> LoRAStep | None:
+        """This step's row -> slot map (rows laid out as ModelRunner.prepare lays them out);
+        None when no row uses an adapter (the forward pass then skips LoRA entirely)."""
+        names = {s.lora_name for s in seqs} - {None}
+        if not names:
+            return None
+        if len(names) > self.config.max_loras:  # the scheduler's check failed: a bug
+            raise RuntimeError(f"{len(names)} adapters in one step > max_loras")
+        slot = {n: self.activate(n, names) for n in names}
+        rows, slots, segments, row = [], [], [], 0
+        for seq, n in zip(seqs, num_tokens):
+            if seq.lora_name is not None:
+                s = slot[seq.lora_name]
+                if n == 1:
+                    rows.append(row), slots.append(s)
+                elif segments and segments[-1][1] == row and segments[-1][2] == s:
+                    segments[-1] = (segments[-1][0], row + n, s)  # same adapter: one segment
+                else:
+                    segments.append((row, row + n, s))
+            row += n
+        as_t = lambda v: torch.tensor(v, dtype=torch.long, device=self.device)  # noqa: E731
+        return LoRAStep(as_t(rows), as_t(slots), segments)
+
+    # --- the forward pass -----------------------------------------------------------------------
+    def delta(self, layer: int, proj: str, x: torch.Tensor, step: LoRAStep) -> torch.Tensor:
+        """s * (x A) B for every row of the step: (N, in) -> (N, out), zero for base rows."""
+        A, B = self.A[layer][proj], self.B[layer][proj]
+        out = x.new_zeros(x.shape[0], B.shape[-1])
+        if step.decode_rows.numel():
+            rows = step.decode_rows
+            out[rows] = bgmv(x[rows], A, B, self.scales, step.decode_slots)
+        return sgmv(x, A, B, self.scales, step.segments, out)
+
+
+# --- the engine's hooks (LLMEngine.__init__ and make_sequence) -----------------------------------
+def attach_lora(engine) -> LoRAManager | None:
+    """Give `engine` its LoRAManager (config.lora), shared with its runner and scheduler."""
+    cfg = engine.config.lora
+    if cfg is None:
+        return None
+    r = engine.runner
+    manager = r.lora = LoRAManager(cfg, r.cfg, r.device, r.dtype)
+    engine.scheduler.config.max_loras = cfg.max_loras
+    return manager
+
+
+def bind_lora(manager: LoRAManager | None, seq, name: str | None) -> None:
+    """Give `seq` its adapter and fold the adapter into its prefix-cache salt."""
+    if name is not None and (manager is None or name not in manager.registry):
+        known = sorted(manager.registry) if manager else "none: LoRA is off"
+        raise ValueError(f"no LoRA adapter named {name!r} is loaded (loaded: {known})")
+    if manager is not None:
+        seq.lora_name = name
+        seq.cache_salt = manager.cache_salt(seq.cache_salt, name)
