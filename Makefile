@@ -166,7 +166,12 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup setup-vllm setup-awq setup-quant lint
+# The venvs install side by side (-j3: mostly downloads and unpacking), each one's output
+# printed in one piece when it is done; then lint, then the tests.
+test:
+	@echo "make test: installing what is missing (.venv, .venvs/vllm, .venvs/quant, side by side)"
+	@$(MAKE) --no-print-directory -j3 --output-sync=target setup setup-vllm setup-awq setup-quant
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The main job runs step by step (common/pipeline.py): a failed step skips only the steps that
