@@ -31,7 +31,7 @@ from week2_serving.engine.structured import (
     make_spec,
 )
 
-PROMPTS = ["The list type", "A dict is", "def f(x):", "import os"]
+PROMPTS = ["The list type", "A dict is", "def f(x):", "import os", "Python is"] * 2  # 10 x 2 runs
 COMPACT = {"disable_any_whitespace": True}  # no optional whitespace: shorter JSON
 
 

@@ -85,9 +85,9 @@ def schema_errors(value, schema: dict, where: str = "$") -> list[str]:
             errors.append(f"{where}: length {len(value)} outside minLength/maxLength")
         if "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append(f"{where}: {value!r} does not match {schema['pattern']!r}")
-    if TYPES["number"](value):
-        if not schema.get("minimum", value) <= value <= schema.get("maximum", value):
-            errors.append(f"{where}: {value} outside minimum/maximum")
+    number = TYPES["number"](value)
+    if number and not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+        errors.append(f"{where}: {value} outside minimum/maximum")
     return errors
 
 

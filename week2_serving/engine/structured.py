@@ -254,8 +254,10 @@ def check_no_speculation(engine_config) -> None:
 
 def generate(engine, grammars: Grammars, prompts: list, params, spec: StructuredSpec | None):
     """Offline: run prompts to completion, each sequence under its own matcher of `spec` (None:
-    no grammar) -> the finished Sequences, in input order (like `LLMEngine.generate`)."""
-    seqs = [engine.make_sequence(p, params) for p in prompts]
+    no grammar) -> the finished Sequences, in input order (like `LLMEngine.generate`).
+    `params`: one SamplingParams for all, or one per prompt."""
+    each = params if isinstance(params, list) else [params] * len(prompts)
+    seqs = [engine.make_sequence(p, sp) for p, sp in zip(prompts, each, strict=True)]
     compiled = grammars.compile(spec) if spec is not None else None
     for seq in seqs:
         seq.grammar = grammars.matcher(compiled) if compiled is not None else None
