@@ -199,3 +199,9 @@ def test_server_refuses_bad_specs_and_serves_good_ones(tiny_gpt):
         r = post(url, "/v1/chat/completions", {"messages": msgs, "structured_outputs": so, "n": 2})
         assert r.status_code == 200, r.text
         assert {c["message"]["content"] for c in r.json()["choices"]} <= set(CHOICES)
+        so = {"regex": BOUNDED_REGEX}
+        body = {"prompt": "The", "structured_outputs": so, "stream": True, "max_tokens": 40}
+        r = post(url, "/v1/completions", body)
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line[6:7] == "{"]
+        text = "".join(c["text"] for e in events for c in e["choices"])
+        assert re.fullmatch(BOUNDED_REGEX, text), text  # streamed pieces add up to a match
