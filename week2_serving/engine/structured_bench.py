@@ -33,7 +33,6 @@ import httpx
 from common.cli import parse
 from common.results import get_logger, runs_root, save_results
 from common.server import ManagedServer, free_port
-from common.timing import environment
 from week2_serving.engine.schema_check import BOUNDED_REGEX, BOUNDED_SCHEMA, schema_errors
 
 log = get_logger("week2.structured_bench")
@@ -173,6 +172,8 @@ def tokens_per_s(seqs, seconds: float) -> float:
 
 
 def main(cfg: StructuredBenchConfig) -> dict:
+    from common.timing import environment  # torch: loaded here, so --help stays quick
+
     out_dir = runs_root() / "week2" / "structured"
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = served(cfg, out_dir)
