@@ -42,6 +42,7 @@ ENTRY_POINTS = [
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
     "week2_serving.engine.lora_bench",
+    "week2_serving.engine.structured_bench",
     "week2_serving.harness.soak",
     "common.pipeline",
     "week3_finetune_lora.data",

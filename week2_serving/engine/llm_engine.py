@@ -250,7 +250,7 @@ class LLMEngine:
             return []
         logits = self.runner.execute(batch)
         to_sample = batch.sampled_seqs
-        sampled = self._sample(logits, to_sample)
+        sampled = self.sampler.accept(to_sample, self._sample(logits, to_sample))  # grammars
         self.scheduler.update(batch, sampled)
         now = time.monotonic()
         outs = [self._output(s, s.seq_id in sampled and s.error is None, now) for s in to_sample]

@@ -49,7 +49,6 @@ NO_OP: dict[str, tuple[Any, ...]] = {
     "min_p": (0,),
     "logit_bias": ({},),
     "suffix": ("",),
-    "response_format": ({"type": "text"},),
     "tools": ([],),
     "tool_choice": ("none",),
     "modalities": (["text"],),
@@ -66,6 +65,32 @@ class ClosedModel(BaseModel):
 class StreamOptions(ClosedModel):
     include_usage: StrictBool = False
     continuous_usage_stats: Literal[False] | None = None
+
+
+class JsonSchemaFormat(ClosedModel):
+    """OpenAI's `response_format.json_schema`: the schema under "schema" (an alias: pydantic)."""
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    description: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    schema_: dict[ShortStr, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(ClosedModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(ClosedModel):
+    """vLLM's `structured_outputs` extension: one constraint (structured.py checks the rest)."""
+
+    json_: dict[ShortStr, Any] | StrictStr | None = Field(default=None, alias="json")
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+    grammar: StrictStr | None = None
+    json_object: StrictBool | None = None
+    disable_any_whitespace: StrictBool = False
+    disable_additional_properties: Literal[False] = False  # accepted only as the default
 
 
 class CommonRequest(ClosedModel):
@@ -86,6 +111,9 @@ class CommonRequest(ClosedModel):
     user: ShortStr | None = None  # metadata only
     # prefix-cache isolation (vLLM's field): requests share cached KV only with the same salt
     cache_salt: Annotated[ShortStr, Field(min_length=1)] | None = None
+    # structured output (structured.py): OpenAI's response_format, vLLM's structured_outputs
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
     # accepted only as no-ops (NO_OP)
     frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
@@ -213,7 +241,6 @@ class ChatRequest(CommonRequest):
     logprobs: StrictBool | None = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=MAX_CHAT_LOGPROBS)] | None = None
     # accepted only as no-ops (NO_OP) or metadata
-    response_format: dict[ShortStr, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: ShortStr | dict[ShortStr, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
@@ -222,7 +249,7 @@ class ChatRequest(CommonRequest):
     metadata: Annotated[dict[ShortStr, ShortStr], Field(max_length=16)] | None = None
     service_tier: Literal["auto", "default"] | None = None
 
-    @field_validator("response_format", "tools", "tool_choice", "modalities", "store")
+    @field_validator("tools", "tool_choice", "modalities", "store")
     @classmethod
     def _chat_no_op(cls, value: Any, info: ValidationInfo) -> Any:
         return only_no_op(value, info)

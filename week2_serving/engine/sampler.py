@@ -7,7 +7,10 @@ its batch (and after a preemption: the generator is not reset).
 Two per-request additions on top of `week1_gpt_kvcache.sampling.sample`:
 - `min_tokens`: EOS and the stop tokens are masked (-inf) until the output is that long;
 - `logprobs`: the chosen token's log-probability (and the top-k alternatives) under the
-  model's distribution, appended to `seq.output_logprobs` for the server to report.
+  model's distribution, appended to `seq.output_logprobs` for the server to report;
+- structured output (structured.py): a row whose sequence has a grammar always takes the
+  per-row path, where the tokens the grammar forbids are masked (-inf); `accept` then moves
+  each grammar on by its token, once the step's sampling is final.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from week1_gpt_kvcache.sampling import make_generator, mask_tokens, sample, token_logprobs
+from week2_serving.engine.scheduler import fail
 from week2_serving.engine.sequence import Sequence
 
 
@@ -46,9 +50,27 @@ class Sampler:
         out = logits.argmax(-1).tolist()  # greedy for everyone; the other rows overwritten
         for i, seq in enumerate(seqs):
             p, banned = seq.params, self.banned(seq)
-            if not p.greedy or banned:
+            if not p.greedy or banned or seq.grammar is not None:
                 row = mask_tokens(logits[i : i + 1], banned).cpu()  # the generators live here
+                if seq.grammar is not None:  # structured output: only what the grammar allows
+                    row = seq.grammar.mask(row)
                 out[i] = int(sample(row, p, self._generator(seq))[0])
             if p.logprobs is not None:
                 seq.output_logprobs.append(token_logprobs(logits[i], out[i], p.logprobs))
         return out
+
+    @staticmethod
+    def accept(seqs: list[Sequence], sampled: dict[int, int]) -> dict[int, int]:
+        """Move each sampled sequence's grammar on by its token (after the step's sampling is
+        final: a row sampled twice must not be accepted twice). A token the grammar refuses
+        fails that request; a grammar that ended without a stop token finishes it ("stop")."""
+        for seq in seqs:
+            token = sampled.get(seq.seq_id)
+            if seq.grammar is None or token is None:
+                continue
+            if not seq.grammar.accept(token):
+                fail(seq, ValueError(f"token {token} is not allowed by the request's grammar"))
+                del sampled[seq.seq_id]
+            elif seq.grammar.is_terminated() and token != seq.eos_token_id:
+                seq.finish("stop")
+        return sampled

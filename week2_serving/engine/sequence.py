@@ -67,6 +67,7 @@ class Sequence:
         self.last_token_time: float | None = None  # when the latest output token was sampled
         self.num_preemptions = 0
         self.output_logprobs: list[TokenLogprobs] = []  # one per output token, if asked
+        self.grammar = None  # structured.GrammarState: the tokens allowed next (structured output)
 
     # --- views ----------------------------------------------------------------------------------
     def __len__(self) -> int:

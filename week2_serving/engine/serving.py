@@ -43,6 +43,7 @@ from week2_serving.engine.responses import (
     usage,
 )
 from week2_serving.engine.sequence import SamplingParams, Sequence
+from week2_serving.engine.structured_api import StructuredOutputs
 
 MAX_SEQUENCES = 128  # engine sequences one request may start (prompts x n)
 
@@ -64,6 +65,7 @@ class GenerationRoutes:
         self.engine, self.aeng, self.served_name = engine, aeng, served_name
         self.limits: ServingLimits = limits
         self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        self.structured = StructuredOutputs(engine, self.tokenizer_thread)  # grammars compile there
 
     def close(self) -> None:
         self.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
@@ -200,6 +202,7 @@ class GenerationRoutes:
         deadline = self.deadline()
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         pairs = self.make_choices(prompts, echoes, body, params, rid)
+        await self.structured.attach(body, params, [seq for _, seq in pairs])  # 400 if bad
         self.check_engine()
         try:
             self.aeng.check_room()
