@@ -25,7 +25,7 @@ PROMPTS = [
 ]
 MAX_TOKENS = [5, 30, 17, 22, 9, 25]
 # a small pool and token budget: prefills are chunked and the youngest request is preempted
-TIGHT = dict(num_blocks=14, block_size=4, max_num_batched_tokens=16, max_num_seqs=4)
+TIGHT = dict(num_blocks=20, block_size=4, max_num_batched_tokens=16, max_num_seqs=4)
 OFF = dict(fast_prepare=False, batched_sampling=False)
 
 
