@@ -25,10 +25,10 @@ from common.cli import parse
 from common.results import get_logger, runs_root, save_results
 from common.timing import environment
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
+from week2_serving.engine.profile import LEVERS_OFF as OFF
 from week2_serving.engine.sequence import SamplingParams
 
 log = get_logger("week2.engine.levers")
-OFF = {"fast_prepare": False, "batched_sampling": False}
 # row -> (EngineConfig overrides, torch threads or None for the run's --threads)
 ROWS = {
     "all off (reference paths)": (OFF, None),
@@ -72,6 +72,14 @@ def timed_run(eng: LLMEngine, prompts, cfg: LeversConfig, threads: int) -> float
 
 
 def main(cfg: LeversConfig) -> dict:
+    threads_before = torch.get_num_threads()
+    try:
+        return measure(cfg)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def measure(cfg: LeversConfig) -> dict:
     rng = random.Random(cfg.seed)
     engines, prompts = {}, {}
     for c in cfg.concurrency:
@@ -89,7 +97,6 @@ def main(cfg: LeversConfig) -> dict:
             for row, (_, threads) in ROWS.items():
                 n_threads = cfg.threads + 1 if threads == "more" else cfg.threads
                 runs[row, c].append(timed_run(engines[row, c], prompts[c], cfg, n_threads))
-    torch.set_num_threads(cfg.threads)
     table = {}
     for row in ROWS:
         table[row] = {}

@@ -167,7 +167,15 @@ def plot(before: dict, after: dict, path) -> None:
 
 
 def main(cfg: ProfileConfig) -> dict:
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return measure(cfg)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def measure(cfg: ProfileConfig) -> dict:
     probe = build(cfg)
     prompts = workload(cfg, probe.runner.cfg.vocab_size)
     del probe
