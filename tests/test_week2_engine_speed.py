@@ -67,13 +67,17 @@ def test_fast_prepare_builds_the_reference_inputs_at_every_step(tiny_gpt):
     assert max(steps) > 1 and len(steps) > 20  # batched steps were compared, many of them
 
 
-@pytest.mark.parametrize("overrides", [TIGHT, dict(num_blocks=256, max_num_seqs=8)])
+@pytest.mark.parametrize(
+    "overrides",
+    [TIGHT, dict(num_blocks=256, max_num_seqs=8), dict(TIGHT, one_decode_group=True)],
+)
 def test_levers_on_give_the_tokens_of_levers_off(tiny_gpt, overrides):
     """Greedy rows and seeded sampled rows: identical tokens with every lever on or off."""
     params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
     params[2] = SamplingParams(max_tokens=17, temperature=0.9, seed=7, ignore_eos=True)
     params[3] = SamplingParams(max_tokens=22, temperature=1.0, seed=3, top_k=5, ignore_eos=True)
-    ref = engine(tiny_gpt, **overrides, **OFF).generate(PROMPTS, params, use_tqdm=False)
+    off = {**overrides, **OFF, "one_decode_group": False}
+    ref = engine(tiny_gpt, **off).generate(PROMPTS, params, use_tqdm=False)
     out = engine(tiny_gpt, **overrides).generate(PROMPTS, params, use_tqdm=False)
     assert [o.token_ids for o in out] == [r.token_ids for r in ref]
 

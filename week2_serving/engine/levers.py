@@ -35,6 +35,7 @@ ROWS = {
     "(a) fast_prepare: inputs by tensor ops": ({**OFF, "fast_prepare": True}, None),
     "(d) batched_sampling": ({**OFF, "batched_sampling": True}, None),
     "all on (defaults)": ({}, None),
+    "(b') defaults + all decodes in one attention group": ({"one_decode_group": True}, None),
     "(f) all on + one more torch thread": ({}, "more"),
 }
 

@@ -62,9 +62,9 @@ class EngineConfig:
     dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
     #                      float16: the weights and the KV cache
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
-    # speed levers (engine/levers.py measures each); off: the plain path each is tested against
-    fast_prepare: bool = True  # step inputs by tensor ops (step_plan.py), not a loop per token
-    batched_sampling: bool = True  # plain temperature rows in one draw (sampler.py)
+    fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
+    batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
+    one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
 
@@ -123,6 +123,7 @@ class LLMEngine:
         )
         self.sampler = Sampler()
         self.runner.fast_prepare, self.sampler.batched = cfg.fast_prepare, cfg.batched_sampling
+        self.runner.bucket_decodes = not cfg.one_decode_group
         self.requests: dict[str, Sequence] = {}
         self.eos_token_id = tokenizer.eos_token_id
         self.num_generated = 0

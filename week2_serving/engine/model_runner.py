@@ -114,13 +114,15 @@ class ModelRunner:
 
     # --- 1. inputs ------------------------------------------------------------------------------
     fast_prepare = True  # build inputs with tensor ops (step_plan.py); False: the loop below
+    bucket_decodes = True  # fast path only: False puts every decode in one attention group
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """The step's flat token batch, where each token's K/V goes, and the attention groups."""
         if not self.fast_prepare:
             return self.prepare_reference(batch)
         if getattr(self, "planner", None) is None:
-            self.planner = StepPlanner(self.block_size, self.device, self.dtype)
+            args = (self.block_size, self.device, self.dtype, self.bucket_decodes)
+            self.planner = StepPlanner(*args)
         return StepInputs(*self.planner.plan(batch))
 
     def prepare_reference(self, batch: ScheduledBatch) -> StepInputs:

@@ -29,8 +29,13 @@ from week2_serving.engine.scheduler import ScheduledBatch
 class StepPlanner:
     """Builds the flat inputs; keeps an `arange` large enough for any step (reused, not remade)."""
 
-    def __init__(self, block_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, block_size: int, device: torch.device, dtype: torch.dtype, bucket: bool = True
+    ):
         self.bs, self.device, self.dtype = block_size, device, dtype
+        # decodes bucketed by context length (the reference), or all in one padded group: one
+        # SDPA call per layer instead of one per bucket, for more masked-out keys
+        self.bucket = bucket
         self.arange = torch.arange(1024, device=device)
 
     def iota(self, n: int) -> torch.Tensor:
@@ -74,7 +79,7 @@ class StepPlanner:
         prefill = []
         for i, (c, q) in enumerate(zip(cs, ns)):
             if q == 1:
-                buckets.setdefault((c + 1).bit_length(), []).append(i)
+                buckets.setdefault((c + 1).bit_length() if self.bucket else 0, []).append(i)
             else:
                 prefill.append(i)
         out = []
