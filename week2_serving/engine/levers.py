@@ -36,8 +36,10 @@ ROWS = {
     "(d) batched_sampling": ({**OFF, "batched_sampling": True}, None),
     "all on (defaults)": ({}, None),
     "(b') defaults + all decodes in one attention group": ({"one_decode_group": True}, None),
-    "(f) all on + one more torch thread": ({}, "more"),
 }
+# opt-in (--thread-row): on a machine whose cores are busy, a second torch thread spin-waits
+# for a core and the row can take many times longer than all the others together
+THREAD_ROW = {"(f) all on + one more torch thread": ({}, "more")}
 
 
 @dataclass
@@ -50,6 +52,7 @@ class LeversConfig:
     input_len: int = 16  # random prompt tokens
     repeats: int = 3  # runs per (row, concurrency); the median is reported
     threads: int = 1  # torch threads (the server's default on 2 cores)
+    thread_row: bool = False  # also measure one more torch thread than --threads
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,11 +84,12 @@ def main(cfg: LeversConfig) -> dict:
 
 
 def measure(cfg: LeversConfig) -> dict:
+    rows = {**ROWS, **(THREAD_ROW if cfg.thread_row else {})}
     rng = random.Random(cfg.seed)
     engines, prompts = {}, {}
     for c in cfg.concurrency:
         n = 4 if c == 1 else 2 * c
-        for row, (overrides, _) in ROWS.items():
+        for row, (overrides, _) in rows.items():
             ecfg = EngineConfig(model=cfg.model, max_num_seqs=c, num_blocks=1024, **overrides)
             engines[row, c] = eng = LLMEngine(ecfg)
         vocab = eng.runner.cfg.vocab_size
@@ -95,15 +99,15 @@ def measure(cfg: LeversConfig) -> dict:
     runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
     for _ in range(cfg.repeats):
         for c in cfg.concurrency:
-            for row, (_, threads) in ROWS.items():
+            for row, (_, threads) in rows.items():
                 n_threads = cfg.threads + 1 if threads == "more" else cfg.threads
                 runs[row, c].append(timed_run(engines[row, c], prompts[c], cfg, n_threads))
     table = {}
-    for row in ROWS:
+    for row in rows:
         table[row] = {}
         for c in cfg.concurrency:
             med = statistics.median(runs[row, c])
-            ref = statistics.median(runs[next(iter(ROWS)), c])
+            ref = statistics.median(runs[next(iter(rows)), c])
             table[row][f"c{c}"] = {
                 "tokens_per_s": med,
                 "range": [min(runs[row, c]), max(runs[row, c])],
