@@ -56,11 +56,26 @@ def make_group(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> AttnGroup:
-    B, T = len(ctx_lens), max(q_lens)
     M = max(len(t) for t in block_tables)
     bt = torch.tensor([t + [0] * (M - len(t)) for t in block_tables], device=device)  # (B, M)
-    ctx = torch.tensor(ctx_lens, device=device)  # (B,)
-    ql = torch.tensor(q_lens, device=device)  # (B,)
+    as_tensor = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    return group_of(
+        bt, as_tensor(ctx_lens), as_tensor(q_lens), as_tensor(row_starts), block_size, dtype
+    )
+
+
+def group_of(
+    bt: torch.Tensor,  # (B, M) block tables, padded with anything
+    ctx: torch.Tensor,  # (B,) keys per sequence
+    ql: torch.Tensor,  # (B,) queries per sequence this step
+    row_starts: torch.Tensor,  # (B,) row of each sequence's first query in the flat batch
+    block_size: int,
+    dtype: torch.dtype = torch.float32,
+    T: int | None = None,  # max(ql), when the caller knows it (saves a device sync)
+) -> AttnGroup:
+    """The group of these sequences, from tensors: the slots and the causal mask."""
+    device = bt.device
+    B, T = bt.shape[0], int(ql.max()) if T is None else T
     slots, valid = gather_slots(bt, ctx, block_size)  # (B, L)
     L = slots.shape[1]
     t = torch.arange(T, device=device)
@@ -69,12 +84,21 @@ def make_group(
     mask = causal & valid[:, None, :]
     pad_q = t[None, :] >= ql[:, None]  # (B, T) padding queries: let them see all real keys
     mask = torch.where(pad_q[:, :, None], valid[:, None, :], mask)
-    rows = torch.tensor(row_starts, device=device)[:, None] + t[None, :]  # (B, T)
+    rows = row_starts[:, None] + t[None, :]  # (B, T)
     rows = rows.masked_fill(pad_q, -1).flatten()
     # in the queries' dtype: SDPA refuses a float mask of another dtype
     additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, float("-inf"))
-    padded = bool(pad_q.any())
+    padded = bool(pad_q.any()) if T > 1 else False  # T == 1: every sequence has its one query
     return AttnGroup(rows=rows, slots=slots, mask=additive[:, None], B=B, T=T, padded=padded)
+
+
+def gather_kv(
+    pool: torch.Tensor,  # (num_slots, Hkv, D)
+    slots: torch.Tensor,  # (B, L)
+) -> torch.Tensor:  # (B, Hkv, L, D): a copy, in the layout SDPA reads
+    B, L = slots.shape
+    flat = slots.flatten()  # index_select on a flat index: several times faster than pool[slots]
+    return pool.index_select(0, flat).view(B, L, *pool.shape[1:]).transpose(1, 2)
 
 
 def paged_attention(
@@ -84,10 +108,7 @@ def paged_attention(
     slots: torch.Tensor,  # (B, L)
     mask: torch.Tensor,  # (B, 1, T, L) bool (True = may see) or float (added to the scores)
 ) -> torch.Tensor:  # (B, T, H, D)
-    B, L = slots.shape
-    flat = slots.flatten()  # index_select on a flat index: several times faster than pool[slots]
-    k = k_pool.index_select(0, flat).view(B, L, *k_pool.shape[1:]).transpose(1, 2)  # (B,Hkv,L,D)
-    v = v_pool.index_select(0, flat).view(B, L, *v_pool.shape[1:]).transpose(1, 2)  # (B,Hkv,L,D)
+    k, v = gather_kv(k_pool, slots), gather_kv(v_pool, slots)  # (B, Hkv, L, D) each
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True
     )  # (B, H, T, D)

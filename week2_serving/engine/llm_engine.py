@@ -64,6 +64,9 @@ class EngineConfig:
     #                      float16: the weights and the KV cache
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
     lora: LoRAConfig | None = None  # serve LoRA adapters (lora/config.py); None: the base only
+    fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
+    batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
+    one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
 
@@ -122,6 +125,8 @@ class LLMEngine:
         )
         self.lora = attach_lora(self)  # a LoRAManager when config.lora is set, else None
         self.sampler = Sampler()
+        self.runner.fast_prepare, self.sampler.batched = cfg.fast_prepare, cfg.batched_sampling
+        self.runner.bucket_decodes = not cfg.one_decode_group
         self.requests: dict[str, Sequence] = {}
         self.eos_token_id = tokenizer.eos_token_id
         self.num_generated = 0

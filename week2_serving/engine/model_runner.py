@@ -22,6 +22,7 @@ from week2_serving.engine.attention import AttnGroup, attend, plan_groups
 from week2_serving.engine.kv_cache import PagedKVCache
 from week2_serving.engine.lora.manager import LoRAManager, LoRAStep
 from week2_serving.engine.scheduler import ScheduledBatch
+from week2_serving.engine.step_plan import StepPlanner
 
 
 @dataclass
@@ -116,8 +117,21 @@ class ModelRunner:
         return self.forward(self.prepare(batch))
 
     # --- 1. inputs ------------------------------------------------------------------------------
+    fast_prepare = True  # build inputs with tensor ops (step_plan.py); False: the loop below
+    bucket_decodes = True  # fast path only: False puts every decode in one attention group
+
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """The step's flat token batch, where each token's K/V goes, and the attention groups."""
+        if not self.fast_prepare:
+            return self.prepare_reference(batch)
+        if getattr(self, "planner", None) is None:
+            args = (self.block_size, self.device, self.dtype, self.bucket_decodes)
+            self.planner = StepPlanner(*args)
+        return StepInputs(*self.planner.plan(batch))
+
+    def prepare_reference(self, batch: ScheduledBatch) -> StepInputs:
+        """`prepare` as a Python loop over every token: the plain reference the fast path is
+        tested against."""
         bs, dev = self.block_size, self.device
         ids, positions, slot_mapping, sample_rows = [], [], [], []
         decode, prefill = [], []  # (block_table, ctx_len, q_len, row_start)

@@ -1,0 +1,73 @@
+"""Week 2b speed tools: the bench's run-by-run targets, and the profile and lever scripts on
+the tiny model (tests/conftest.py `tiny_gpt`: a second or two each; speed is not checked)."""
+
+from __future__ import annotations
+
+import pytest
+
+from week2_serving.engine import bench as engine_bench
+from week2_serving.engine.phases import PhaseTimer
+
+
+def cell(thr: float, runs: list[float] | None = None) -> dict:
+    return {
+        "output_throughput": thr,
+        "mean_ttft_ms": 1.0,
+        "failed": 0,
+        "runs_output_throughput": runs or [],
+    }
+
+
+def test_continuous_vs_static_is_judged_run_by_run():
+    cells = {
+        ("continuous", "mixed-c32"): cell(1600, [1600, 1500, 1700]),
+        ("static", "mixed-c32"): cell(1000, [1000, 1100, 1000]),
+        ("continuous", "c1"): cell(210),
+        ("vllm", "c1"): cell(200),
+    }
+    s = engine_bench.summarize(cells)
+    assert s["continuous_vs_static_mixed_c32_runs"] == pytest.approx([1.6, 1500 / 1100, 1.7])
+    assert s["targets"]["continuous_vs_static_mixed_1_5x_every_run"] is False  # run 2 misses
+    assert s["targets"]["ours_vs_vllm_at_least_1"] == {"c1": True, "c8": None, "c32": None}
+    cells[("static", "mixed-c32")] = cell(1000, [1000, 1000, 1000])
+    assert engine_bench.summarize(cells)["targets"]["continuous_vs_static_mixed_1_5x_every_run"]
+    one_run = {("continuous", "mixed-c32"): cell(1500), ("static", "mixed-c32"): cell(1000)}
+    assert engine_bench.run_ratios(one_run, *one_run) == [1.5]  # no runs list: the one run
+
+
+def test_phase_timer_counts_nested_time_once():
+    t = PhaseTimer()
+    with t.phase("outer"):
+        with t.phase("inner"):
+            sum(range(200_000))
+        sum(range(100_000))
+    assert t.calls == {"outer": 1, "inner": 1}
+    assert 0 < t.seconds["outer"] < t.seconds["inner"] * 1.5  # outer holds only its own half
+
+
+def test_profile_and_levers_run_and_write_their_results(tiny_gpt, runs_dir):
+    from week2_serving.engine import levers, profile
+
+    res = profile.main(
+        profile.ProfileConfig(model=str(tiny_gpt["hf_dir"]), num_requests=3, output_len=4)
+    )
+    for side in ("before", "after"):
+        assert res[side]["output_tokens"] == 12 and res[side]["us_per_token"]["sampling"] > 0
+        assert res[side]["us_per_token"]["attention (K/V gather)"] > 0
+    assert (runs_dir / "week2" / "engine-profile" / "step_breakdown.png").exists()
+    cfg = levers.LeversConfig(
+        model=str(tiny_gpt["hf_dir"]), concurrency=(1, 2), output_len=3, repeats=1
+    )
+    table = levers.main(cfg)["levers"]
+    assert (
+        set(table) == set(levers.ROWS)
+        and table["all off (reference paths)"]["c2"]["vs_all_off"] == 1.0
+    )
+
+
+@pytest.mark.parametrize("bad", [dict(num_requests=0), dict(threads=True), dict(output_len=10**9)])
+def test_profile_config_refuses_hostile_numbers(bad):
+    from week2_serving.engine.profile import ProfileConfig
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ProfileConfig(**bad)

@@ -1,0 +1,96 @@
+"""A step's flat inputs built with a few tensor ops instead of a Python loop per token.
+
+`ModelRunner.prepare` (the reference) walks every scheduled token in Python: its position, its
+slot `block_table[p // bs] * bs + p % bs`, and builds each attention group from lists. Here the
+per-sequence numbers (tokens computed so far, tokens this step, block table) go to the device
+once, as three small tensors, and everything per token is derived from them:
+
+    seq_of_row = repeat_interleave(arange(B), n)             # (N,) which sequence each row is
+    positions  = computed[seq_of_row] + (row - row_start[seq_of_row])
+    slots      = tables[seq_of_row, positions // bs] * bs + positions % bs
+
+The attention groups are the same as the reference's (decodes bucketed by the power of two of
+their context length, each prefill chunk on its own), cut out of the one block-table tensor by
+index instead of being rebuilt from lists; equality with the reference is tested.
+
+Shapes: B sequences this step, N tokens, M blocks in the longest block table.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+
+import torch
+
+from week2_serving.engine.attention import AttnGroup, group_of
+from week2_serving.engine.scheduler import ScheduledBatch
+
+
+class StepPlanner:
+    """Builds the flat inputs; keeps an `arange` large enough for any step (reused, not remade)."""
+
+    def __init__(
+        self, block_size: int, device: torch.device, dtype: torch.dtype, bucket: bool = True
+    ):
+        self.bs, self.device, self.dtype = block_size, device, dtype
+        # decodes bucketed by context length (the reference), or all in one padded group: one
+        # SDPA call per layer instead of one per bucket, for more masked-out keys
+        self.bucket = bucket
+        self.arange = torch.arange(1024, device=device)
+
+    def iota(self, n: int) -> torch.Tensor:
+        """arange(n), a view of one preallocated buffer (grown when a step is longer)."""
+        if n > self.arange.numel():
+            self.arange = torch.arange(2 * n, device=self.device)
+        return self.arange[:n]
+
+    def plan(self, batch: ScheduledBatch):
+        """(ids, positions, slot_mapping, groups, sample_rows) for `batch`, as the reference."""
+        seqs, ns, dev = batch.seqs, batch.num_tokens, self.device
+        cs = [s.num_computed for s in seqs]
+        ids = list(chain.from_iterable(s.tokens[c : c + n] for s, c, n in zip(seqs, cs, ns)))
+        M = max(len(s.block_table) for s in seqs)
+        tables = torch.tensor([s.block_table + [0] * (M - len(s.block_table)) for s in seqs])
+        per_seq = torch.tensor([cs, ns, batch.sample])  # (3, B) one host -> device copy
+        tables, per_seq = tables.to(dev), per_seq.to(dev)
+        computed, n, want = per_seq[0], per_seq[1], per_seq[2].bool()
+        B, N = len(seqs), len(ids)
+        row_start = torch.cumsum(n, 0) - n  # (B,)
+        seq_of_row = torch.repeat_interleave(self.iota(B), n, output_size=N)  # (N,)
+        positions = computed[seq_of_row] + self.iota(N) - row_start[seq_of_row]  # (N,)
+        blocks = tables[seq_of_row, positions // self.bs]  # (N,)
+        slot_mapping = blocks * self.bs + positions % self.bs  # (N,)
+        sample_rows = (row_start + n - 1)[want]  # (S,)
+        groups = self.groups(tables, computed + n, n, row_start, cs, ns)
+        return torch.tensor(ids, device=dev), positions, slot_mapping, groups, sample_rows
+
+    def groups(
+        self,
+        tables: torch.Tensor,  # (B, M)
+        ctx: torch.Tensor,  # (B,) keys per sequence after this step
+        n: torch.Tensor,  # (B,) queries per sequence
+        row_start: torch.Tensor,  # (B,)
+        cs: list[int],
+        ns: list[int],
+    ) -> list[AttnGroup]:
+        """Decodes bucketed by the power of two of their context length, then one group per
+        prefill chunk: the reference's grouping (`attention.plan_groups`), in the same order."""
+        buckets: dict[int, list[int]] = {}
+        prefill = []
+        for i, (c, q) in enumerate(zip(cs, ns)):
+            if q == 1:
+                buckets.setdefault((c + 1).bit_length() if self.bucket else 0, []).append(i)
+            else:
+                prefill.append(i)
+        out = []
+        for _, idx in sorted(buckets.items()):
+            out.append(self.group(idx, tables, ctx, n, row_start, T=1))
+        for i in prefill:
+            out.append(self.group([i], tables, ctx, n, row_start, T=ns[i]))
+        return out
+
+    def group(self, idx: list[int], tables, ctx, n, row_start, T: int) -> AttnGroup:
+        """The group of sequences `idx`: their rows of the step's tensors, cut by index."""
+        sel = torch.tensor(idx, device=self.device) if len(idx) < tables.shape[0] else None
+        pick = (lambda t: t) if sel is None else (lambda t: t.index_select(0, sel))
+        return group_of(pick(tables), pick(ctx), pick(n), pick(row_start), self.bs, self.dtype, T=T)
