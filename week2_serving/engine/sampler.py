@@ -37,8 +37,7 @@ class Sampler:
         p = seq.params
         if seq.num_output_tokens >= p.min_tokens:
             return []
-        eos = [seq.eos_token_id] if seq.eos_token_id is not None else []
-        return eos + list(p.stop_token_ids)
+        return sorted(seq.eos_token_ids) + list(p.stop_token_ids)
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
