@@ -136,6 +136,15 @@ def test_unknown_architecture_is_refused_naming_it_and_the_supported(models, tmp
         engine(folder)
 
 
+def test_a_config_that_does_not_match_its_weights_is_refused(models, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(models["llama3"][0], folder)
+    hf = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**hf, "num_key_value_heads": 4}))
+    with pytest.raises(ValueError, match="fused QKV.*do not match"):
+        engine(folder)
+
+
 def test_eos_lists_and_generation_config_defaults(models, tmp_path):
     """Every EOS id (config.json's list, generation_config.json's) stops a sequence; the
     file's sampling defaults apply to a request that sets none; a bad default is named."""
@@ -207,3 +216,26 @@ def test_one_family_through_the_openai_client(models, tiny_gpt, tmp_path):
             client.chat.completions.create(
                 model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
             )
+
+
+@pytest.mark.parametrize("kind", ["linear", "llama3"])
+def test_rope_scaling_equals_transformers(kind):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from week2_serving.engine.models.rope import inv_freq
+
+    rope = {"rope_type": kind, "rope_theta": 10000.0, "factor": 4.0}
+    if kind == "llama3":
+        rope.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
+    hf_cfg = LlamaConfig(hidden_size=64, num_attention_heads=2, rope_parameters=rope)
+    ours = load_config_dict(hf_cfg.to_dict())
+    ref, scale = ROPE_INIT_FUNCTIONS[kind](hf_cfg, "cpu")
+    torch.testing.assert_close(inv_freq(ours), ref.float())
+    assert scale == 1.0  # neither scheme rescales the attention
+
+
+def load_config_dict(hf: dict):
+    from week2_serving.engine.models.families import read_config
+
+    return read_config({**hf, "architectures": ["LlamaForCausalLM"]})

@@ -101,6 +101,25 @@ def load_weights(
     [0, num_positions) (the runner's max_model_len)."""
     family = FAMILIES[cfg.architecture]
     weights = family.load_weights(cfg, Checkpoint(folder))
+    check_shapes(cfg, weights)
     if cfg.positions == "rope":
         weights.rope_cos, weights.rope_sin = rope_tables(cfg, num_positions)
     return weights.to(torch.device(device), dtype)
+
+
+def check_shapes(cfg: ModelConfig, w: ModelWeights) -> None:
+    """The tensors have the shapes config.json promises (a mismatch: an error naming both)."""
+    C, H, Hkv, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    first = w.layers[0]
+    want = {
+        "embeddings": (w.embed, (cfg.vocab_size, C)),
+        "LM head": (w.lm_head, (cfg.vocab_size, C)),
+        "fused QKV": (first.qkv_w, ((H + 2 * Hkv) * D, C)),
+        "output projection": (first.o_w, (C, H * D)),
+    }
+    for name, (tensor, shape) in want.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{cfg.architecture}: the {name} weight is {tuple(tensor.shape)} but config.json "
+                f"implies {shape}; the checkpoint and its config.json do not match"
+            )
