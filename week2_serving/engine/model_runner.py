@@ -4,6 +4,8 @@ A step packs every scheduled token of every sequence into one flat batch of N ro
 matrix multiplications (QKV, output projection, MLP, LM head) run once for the whole step. Only
 attention needs to know which rows belong to which sequence: each sequence's queries attend to
 its own keys, read from the KV pool (kv_cache.py) through its block table (attention.py).
+The weights are plain fused tensors loaded by models/ (any family in `models.FAMILIES`); one
+`layer` serves them all, switching on the few things a family changes (ModelConfig).
 
 Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V vocab.
 """
