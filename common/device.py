@@ -92,6 +92,31 @@ def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     return torch.float32
 
 
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 flags of bf16 arithmetic
+
+
+def pick_inference_dtype(
+    device: torch.device, name: str = "auto", cpu_flags: frozenset[str] | None = None
+) -> torch.dtype:
+    """Serving dtype (weights, activations, KV cache): 'auto' means bf16 on a GPU that supports
+    it and on a CPU with native BF16 instructions (`cpu_flags` has avx512_bf16 or amx_bf16;
+    None: this machine's, from common.cpu), float32 elsewhere. Training keeps `pick_dtype`.
+
+    Serving differs from training here: a 16-bit model halves the bytes every decode step
+    reads (weights and KV cache), and a CPU with BF16 dot products computes in it natively.
+    """
+    if name != "auto" or device.type == "cuda":
+        return pick_dtype(device, name)
+    if device.type == "cpu":
+        if cpu_flags is None:
+            from common.cpu import cpu_caps
+
+            cpu_flags = cpu_caps().flags
+        if NATIVE_BF16_CPU_FLAGS & set(cpu_flags):
+            return torch.bfloat16
+    return torch.float32
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued kernels on `device` (a no-op on CPU); needed before reading a clock."""
     dev = torch.device(device) if isinstance(device, str) else device

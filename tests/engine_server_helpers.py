@@ -34,6 +34,7 @@ def long_context_copy(hf_dir: Path, dst: Path, length: int = 1024) -> Path:
 
 def tiny_engine(model: Path, **kw) -> LLMEngine:
     kw.setdefault("num_blocks", 64)
+    kw.setdefault("dtype", "float32")  # the HF comparisons are float32 (auto: bf16 on BF16 CPUs)
     return LLMEngine(EngineConfig(model=model, device="cpu", **kw))
 
 

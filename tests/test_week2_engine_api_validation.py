@@ -23,7 +23,9 @@ def client(tiny_gpt):
     from week2_serving.engine.api import create_app
     from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=64, block_size=8))
+    engine = LLMEngine(
+        EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=64, block_size=8, dtype="float32")
+    )
     with TestClient(create_app(engine, "tiny")) as c:
         yield c
 

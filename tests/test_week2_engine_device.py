@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common.device import pick_inference_dtype
 from tests.fake_hub import make_fake_hub
 from week2_serving.engine.attention import make_group
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
@@ -27,12 +28,16 @@ def _greedy(eng: LLMEngine) -> list[list[int]]:
 def test_server_resolves_a_hub_id_from_the_cache(tiny_gpt, tmp_path, monkeypatch):
     """`--model testorg/tiny --offline` loads the cached snapshot: same tokens as the folder."""
     snapshot = make_fake_hub(tmp_path / "hf", tiny_gpt["hf_dir"], "testorg/tiny", monkeypatch)
-    a = parse_args(["--model", "testorg/tiny", "--offline", "--device", "cpu"])
+    a = parse_args(
+        ["--model", "testorg/tiny", "--offline", "--device", "cpu", "--dtype", "float32"]
+    )
     cfg = engine_config(a)
     cfg.num_blocks = 128
     from_hub = LLMEngine(cfg)
     assert from_hub.config.model == "testorg/tiny" and a.offline is True
-    direct = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], device="cpu", num_blocks=128))
+    direct = LLMEngine(
+        EngineConfig(model=tiny_gpt["hf_dir"], device="cpu", num_blocks=128, dtype="float32")
+    )
     assert _greedy(from_hub) == _greedy(direct)
     assert (snapshot / "config.json").is_file()
 
@@ -49,7 +54,8 @@ def test_defaults_are_auto_and_cpu_here():
     assert (a.device, a.dtype, a.offline) == ("auto", "auto", None)
     if not torch.cuda.is_available():
         cfg = engine_config(a)
-        assert cfg.torch_device == torch.device("cpu") and cfg.torch_dtype == torch.float32
+        cpu = torch.device("cpu")  # auto follows this CPU's BF16 flags (test_week2_engine_families)
+        assert cfg.torch_device == cpu and cfg.torch_dtype == pick_inference_dtype(cpu)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
@@ -84,7 +90,7 @@ def test_bf16_engine_follows_hf_bf16_greedy(tiny_gpt):
     tok = AutoTokenizer.from_pretrained(d)
     eng = LLMEngine(EngineConfig(model=d, device="cpu", dtype="bfloat16", num_blocks=128), tok)
     assert eng.runner.kv.k.dtype == torch.bfloat16
-    assert eng.runner.layers[0].qkv_w.dtype == torch.bfloat16
+    assert eng.runner.weights.layers[0].qkv_w.dtype == torch.bfloat16
     hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval()
     outs = _greedy(eng)
     same = total = 0

@@ -19,7 +19,10 @@ def make(tiny_gpt):
     tok = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])
 
     def make(**kw) -> LLMEngine:
-        return LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], **{"num_blocks": 128, **kw}), tok)
+        return LLMEngine(
+            EngineConfig(model=tiny_gpt["hf_dir"], **{"num_blocks": 128, "dtype": "float32", **kw}),
+            tok,
+        )
 
     return make
 

@@ -54,7 +54,7 @@ def make(tiny_gpt):
 
     def make(**kw) -> LLMEngine:
         cfg = {"num_blocks": 128, "block_size": 4, "served_model_name": "tiny", **kw}
-        return LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], **cfg), tok)
+        return LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], dtype="float32", **cfg), tok)
 
     return make
 

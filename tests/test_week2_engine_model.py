@@ -100,7 +100,9 @@ def hf_reference(tiny_gpt):
 )
 def test_engine_greedy_equals_hf_generate(tiny_gpt, hf_reference, name, overrides):
     tok, refs = hf_reference
-    cfg = EngineConfig(model=tiny_gpt["hf_dir"], **{"num_blocks": 512, **overrides})
+    cfg = EngineConfig(
+        model=tiny_gpt["hf_dir"], **{"num_blocks": 512, "dtype": "float32", **overrides}
+    )
     eng = LLMEngine(cfg, tokenizer=tok)
     params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
     outs = eng.generate(PROMPTS, params, use_tqdm=False)
@@ -126,7 +128,7 @@ def test_gpt2_preset_runs_paged_too(tiny_gpt, tmp_path):
         shutil.copy(f, folder / f.name)
     tok = AutoTokenizer.from_pretrained(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
-    eng = LLMEngine(EngineConfig(model=folder, block_size=4), tokenizer=tok)
+    eng = LLMEngine(EngineConfig(model=folder, block_size=4, dtype="float32"), tokenizer=tok)
     prompts = PROMPTS[:4]
     outs = eng.generate(prompts, SamplingParams(max_tokens=12, ignore_eos=True), use_tqdm=False)
     for p, out in zip(prompts, outs):
@@ -138,7 +140,9 @@ def test_gpt2_preset_runs_paged_too(tiny_gpt, tmp_path):
 
 def test_prompt_too_long_and_bad_token_ids_are_refused(tiny_gpt, hf_reference):
     tok, _ = hf_reference
-    eng = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=256), tokenizer=tok)
+    eng = LLMEngine(
+        EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=256, dtype="float32"), tokenizer=tok
+    )
     with pytest.raises(ValueError, match="maximum context length is 128"):
         eng.add_request(list(range(120)), SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -148,7 +152,9 @@ def test_prompt_too_long_and_bad_token_ids_are_refused(tiny_gpt, hf_reference):
 
 def test_abort_frees_blocks_at_once(tiny_gpt, hf_reference):
     tok, _ = hf_reference
-    eng = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=256), tokenizer=tok)
+    eng = LLMEngine(
+        EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=256, dtype="float32"), tokenizer=tok
+    )
     a = eng.add_request("The list type", SamplingParams(max_tokens=50, ignore_eos=True))
     eng.add_request("import", SamplingParams(max_tokens=50, ignore_eos=True))
     for _ in range(3):
@@ -163,7 +169,9 @@ def test_abort_frees_blocks_at_once(tiny_gpt, hf_reference):
 # --- sampling ------------------------------------------------------------------------------------
 def test_same_seed_same_tokens_whatever_the_batch(tiny_gpt, hf_reference):
     tok, refs = hf_reference
-    eng = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=256), tokenizer=tok)
+    eng = LLMEngine(
+        EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=256, dtype="float32"), tokenizer=tok
+    )
     sp = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, seed=123, ignore_eos=True)
     alone = eng.generate(["The list type"], sp, use_tqdm=False)[0].token_ids
     crowd = eng.generate(["import", "The list type", "x"], sp, use_tqdm=False)[1].token_ids

@@ -90,6 +90,7 @@ def engine_cfg(tiny_gpt):
 
     def make(**kw) -> LLMEngine:
         cfg = dict(model=tiny_gpt["hf_dir"], num_blocks=128, block_size=4, max_num_seqs=1)
+        cfg["dtype"] = "float32"  # compared with HF in float32 (auto: bf16 on a BF16 CPU)
         return LLMEngine(EngineConfig(**{**cfg, **kw}), tokenizer=tok)
 
     return make

@@ -18,6 +18,7 @@ from week2_serving.harness.launch import launch
 def engine_srv(tiny_gpt, tmp_path_factory):
     """Our engine serving the tiny export as "tiny", with a small KV pool (48 blocks of 8)."""
     extra = ["--num-kv-blocks", "48", "--block-size", "8", "--max-num-seqs", "32"]
+    extra += ["--dtype", "float32"]  # as the in-process tests (auto: bf16 on a BF16 CPU)
     with launch(
         "engine",
         tiny_gpt["hf_dir"],
@@ -189,7 +190,7 @@ def test_api_key_in_process(tiny_gpt):
     from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
     from week2_serving.engine.server import create_app
 
-    engine = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=32))
+    engine = LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], num_blocks=32, dtype="float32"))
     with TestClient(create_app(engine, "tiny", api_key="sesame")) as client:
         body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
         assert client.post("/v1/completions", json=body).status_code == 401

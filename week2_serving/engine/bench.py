@@ -107,7 +107,8 @@ def memory_trace(model: str, num_requests: int = 64, max_num_seqs: int = 32, see
     from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
     from week2_serving.engine.sequence import SamplingParams
 
-    eng = LLMEngine(EngineConfig(model=model, max_num_seqs=max_num_seqs, num_blocks=4096))
+    cfg = EngineConfig(model=model, max_num_seqs=max_num_seqs, num_blocks=4096, dtype="float32")
+    eng = LLMEngine(cfg)  # float32 as the sweep's servers (bytes per token follow the dtype)
     rng = random.Random(seed)
     vocab = eng.runner.cfg.vocab_size
     for _ in range(num_requests):

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.device import pick_device, pick_dtype
+from common.device import pick_device, pick_inference_dtype
 from common.hub import is_offline, resolve_model
 from common.results import get_logger, runs_root
 from week1_gpt_kvcache.sampling import TokenLogprobs
@@ -35,6 +35,7 @@ from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.lora.manager import LoRAConfig, attach_lora, bind_lora
 from week2_serving.engine.metrics import EngineMetrics
 from week2_serving.engine.model_runner import ModelRunner
+from week2_serving.engine.models import load_tokenizer, model_info
 from week2_serving.engine.sampler import Sampler
 from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail, get_policy
 from week2_serving.engine.sequence import SamplingParams, Sequence
@@ -46,8 +47,8 @@ log = get_logger("week2.engine")
 class EngineConfig:
     model: str | Path = field(default_factory=lambda: runs_root() / "week1" / "hf-model")
     block_size: int = 16  # tokens per KV block
-    num_blocks: int | None = None  # KV pool size; None = from kv_cache_gib
-    kv_cache_gib: float = 0.5
+    num_blocks: int | None = None  # KV pool size in blocks; None = from kv_cache_memory
+    kv_cache_memory: float = 0.5  # KV pool GiB (vLLM CPU's VLLM_CPU_KVCACHE_SPACE)
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None  # None = the model's context length
@@ -60,8 +61,8 @@ class EngineConfig:
     max_num_waiting: int = 256
     served_model_name: str | None = None  # the model_name label of the metrics; None: model
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N: common.device
-    dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
-    #                      float16: the weights and the KV cache
+    # auto (bf16 on a GPU / CPU with native BF16, else float32) | float32 | bfloat16 | float16:
+    dtype: str = "auto"  # weights, activations and KV cache (common.device.pick_inference_dtype)
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
     lora: LoRAConfig | None = None  # serve LoRA adapters (lora/config.py); None: the base only
     fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
@@ -73,7 +74,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         # Checked here, before any weights load: a bad value is an error naming it at once.
         self.torch_device = pick_device(self.device)
-        self.torch_dtype = pick_dtype(self.torch_device, self.dtype)
+        self.torch_dtype = pick_inference_dtype(self.torch_device, self.dtype)
+        if not 0 < self.kv_cache_memory < float("inf"):  # NaN fails this too
+            raise ValueError(f"kv_cache_memory={self.kv_cache_memory!r}: use GiB > 0, finite")
         get_policy(self.scheduling)
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
@@ -104,20 +107,15 @@ class LLMEngine:
     def __init__(self, config: EngineConfig | None = None, tokenizer=None):
         self.config = cfg = config or EngineConfig()
         model_dir = resolve_model(cfg.model, is_offline(cfg.offline))  # folder or hub id
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.tokenizer = tokenizer
-        # the runner loads the weights; the pool size follows from the bytes per block
-        from week1_gpt_kvcache.hf_convert import from_hf_folder
-
+        self.tokenizer = tokenizer = tokenizer or load_tokenizer(model_dir)
         device, dtype = cfg.torch_device, cfg.torch_dtype
-        model = from_hf_folder(model_dir, device)
-        self.max_model_len = min(cfg.max_model_len or model.cfg.block_size, model.cfg.block_size)
-        per_block = ModelRunner.bytes_per_block(model.cfg, cfg.block_size, dtype)
-        num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_gib * 2**30 // per_block))
-        self.runner = ModelRunner(model, num_blocks, cfg.block_size, device, dtype)
+        info = model_info(model_dir, tokenizer.eos_token_id)  # ValueError: unsupported model
+        self.max_model_len = info.max_model_len(cfg.max_model_len)  # the model's bounds it
+        per_block = ModelRunner.bytes_per_block(info.config, cfg.block_size, dtype)
+        num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_memory * 2**30 // per_block))
+        self.runner = ModelRunner(
+            model_dir, num_blocks, cfg.block_size, device, dtype, self.max_model_len, info.config
+        )
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
@@ -128,7 +126,7 @@ class LLMEngine:
         self.runner.fast_prepare, self.sampler.batched = cfg.fast_prepare, cfg.batched_sampling
         self.runner.bucket_decodes = not cfg.one_decode_group
         self.requests: dict[str, Sequence] = {}
-        self.eos_token_id = tokenizer.eos_token_id
+        self.eos_token_ids, self.sampling_defaults = info.eos_token_ids, info.sampling_defaults
         self.num_generated = 0
         self.num_prompt_tokens = 0
         self.num_finished = 0
@@ -185,7 +183,7 @@ class LLMEngine:
         hands the sequence to the engine thread, which calls `add_sequence`. Requests with
         different `cache_salt`s never share prefix-cache blocks (block_manager.block_key).
         """
-        params = params or SamplingParams()
+        params = params or SamplingParams(**self.sampling_defaults)
         ids = self.encode(prompt)
         if not ids:
             raise ValueError("the prompt is empty; send at least one token")
@@ -197,7 +195,7 @@ class LLMEngine:
             )
         if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
             raise ValueError(f"cache_salt={cache_salt!r}: use a non-empty string, or none")
-        seq = Sequence(ids, params, request_id, self.eos_token_id, cache_salt)
+        seq = Sequence(ids, params, request_id, self.eos_token_ids, cache_salt)
         self.scheduler.check_fits(seq)
         bind_lora(self.lora, seq, lora_name)  # its adapter (ValueError if unknown) and salt
         return seq

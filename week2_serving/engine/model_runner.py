@@ -4,6 +4,8 @@ A step packs every scheduled token of every sequence into one flat batch of N ro
 matrix multiplications (QKV, output projection, MLP, LM head) run once for the whole step. Only
 attention needs to know which rows belong to which sequence: each sequence's queries attend to
 its own keys, read from the KV pool (kv_cache.py) through its block table (attention.py).
+The weights are plain fused tensors loaded by models/ (any family in `models.FAMILIES`); one
+`layer` serves them all, switching on the few things a family changes (ModelConfig).
 
 Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V vocab.
 """
@@ -16,11 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from week1_gpt_kvcache.hf_convert import from_hf_folder
-from week1_gpt_kvcache.model import GPT, RMSNorm
 from week2_serving.engine.attention import AttnGroup, attend, plan_groups
 from week2_serving.engine.kv_cache import PagedKVCache
 from week2_serving.engine.lora.manager import LoRAManager, LoRAStep
+from week2_serving.engine.models import LayerWeights, ModelConfig, load_config, load_weights
+from week2_serving.engine.models.layers import ACTIVATIONS, norm, rms_norm
 from week2_serving.engine.scheduler import ScheduledBatch
 from week2_serving.engine.step_plan import StepPlanner
 
@@ -37,77 +39,43 @@ class StepInputs:
     lora: LoRAStep | None = None  # which rows use which LoRA adapter (lora/); None: none does
 
 
-@dataclass
-class FusedLayer:
-    """One block's weights, fused the way inference engines do: Q, K and V come out of one
-    matmul (C -> (H + 2 Hkv) D), and SwiGLU's gate and up out of another (C -> 2 * hidden).
-    Fewer, larger matmuls: the same math with less per-call overhead (vLLM's QKVParallelLinear
-    and MergedColumnParallelLinear)."""
-
-    block: torch.nn.Module  # the week 1 Block: norms, and the GPT-2 MLP as is
-    qkv_w: torch.Tensor  # ((H + 2 Hkv) D, C)
-    qkv_b: torch.Tensor | None
-    o_w: torch.Tensor  # (C, H D)
-    o_b: torch.Tensor | None
-    gate_up_w: torch.Tensor | None  # (2 hidden, C), llama only
-
-
-def norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block's norm; RMSNorm as one fused op instead of week 1's readable six."""
-    if isinstance(module, RMSNorm):
-        return F.rms_norm(x, (x.shape[-1],), module.weight, module.eps)
-    return module(x)
-
-
-def fuse(blk: torch.nn.Module) -> FusedLayer:
-    a = blk.attn
-    cat_b = None if a.wq.bias is None else torch.cat([a.wq.bias, a.wk.bias, a.wv.bias])
-    gate_up = None
-    if hasattr(blk.mlp, "gate"):
-        gate_up = torch.cat([blk.mlp.gate.weight, blk.mlp.up.weight]).detach()
-    return FusedLayer(
-        block=blk,
-        qkv_w=torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]).detach(),
-        qkv_b=None if cat_b is None else cat_b.detach(),
-        o_w=a.wo.weight.detach(),
-        o_b=None if a.wo.bias is None else a.wo.bias.detach(),
-        gate_up_w=gate_up,
-    )
-
-
 class ModelRunner:
-    """The weights and the KV pool on one device, in one dtype (the model is cast to it)."""
+    """The weights and the KV pool on one device, in one dtype (weights, activations, KV).
+
+    `model` is an HF folder of a family in `models.FAMILIES` (week 1's export is one: a plain
+    Llama or GPT-2 folder); its config is read if `config` is not given.
+    """
 
     def __init__(
         self,
-        model: GPT | str | Path,
+        model: str | Path,
         num_blocks: int,
         block_size: int,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        max_model_len: int | None = None,  # RoPE tables cover [0, this); None: the model's
+        config: ModelConfig | None = None,
     ):
-        model = from_hf_folder(model, device) if not isinstance(model, GPT) else model
-        # RoPE tables are fp32 buffers: cast with the weights, as HF casts cos/sin to x's dtype
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.cfg = self.model.cfg
+        self.cfg = c = config or load_config(model)
         self.device, self.dtype = torch.device(device), dtype
         self.num_blocks, self.block_size = num_blocks, block_size
-        c = self.cfg
+        positions = min(max_model_len or c.max_model_len, c.max_model_len)
+        self.weights = load_weights(model, c, self.device, dtype, positions)
         self.kv = PagedKVCache(
-            c.n_layer, num_blocks, block_size, c.n_kv_head, c.head_dim, dtype, self.device
+            c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim, dtype, self.device
         )
-        self.layers = [fuse(blk) for blk in self.model.blocks]
+        self.act = ACTIVATIONS[c.act]
         # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
-        half = self.cfg.head_dim // 2
+        half = c.head_dim // 2
         self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, dtype)
         self.lora: LoRAManager | None = None  # set by the engine when it serves adapters
         self.lora_step: LoRAStep | None = None  # this step's, for `proj`
 
     @staticmethod
-    def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
+    def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
         """2 (K and V) x layers x Hkv x D x bytes x block_size."""
         return PagedKVCache.bytes_per_block(
-            cfg.n_layer, cfg.n_kv_head, cfg.head_dim, block_size, dtype
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, block_size, dtype
         )
 
     @torch.inference_mode()
@@ -162,38 +130,43 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Embed, run every layer over the flat batch, and the LM head on the sampled rows."""
-        m = self.model
+        w, c = self.weights, self.cfg
         self.lora_step = inputs.lora
-        x = m.wte(inputs.ids)  # (N, C)
+        x = F.embedding(inputs.ids, w.embed)  # (N, C)
         rope = None
-        if m.wpe is not None:
-            x = x + m.wpe(inputs.positions)
+        if w.pos_embed is not None:  # GPT-2: learned positions, added once
+            x = x + F.embedding(inputs.positions, w.pos_embed)
         else:  # RoPE tables for this step's positions, shared by all layers
             pos = inputs.positions
-            cos, sin = m.rope_cos[pos][:, None], m.rope_sin[pos][:, None]  # (N, 1, D)
+            cos, sin = w.rope_cos[pos][:, None], w.rope_sin[pos][:, None]  # (N, 1, D)
             rope = (cos, sin * self.rope_sign)
-        for layer, fl in enumerate(self.layers):
-            x = self.layer(layer, fl, x, inputs, rope)
+        for layer, lw in enumerate(w.layers):
+            x = self.layer(layer, lw, x, inputs, rope)
         if inputs.sample_rows.numel() == 0:
-            return x.new_empty(0, self.cfg.vocab_size)
-        last = norm(m.norm_f, x[inputs.sample_rows])  # (S, C)
-        return m.lm_head(last)  # (S, V)
+            return x.new_empty(0, c.vocab_size)
+        last = norm(c.norm, x[inputs.sample_rows], w.norm_f, c.norm_eps)  # (S, C)
+        return F.linear(last, w.lm_head)  # (S, V)
 
     def layer(
         self,
         layer: int,
-        fl: FusedLayer,
+        lw: LayerWeights,
         x: torch.Tensor,  # (N, C)
         inputs: StepInputs,
         rope: tuple[torch.Tensor, torch.Tensor] | None,  # (cos, signed sin), each (N, 1, D)
     ) -> torch.Tensor:  # (N, C)
-        """One transformer block: fused QKV, RoPE, K/V into the pool, paged attention, MLP."""
-        N, H, Hkv, D = x.shape[0], self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
-        blk = fl.block
-        h = norm(blk.norm1, x)
-        qkv = self.proj(layer, "qkv", h, fl.qkv_w, fl.qkv_b)  # (N, (H + 2 Hkv) D)
+        """One transformer block: fused QKV, (q/k norm), RoPE, K/V into the pool, paged
+        attention, then the MLP (SwiGLU with gate and up fused, or GPT-2's fc -> GELU)."""
+        c = self.cfg
+        N, H, Hkv, D = x.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
+        h = norm(c.norm, x, lw.norm1, c.norm_eps)
+        qkv = self.proj(layer, "qkv", h, lw.qkv_w, lw.qkv_b)  # (N, (H + 2 Hkv) D)
         qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
         v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
+        if lw.q_norm is not None:  # Qwen3: RMSNorm over each head's D dims, before RoPE
+            q, k = qk[:, :H], qk[:, H:]
+            q, k = rms_norm(q, lw.q_norm, c.norm_eps), rms_norm(k, lw.k_norm, c.norm_eps)
+            qk = torch.cat([q, k], dim=1)  # (N, H + Hkv, D)
         if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
             qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
         q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
@@ -209,9 +182,19 @@ class ModelRunner:
     def proj(
         self, layer: int, name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
     ) -> torch.Tensor:  # (N, in) -> (N, out)
-        """Every projection of a layer ("qkv", "o", "gate_up", "down"): x W^T + b, plus each
-        row's own LoRA delta s (x A) B when this step has rows with an adapter (lora/)."""
+        """Every projection of a layer goes through here: "qkv", "o", "gate_up" or "down"
+        (GPT-2's c_fc is "gate_up", its mlp c_proj "down"): x W^T + b, plus each row's own
+        LoRA delta s (x A) B when this step has rows with an adapter (lora/)."""
         y = F.linear(x, w, b)
         if self.lora_step is not None:
             y = y + self.lora.delta(layer, name, x, self.lora_step)
         return y
+        x = x + self.proj(layer, "o", attn.reshape(N, H * D), lw.o_w, lw.o_b)
+        h = norm(c.norm, x, lw.norm2, c.norm_eps)
+        up = self.proj(layer, "gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)
+        if c.gated_mlp:  # SwiGLU: down(act(gate) * up)
+            gate, up = up.chunk(2, dim=-1)
+            up = self.act(gate) * up
+        else:  # GPT-2: proj(act(fc(h)))
+            up = self.act(up)
+        return x + self.proj(layer, "down", up, lw.down_w, lw.down_b)

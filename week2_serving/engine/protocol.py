@@ -134,14 +134,20 @@ class CommonRequest(ClosedModel):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
-        """This request's SamplingParams (n choices); a value they refuse becomes a 400."""
+    def sampling_params(
+        self, max_tokens: int, logprobs: int | None, defaults: dict | None = None
+    ) -> SamplingParams:
+        """This request's SamplingParams (n choices); a value they refuse becomes a 400.
+        `defaults` (the model's generation_config.json) fill temperature/top_p/top_k unset."""
+        d = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, **(defaults or {})}
         try:
             return SamplingParams(
                 max_tokens=max_tokens,
-                temperature=1.0 if self.temperature is None else float(self.temperature),
-                top_k=max(self.top_k or 0, 0),
-                top_p=1.0 if self.top_p is None else float(self.top_p),
+                temperature=float(
+                    d["temperature"] if self.temperature is None else self.temperature
+                ),
+                top_k=max(d["top_k"] if self.top_k is None else self.top_k, 0),
+                top_p=float(d["top_p"] if self.top_p is None else self.top_p),
                 seed=self.seed,
                 stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=self.ignore_eos,

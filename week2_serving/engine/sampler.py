@@ -52,8 +52,7 @@ class Sampler:
         p = seq.params
         if seq.num_output_tokens >= p.min_tokens:
             return []
-        eos = [seq.eos_token_id] if seq.eos_token_id is not None else []
-        return eos + list(p.stop_token_ids)
+        return sorted(seq.eos_token_ids) + list(p.stop_token_ids)
 
     def is_plain(self, seq: Sequence) -> bool:
         """May this row join the batched draw: temperature only, nothing per-request?"""
@@ -107,6 +106,6 @@ class Sampler:
             if not seq.grammar.accept(token):
                 fail(seq, ValueError(f"token {token} is not allowed by the request's grammar"))
                 del sampled[seq.seq_id]
-            elif seq.grammar.is_terminated() and token != seq.eos_token_id:
+            elif seq.grammar.is_terminated() and token not in seq.eos_token_ids:
                 seq.finish("stop")
         return sampled

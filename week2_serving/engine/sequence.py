@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import itertools
 import time
+from collections.abc import Iterable
 
 from week1_gpt_kvcache.sampling import SamplingParams, TokenLogprobs
 
@@ -43,7 +44,7 @@ class Sequence:
         prompt_token_ids: list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Iterable[int] | None = None,  # one id or several (Llama 3: several)
         cache_salt: str | None = None,
     ):
         if not prompt_token_ids:
@@ -51,7 +52,8 @@ class Sequence:
         self.seq_id = next(_ids)
         self.request_id = request_id if request_id is not None else str(self.seq_id)
         self.params = params or SamplingParams()
-        self.eos_token_id = eos_token_id
+        ids = () if eos_token_id is None else eos_token_id
+        self.eos_token_ids = frozenset([ids] if isinstance(ids, int) else ids)  # each one stops
         self.cache_salt = cache_salt  # enters the first block's prefix-cache key: same salt, shared
         self.lora_name: str | None = None  # the LoRA adapter it runs with (lora/); None: base
         self.tokens: list[int] = list(prompt_token_ids)
@@ -94,7 +96,7 @@ class Sequence:
         """Add a sampled token and finish the sequence if it is a stop token or the last one."""
         self.tokens.append(token_id)
         p = self.params
-        is_eos = token_id == self.eos_token_id and not p.ignore_eos
+        is_eos = token_id in self.eos_token_ids and not p.ignore_eos
         if (is_eos or token_id in p.stop_token_ids) and self.num_output_tokens > p.min_tokens:
             self.finish("stop")
         elif self.num_output_tokens >= p.max_tokens:

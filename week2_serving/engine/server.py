@@ -80,14 +80,16 @@ PolicyName = Literal[tuple(POLICIES)]  # --scheduling's choices: the scheduler's
 
 @dataclass
 class ServerConfig:
-    """Serve a Llama/GPT-2 model with our engine over an OpenAI-compatible HTTP API."""
+    """Serve a model with our engine over an OpenAI-compatible HTTP API."""
 
-    # Llama/GPT-2 model: an HF folder (week 1's export) or a hub id (org/name)
+    # an HF folder (week 1's export) or a hub id (org/name) of a family in engine/models
+    # (Llama 2/3.x, Mistral, SmolLM2, Qwen2/2.5, Qwen3, GPT-2)
     model: str = engine_default("model")
     # resolve a hub id from the local cache only; None: offline only if HF_HUB_OFFLINE is set
     offline: bool | None = None
     device: str = engine_default("device")  # auto (cuda > mps > cpu), cpu, cuda or cuda:N
-    # weights and KV cache; auto: bfloat16 on GPUs that support it, else float32
+    # weights, activations and KV cache; auto: bfloat16 on a GPU that supports it or a CPU
+    # with native BF16 (avx512_bf16 / amx_bf16), else float32
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = engine_default("dtype")
     served_model_name: str | None = None  # name in the API; None: the --model value
     host: str = "127.0.0.1"  # address to bind
@@ -101,8 +103,10 @@ class ServerConfig:
     request_timeout: float | None = limit_default("request_timeout")
     max_body_bytes: int = limit_default("max_body_bytes")  # larger request bodies get 413
     block_size: int = engine_default("block_size")  # tokens per KV block
-    num_kv_blocks: int | None = None  # KV pool size in blocks; None: from --kv-cache-gib
-    kv_cache_gib: float = engine_default("kv_cache_gib")  # KV pool size in GiB
+    num_kv_blocks: int | None = None  # KV pool size in blocks; None: from --kv-cache-memory
+    # KV pool size in GiB (vLLM CPU's VLLM_CPU_KVCACHE_SPACE); blocks = GiB / bytes per block
+    kv_cache_memory: float = engine_default("kv_cache_memory")
+    kv_cache_gib: float | None = None  # the older name of --kv-cache-memory; given, it wins
     max_num_seqs: int = engine_default("max_num_seqs")  # requests running at once
     max_num_batched_tokens: int = engine_default("max_num_batched_tokens")  # tokens per step
     max_model_len: int | None = None  # context length; None: the model's
@@ -136,8 +140,10 @@ class ServerConfig:
                 raise ValueError(f"{name}={value}: use an integer in 1..{most}")
         if self.num_kv_blocks is not None and not 1 <= self.num_kv_blocks <= 1 << 24:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: use 1..{1 << 24}, or none")
-        if not (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0):
-            raise ValueError(f"kv_cache_gib={self.kv_cache_gib}: use a finite number of GiB > 0")
+        for name in ("kv_cache_memory", "kv_cache_gib"):
+            gib = getattr(self, name)
+            if gib is not None and not (math.isfinite(gib) and gib > 0):
+                raise ValueError(f"{name}={gib}: use a finite number of GiB > 0")
 
     def lora_config(self) -> LoRAConfig | None:
         """The engine's LoRA settings (None: LoRA off); ValueError naming a bad flag."""
@@ -204,7 +210,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             model=a.model,
             block_size=a.block_size,
             num_blocks=a.num_kv_blocks,
-            kv_cache_gib=a.kv_cache_gib,
+            kv_cache_memory=a.kv_cache_memory if a.kv_cache_gib is None else a.kv_cache_gib,
             max_num_seqs=a.max_num_seqs,
             max_num_batched_tokens=a.max_num_batched_tokens,
             max_model_len=a.max_model_len,

@@ -84,7 +84,9 @@ class GenerationRoutes:
             raise APIError(
                 400, f"best_of={body.best_of} is implemented only as best_of == n", param="best_of"
             )
-        params = body.sampling_params(body.max_tokens or 16, body.logprobs)
+        params = body.sampling_params(
+            body.max_tokens or 16, body.logprobs, self.engine.sampling_defaults
+        )
         texts = body.prompts()
         ids = [
             await self.tokenize(self.engine.encode, p) if isinstance(p, str) else p for p in texts
@@ -103,7 +105,7 @@ class GenerationRoutes:
         if max_tokens is None:  # the rest of the context (at least 1: too long is then a 400)
             max_tokens = max(1, self.engine.max_model_len - len(ids))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        params = body.sampling_params(max_tokens, logprobs)
+        params = body.sampling_params(max_tokens, logprobs, self.engine.sampling_defaults)
         return await self.serve(request, [ids], None, body, params, chat=True)
 
     # --- admission -------------------------------------------------------------------------
