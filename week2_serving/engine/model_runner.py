@@ -172,12 +172,15 @@ class ModelRunner:
         q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
         self.kv.write(layer, inputs.slot_mapping, k, v)  # this step's K/V -> pool
         attn = self.attention(layer, q, inputs.groups)  # (N, H, D)
-        x = x + self.proj(layer, "o", attn.reshape(N, H * D), fl.o_w, fl.o_b)
-        h = norm(blk.norm2, x)
-        if fl.gate_up_w is not None:  # SwiGLU: down(silu(gate) * up), gate and up in one go
-            gate, up = self.proj(layer, "gate_up", h, fl.gate_up_w, None).chunk(2, dim=-1)
-            return x + self.proj(layer, "down", F.silu(gate) * up, blk.mlp.down.weight, None)
-        return x + blk.mlp(h)  # GPT-2's MLP as is (LoRA is refused on GPT-2: LoRAManager)
+        x = x + self.proj(layer, "o", attn.reshape(N, H * D), lw.o_w, lw.o_b)
+        h = norm(c.norm, x, lw.norm2, c.norm_eps)
+        up = self.proj(layer, "gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)
+        if c.gated_mlp:  # SwiGLU: down(act(gate) * up)
+            gate, up = up.chunk(2, dim=-1)
+            up = self.act(gate) * up
+        else:  # GPT-2: proj(act(fc(h)))
+            up = self.act(up)
+        return x + self.proj(layer, "down", up, lw.down_w, lw.down_b)
 
     def proj(
         self, layer: int, name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
@@ -189,12 +192,3 @@ class ModelRunner:
         if self.lora_step is not None:
             y = y + self.lora.delta(layer, name, x, self.lora_step)
         return y
-        x = x + self.proj(layer, "o", attn.reshape(N, H * D), lw.o_w, lw.o_b)
-        h = norm(c.norm, x, lw.norm2, c.norm_eps)
-        up = self.proj(layer, "gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)
-        if c.gated_mlp:  # SwiGLU: down(act(gate) * up)
-            gate, up = up.chunk(2, dim=-1)
-            up = self.act(gate) * up
-        else:  # GPT-2: proj(act(fc(h)))
-            up = self.act(up)
-        return x + self.proj(layer, "down", up, lw.down_w, lw.down_b)

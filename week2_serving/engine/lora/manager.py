@@ -52,29 +52,31 @@ class Registered:
 
 class LoRAManager:
     def __init__(self, config: LoRAConfig, model_cfg, device: torch.device, dtype: torch.dtype):
-        if model_cfg.arch != "llama":
+        if not model_cfg.gated_mlp:
             raise ValueError(
-                f"LoRA serving needs a Llama-architecture model; this one is {model_cfg.arch!r}"
+                "LoRA serving needs a Llama-style model (gate/up/down MLP); this one is "
+                f"{model_cfg.architecture!r}"
             )
         self.config, self.device, self.dtype = config, device, dtype
         self.R = config.max_lora_rank
         c, S = model_cfg, config.max_loras + 1
-        hd, kv = c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+        hd, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        C, inner = c.hidden_size, c.intermediate_size
         self.shapes = {  # proj -> (in, the out sizes of its fused parts)
-            "qkv": (c.n_embd, [hd, kv, kv]),
-            "o": (hd, [c.n_embd]),
-            "gate_up": (c.n_embd, [c.mlp_hidden, c.mlp_hidden]),
-            "down": (c.mlp_hidden, [c.n_embd]),
+            "qkv": (C, [hd, kv, kv]),
+            "o": (hd, [C]),
+            "gate_up": (C, [inner, inner]),
+            "down": (inner, [C]),
         }
-        self.n_layer = c.n_layer
+        self.n_layer = c.num_layers
         kw = dict(device=device, dtype=dtype)
         self.A = [  # per layer, per projection: (S, in, k R)
             {p: torch.zeros(S, i, len(o) * self.R, **kw) for p, (i, o) in self.shapes.items()}
-            for _ in range(c.n_layer)
+            for _ in range(c.num_layers)
         ]
         self.B = [  # (S, k R, out)
             {p: torch.zeros(S, len(o) * self.R, sum(o), **kw) for p, (i, o) in self.shapes.items()}
-            for _ in range(c.n_layer)
+            for _ in range(c.num_layers)
         ]
         self.scales = torch.zeros(S, **kw)  # (S,) slot 0: the base model, scale 0
         self.registry: dict[str, Registered] = {}
