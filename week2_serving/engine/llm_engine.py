@@ -37,6 +37,8 @@ from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.sampler import Sampler
 from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail, get_policy
 from week2_serving.engine.sequence import SamplingParams, Sequence
+from week2_serving.engine.spec.config import SpecConfig
+from week2_serving.engine.spec.decoder import make_spec_decoder
 
 log = get_logger("week2.engine")
 
@@ -62,6 +64,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
     #                      float16: the weights and the KV cache
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
+    speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
 
@@ -114,8 +117,9 @@ class LLMEngine:
         num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_gib * 2**30 // per_block))
         self.runner = ModelRunner(model, num_blocks, cfg.block_size, device, dtype)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        k_spec = cfg.speculative.num_speculative_tokens if cfg.speculative else 0
         self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling, k_spec),
             self.block_manager,
         )
         self.sampler = Sampler()
@@ -130,6 +134,10 @@ class LLMEngine:
         self.step_time: float | None = None  # moving average of a step's seconds
         # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
+        self.spec = None if cfg.speculative is None else make_spec_decoder(
+            cfg.speculative, self.runner, self.block_manager, self.sampler,
+            self.metrics.registry, self.metrics.model_name, is_offline(cfg.offline),
+        )  # fmt: skip
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
             "prefix caching=%s",
@@ -243,12 +251,18 @@ class LLMEngine:
         if not batch.seqs:
             self.metrics.record_state(self.scheduler, self.block_manager)
             return []
+        if self.spec is not None:  # guesses into the lookahead slots (spec/decoder.py)
+            self.spec.propose(batch, self.scheduler.running)
         logits = self.runner.execute(batch)
         to_sample = batch.sampled_seqs
-        sampled = self._sample(logits, to_sample)
+        lens = [len(s) for s in to_sample]  # a speculating sequence may get several tokens
+        if self.spec is None:
+            sampled = self._sample(logits, to_sample)
+        else:
+            sampled = self.spec.accept(logits, batch, self._sample)
         self.scheduler.update(batch, sampled)
         now = time.monotonic()
-        outs = [self._output(s, s.seq_id in sampled and s.error is None, now) for s in to_sample]
+        outs = [self._output(s, n, now) for s, n in zip(to_sample, lens)]
         self.num_steps += 1
         dt = now - start
         self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
@@ -273,9 +287,10 @@ class LLMEngine:
                 fail(seq, e)
         return sampled
 
-    def _output(self, s: Sequence, got_token: bool, now: float) -> StepOutput:
+    def _output(self, s: Sequence, len_before: int, now: float) -> StepOutput:
         """One sampled sequence's StepOutput; records its metrics and retires it if finished."""
-        if got_token:
+        new = s.tokens[len_before:] if s.error is None else []
+        for _ in new:
             self.num_generated += 1
             self.metrics.on_token(s, now)
         if s.is_finished:
@@ -284,7 +299,6 @@ class LLMEngine:
             self.num_finished += 1
             self.num_failed += s.finish_reason == "error"
             self.metrics.on_finish(s, now)
-        new = [s.tokens[-1]] if got_token else []
         return StepOutput(
             s.request_id,
             new,
@@ -293,7 +307,7 @@ class LLMEngine:
             s.num_prompt_tokens,
             s.num_output_tokens,
             s.error,
-            s.output_logprobs[-1] if got_token and s.params.logprobs is not None else None,
+            s.output_logprobs[-1] if new and s.params.logprobs is not None else None,
         )
 
     # --- offline ----------------------------------------------------------------------------------

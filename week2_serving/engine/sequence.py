@@ -66,6 +66,7 @@ class Sequence:
         self.last_token_time: float | None = None  # when the latest output token was sampled
         self.num_preemptions = 0
         self.output_logprobs: list[TokenLogprobs] = []  # one per output token, if asked
+        self.spec_tokens: list[int] = []  # this step's proposed tokens, verified after it (spec/)
 
     # --- views ----------------------------------------------------------------------------------
     def __len__(self) -> int:

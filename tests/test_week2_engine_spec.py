@@ -1,0 +1,109 @@
+"""Speculative decoding in the engine: greedy with speculation gives exactly greedy's tokens.
+
+Both proposers (n-gram lookup; a draft model: the target itself for full acceptance, a noisy
+copy of it for partial acceptance) x k in {1, 3, 5}, on one mixed batch (different prompt
+lengths, a shared prefix for the prefix cache, a max_tokens cut mid-guess) in a KV pool small
+enough to force preemption; the block manager's invariants are checked after every step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from week1_gpt_kvcache.hf_convert import from_hf_folder
+from week2_serving.engine import EngineConfig, LLMEngine, SamplingParams
+from week2_serving.engine.spec.config import SpecConfig
+
+SHARED = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]  # > one block: a prefix-cache hit
+PROMPTS = [
+    SHARED + [21, 22],
+    SHARED + [30],
+    [5, 6, 7, 5, 6, 7, 5, 6],  # repetitive: the n-gram lookup has something to copy
+    [40],
+    list(range(50, 75)),
+]
+MAX_TOKENS = [24, 20, 24, 7, 16]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_gpt: dict):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_gpt["hf_dir"]))
+
+
+def run(hf_dir, tok, spec: SpecConfig | None, num_blocks: int = 14) -> tuple[list, LLMEngine]:
+    """Every prompt to the end, greedy, checking the block manager after each step."""
+    cfg = EngineConfig(
+        model=hf_dir, num_blocks=num_blocks, block_size=4, max_num_batched_tokens=64,
+        speculative=spec, device="cpu", dtype="float32",
+    )  # fmt: skip
+    engine = LLMEngine(cfg, tok)
+    seqs = [
+        engine.add_request(p, SamplingParams(max_tokens=m, ignore_eos=True))
+        for p, m in zip(PROMPTS, MAX_TOKENS)
+    ]
+    while engine.has_unfinished():
+        engine.step()
+        engine.block_manager.check_invariants(engine.scheduler.running)
+        assert all(not s.spec_tokens for s in seqs)  # guesses never outlive their step
+    assert engine.block_manager.num_used_blocks == 0
+    return [s.output_token_ids for s in seqs], engine
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_gpt: dict, tok) -> list:
+    outs, engine = run(tiny_gpt["hf_dir"], tok, None)
+    assert engine.scheduler.num_preemptions > 0  # the pool is small enough to preempt
+    assert [len(o) for o in outs] == MAX_TOKENS
+    return outs
+
+
+def noisy_copy(hf_dir, scale: float = 0.3):
+    """The target with its weights jittered (seeded): a draft that is often, not always, right."""
+    model = from_hf_folder(hf_dir, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * p.std().nan_to_num(0.0))
+    return model
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("method", ["ngram", "draft-self", "draft-noisy"])
+def test_greedy_speculation_is_exact(tiny_gpt, tok, reference, method, k):
+    hf_dir = tiny_gpt["hf_dir"]
+    if method == "ngram":
+        spec = SpecConfig("ngram", k, ngram_min=1, ngram_max=3)
+    else:
+        draft = hf_dir if method == "draft-self" else noisy_copy(hf_dir)
+        spec = SpecConfig("draft", k, draft_model=draft)
+    outs, engine = run(hf_dir, tok, spec)
+    assert outs == reference
+    assert engine.scheduler.num_preemptions > 0
+    s = engine.spec.metrics.summary()
+    assert s["drafts"] > 0 and s["draft_tokens"] >= s["drafts"]
+    if method == "draft-self":  # the target guessing for itself: every guess right
+        assert s["accepted"] == s["draft_tokens"]
+    if method == "draft-noisy":
+        assert 0 < s["accepted"] < s["draft_tokens"]
+    # the tokens emitted = the rounds' accepted guesses + one each, plus plain steps' tokens
+    assert engine.num_generated == sum(MAX_TOKENS)
+
+
+def test_metrics_exposed_under_vllm_names(tiny_gpt, tok):
+    _, engine = run(tiny_gpt["hf_dir"], tok, SpecConfig("ngram", 3), num_blocks=64)
+    text = engine.metrics.exposition().decode()
+    s = engine.spec.metrics.summary()
+    for name, value in [
+        ("vllm:spec_decode_num_drafts_total", s["drafts"]),
+        ("vllm:spec_decode_num_draft_tokens_total", s["draft_tokens"]),
+        ("vllm:spec_decode_num_accepted_tokens_total", s["accepted"]),
+    ]:
+        line = next(x for x in text.splitlines() if x.startswith(name + "{"))
+        assert float(line.rsplit(" ", 1)[1]) == value
+    per_pos = [x for x in text.splitlines() if "accepted_tokens_per_pos_total{" in x]
+    assert len(per_pos) == 3 and all('position="' in x for x in per_pos)
+    assert sum(float(x.rsplit(" ", 1)[1]) for x in per_pos) == s["accepted"]
+    assert s["mean_acceptance_length"] == 1 + s["accepted"] / s["drafts"]
