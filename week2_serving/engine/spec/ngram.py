@@ -8,6 +8,7 @@ repeats its input (code edits, templated text, summaries quoting the source) and
 nothing where nothing repeats, so there it costs almost nothing.
 
     NgramProposer(min_n=1, max_n=3).propose([5, 6, 7, 8, 5, 6], k=3)  # -> [7, 8, 5]
+    NgramProposer(min_n=1, max_n=3).propose([1, 2, 1, 2], k=3)        # -> [1, 2, 1]
 
 Pure Python, no torch; as vLLM's `ngram` method (prompt_lookup_min / prompt_lookup_max).
 """
@@ -29,8 +30,12 @@ class NgramProposer:
         L = len(tokens)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             start = self._latest_match(tokens, n)
-            if start is not None:
-                return tokens[start + n : start + n + k]
+            if start is not None:  # copy what followed, token by token
+                out: list[int] = []
+                for i in range(k):  # a copy that runs into the end continues into itself
+                    pos = start + n + i  # (a repeat: LZ77's overlapping copy)
+                    out.append(tokens[pos] if pos < L else out[pos - L])
+                return out
         return []
 
     @staticmethod
