@@ -18,6 +18,7 @@ from week1_gpt_kvcache.hf_convert import from_hf_folder, to_hf_model
 from week1_gpt_kvcache.model import GPT, make_config
 from week2_serving.engine import EngineConfig, LLMEngine, SamplingParams
 from week2_serving.engine.spec.config import SpecConfig
+from week2_serving.harness import server_metrics
 
 SHARED = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]  # > one block: a prefix-cache hit
 PROMPTS = [
@@ -142,3 +143,8 @@ def test_metrics_exposed_under_vllm_names(target, tok):
     assert len(per_pos) == 3 and all('position="' in x for x in per_pos)
     assert sum(float(x.rsplit(" ", 1)[1]) for x in per_pos) == s["accepted"]
     assert s["mean_acceptance_length"] == 1 + s["accepted"] / s["drafts"]
+    counters = server_metrics.parse_counters(text)  # what the harness records per cell
+    assert counters["spec_decode_num_accepted_tokens"] == s["accepted"]
+    before = {"available": True, **dict.fromkeys(counters, 0.0)}
+    got = server_metrics.cell_counters(before, {"available": True, **counters})
+    assert got["spec_decode_mean_acceptance_length"] == s["mean_acceptance_length"]

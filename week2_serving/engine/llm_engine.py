@@ -134,10 +134,7 @@ class LLMEngine:
         self.step_time: float | None = None  # moving average of a step's seconds
         # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
-        self.spec = None if cfg.speculative is None else make_spec_decoder(
-            cfg.speculative, self.runner, self.block_manager, self.sampler,
-            self.metrics.registry, self.metrics.model_name, is_offline(cfg.offline),
-        )  # fmt: skip
+        self.spec = make_spec_decoder(self) if cfg.speculative else None  # spec/decoder.py
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
             "prefix caching=%s",

@@ -35,6 +35,7 @@ from week2_serving.engine.api import create_app
 from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.scheduler import POLICIES
+from week2_serving.engine.spec.config import SpecConfig
 
 __all__ = [
     "ServerConfig",
@@ -114,9 +115,16 @@ class ServerConfig:
     # cores for the engine thread, e.g. '0' or '0,1'; 'auto': all but the last when there are
     # 2 or more, as vLLM's CPU build binds its worker; 'all': no binding
     engine_cpus: str = "auto"
+    # speculative decoding: off, ngram (prompt lookup) or draft (a smaller model, --draft-model)
+    speculative_method: Literal["off", "ngram", "draft"] = "off"
+    num_speculative_tokens: int = 3  # tokens guessed per step, verified in one forward (1..16)
+    spec_ngram_min: int = 1  # ngram: shortest suffix n-gram looked up
+    spec_ngram_max: int = 4  # ngram: longest suffix n-gram looked up
+    draft_model: str | None = None  # draft: HF folder of a smaller model with the same tokenizer
 
     def __post_init__(self) -> None:
         self.limits()  # a bad limit is a usage error naming it
+        self.spec_config()  # so are bad speculative-decoding numbers (engine/spec/config.py)
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: use 1..65535")
         sizes = {"block_size": 1024, "max_num_seqs": 65536, "threads": 4096}
@@ -129,6 +137,14 @@ class ServerConfig:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: use 1..{1 << 24}, or none")
         if not (math.isfinite(self.kv_cache_gib) and self.kv_cache_gib > 0):
             raise ValueError(f"kv_cache_gib={self.kv_cache_gib}: use a finite number of GiB > 0")
+
+    def spec_config(self) -> SpecConfig | None:
+        if self.speculative_method == "off":
+            return None
+        return SpecConfig(
+            self.speculative_method, self.num_speculative_tokens, self.spec_ngram_min,
+            self.spec_ngram_max, self.draft_model,
+        )  # fmt: skip
 
     def limits(self) -> ServingLimits:
         names = [f.name for f in dataclasses.fields(ServingLimits)]
@@ -200,6 +216,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             device=a.device,
             dtype=a.dtype,
             offline=a.offline,
+            speculative=a.spec_config(),
         )
     except ValueError as e:
         raise SystemExit(f"--device {a.device!r} / --dtype {a.dtype!r}: {e}") from None

@@ -24,9 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from prometheus_client import CollectorRegistry
 
-from common.hub import resolve_model
+from common.hub import is_offline, resolve_model
 from common.results import get_logger
 from week1_gpt_kvcache.hf_convert import from_hf_folder
 from week1_gpt_kvcache.model import GPT
@@ -160,18 +159,15 @@ class SpecDecoder:
         return tokens[-1]
 
 
-def make_spec_decoder(
-    config: SpecConfig,
-    runner: ModelRunner,
-    block_manager: BlockManager,
-    sampler: Sampler,
-    registry: CollectorRegistry,
-    model_name: str,
-    offline: bool = False,
-) -> SpecDecoder:
-    """The decoder for an engine; for `draft`, loads the draft model beside the target's runner
-    (same vocabulary and at least the target's context length, or a clear error)."""
-    metrics = SpecMetrics(registry, model_name, config.num_speculative_tokens)
+def make_spec_decoder(engine) -> SpecDecoder:
+    """The decoder of an `LLMEngine` (its config's `speculative`); for `draft`, loads the draft
+    model beside the target's runner (same vocabulary and at least the target's context
+    length, or a clear error)."""
+    config: SpecConfig = engine.config.speculative
+    runner: ModelRunner = engine.runner
+    offline = is_offline(engine.config.offline)
+    m = engine.metrics
+    metrics = SpecMetrics(m.registry, m.model_name, config.num_speculative_tokens)
     vocab = runner.cfg.vocab_size
     draft = None
     if config.method == "draft":
@@ -191,4 +187,4 @@ def make_spec_decoder(
         draft = DraftProposer(
             model, runner.num_blocks, runner.block_size, runner.device, runner.dtype
         )
-    return SpecDecoder(config, block_manager, sampler, metrics, vocab, draft)
+    return SpecDecoder(config, engine.block_manager, engine.sampler, metrics, vocab, draft)
