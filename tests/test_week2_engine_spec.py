@@ -8,6 +8,7 @@ enough to force preemption; the block manager's invariants are checked after eve
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -148,3 +149,25 @@ def test_metrics_exposed_under_vllm_names(target, tok):
     before = {"available": True, **dict.fromkeys(counters, 0.0)}
     got = server_metrics.cell_counters(before, {"available": True, **counters})
     assert got["spec_decode_mean_acceptance_length"] == s["mean_acceptance_length"]
+
+
+def test_served_with_speculation_streams_the_same_text(target, tok):
+    """Over HTTP: several tokens per step reach the stream and the plain response alike."""
+    from fastapi.testclient import TestClient
+
+    from week2_serving.engine.api import create_app
+
+    texts = []
+    for spec in (None, SpecConfig("ngram", 3)):
+        engine = LLMEngine(EngineConfig(model=target, num_blocks=64, speculative=spec), tok)
+        body = {"model": "t", "prompt": [5, 6, 7, 5, 6, 7, 5], "max_tokens": 12, "temperature": 0}
+        with TestClient(create_app(engine, "t")) as c:
+            plain = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+            r = c.post("/v1/completions", json={**body, "stream": True})
+            chunks = [x[6:] for x in r.text.splitlines() if x.startswith("data: {")]
+            streamed = "".join(json.loads(x)["choices"][0]["text"] for x in chunks)
+            metrics = c.get("/metrics").text
+        assert streamed == plain
+        texts.append(plain)
+        assert ("vllm:spec_decode_num_drafts_total" in metrics) == (spec is not None)
+    assert texts[0] == texts[1]
