@@ -171,3 +171,27 @@ def test_served_with_speculation_streams_the_same_text(target, tok):
         texts.append(plain)
         assert ("vllm:spec_decode_num_drafts_total" in metrics) == (spec is not None)
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_sampled_speculation_is_seeded_and_keeps_the_books(target, tok, method):
+    """Temperature, top-k and top-p through both proposers: a seed gives the same tokens twice,
+    every request gets its max_tokens, and the pool is whole after every step."""
+    spec = SpecConfig(method, 3, draft_model=noisy_copy(target) if method == "draft" else None)
+    params = SamplingParams(max_tokens=12, temperature=0.8, top_k=50, top_p=0.9, ignore_eos=True)
+    runs = []
+    for _ in range(2):
+        engine = LLMEngine(
+            EngineConfig(model=target, num_blocks=14, block_size=4, speculative=spec), tok
+        )
+        seqs = [
+            engine.add_request(p, SamplingParams(**{**vars(params), "seed": i}))
+            for i, p in enumerate(PROMPTS)
+        ]
+        while engine.has_unfinished():
+            engine.step()
+            engine.block_manager.check_invariants(engine.scheduler.running)
+        runs.append([s.output_token_ids for s in seqs])
+        assert [len(o) for o in runs[-1]] == [12] * len(PROMPTS)
+        assert engine.spec.metrics.summary()["drafts"] > 0
+    assert runs[0] == runs[1]
