@@ -44,6 +44,9 @@ class Step:
         return [sys.executable, "-m", *self.args]
 
 
+DRAFT_RUN = "gpt-llama-bpe-draft"  # week 1's draft model run; exported to runs/week1/hf-draft
+
+
 def _s(name: str, cmd: str, needs: tuple[str, ...] = (), group: str = "") -> Step:
     return Step(name, group or name.split("/")[0], tuple(shlex.split(cmd)), needs)
 
@@ -58,6 +61,18 @@ def _weeks01(preset: str, device: str) -> list[Step]:
         _s("week1/train", f"week1_gpt_kvcache.train --preset {preset}", ("week1/prepare",)),
         _s("week1/export", "week1_gpt_kvcache.export", ("week1/train",)),
         _s("week1/bench", f"week1_gpt_kvcache.bench{device}", ("week1/export",)),
+        # the draft model of speculative decoding (week 2): same corpus and tokenizer, smaller
+        _s(
+            "week1/train-draft",
+            f"week1_gpt_kvcache.train --preset {preset} --size draft --run-name {DRAFT_RUN}",
+            ("week1/prepare",),
+        ),
+        _s(
+            "week1/export-draft",
+            f"week1_gpt_kvcache.export --checkpoint runs/week1/{DRAFT_RUN}/checkpoint.pt "
+            "--out runs/week1/hf-draft",
+            ("week1/train-draft",),
+        ),
     ]
 
 
@@ -74,6 +89,12 @@ def cpu_steps() -> list[Step]:
         _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
         _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),
         _s("week2/engine-bench", "week2_serving.engine.bench", ("week1/export",), "week2-engine"),
+        _s(
+            "week2/spec-bench",
+            "week2_serving.engine.spec_bench",
+            ("week1/export", "week1/export-draft"),
+            "week2-engine",
+        ),
         _s(
             "week2/engine-report",
             "week2_serving.report runs/week2/sweep-engine-cpu",

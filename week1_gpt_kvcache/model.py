@@ -84,6 +84,8 @@ SIZES = {
         block_size=128, n_layer=2, n_head=2, n_kv_head=1, n_embd=64
     ),  # head_dim 32: vLLM CPU needs >= 32
     "cpu": dict(block_size=1024, n_layer=4, n_head=4, n_kv_head=2, n_embd=256),
+    # a draft model for speculative decoding (week 2): cpu's context, a fraction of its work
+    "draft": dict(block_size=1024, n_layer=2, n_head=2, n_kv_head=1, n_embd=128),
     "gpu": dict(block_size=1024, n_layer=12, n_head=12, n_kv_head=4, n_embd=768),
 }
 

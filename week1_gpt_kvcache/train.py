@@ -50,7 +50,7 @@ class TrainConfig:
     """Train a GPT (gpt2 or llama preset) on runs/week1/data-<tokenizer>."""
 
     arch: Arch = "llama"  # model family
-    size: str = "cpu"  # model dimensions: tiny | cpu | gpu (see model.SIZES)
+    size: str = "cpu"  # model dimensions: tiny | cpu | gpu | draft (see model.SIZES)
     tokenizer: TokenizerKind = "bpe"  # which prepared data: runs/week1/data-<tokenizer>
     data_dir: str | None = None  # read the data from this folder instead
     seq_len: int = 256  # training window in tokens (<= the model's block_size)

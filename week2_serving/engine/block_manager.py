@@ -196,6 +196,23 @@ class BlockManager:
                 self.cached[h] = block.block_id
             seq.block_hashes.append(h)
 
+    def truncate(self, seq: Sequence, num_tokens: int) -> None:
+        """Keep only the blocks holding seq's first `num_tokens` slots; free the rest.
+
+        Speculative decoding reserves slots for proposed tokens; the rejected ones are rolled
+        back here. Those blocks never held only computed tokens, so none has a prefix key.
+        """
+        keep = self.blocks_needed(num_tokens)
+        for block_id in reversed(seq.block_table[keep:]):
+            block = self.blocks[block_id]
+            if block.hash is not None or block.ref_count <= 0:
+                raise BlockError(f"truncating block {block_id} of {seq}: cached or free")
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block_id] = None
+                self.free.move_to_end(block_id, last=False)  # no prefix: reused first
+        del seq.block_table[keep:]
+
     def free_seq(self, seq: Sequence) -> None:
         """Release a sequence's blocks (finished, aborted or preempted).
 

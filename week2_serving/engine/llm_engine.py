@@ -39,6 +39,8 @@ from week2_serving.engine.models import load_tokenizer, model_info
 from week2_serving.engine.sampler import Sampler
 from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail, get_policy
 from week2_serving.engine.sequence import SamplingParams, Sequence
+from week2_serving.engine.spec.config import SpecConfig
+from week2_serving.engine.spec.decoder import make_spec_decoder
 
 log = get_logger("week2.engine")
 
@@ -68,6 +70,7 @@ class EngineConfig:
     fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
     batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
     one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
+    speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
 
@@ -117,8 +120,9 @@ class LLMEngine:
             model_dir, num_blocks, cfg.block_size, device, dtype, self.max_model_len, info.config
         )
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        k_spec = cfg.speculative.num_speculative_tokens if cfg.speculative else 0
         self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
+            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling, k_spec),
             self.block_manager,
         )
         self.lora = attach_lora(self)  # a LoRAManager when config.lora is set, else None
@@ -136,6 +140,7 @@ class LLMEngine:
         self.step_time: float | None = None  # moving average of a step's seconds
         # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
+        self.spec = make_spec_decoder(self) if cfg.speculative else None  # spec/decoder.py
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
             "prefix caching=%s",
@@ -251,12 +256,18 @@ class LLMEngine:
         if not batch.seqs:
             self.metrics.record_state(self.scheduler, self.block_manager)
             return []
+        if self.spec is not None:  # guesses into the lookahead slots (spec/decoder.py)
+            self.spec.propose(batch, self.scheduler.running)
         logits = self.runner.execute(batch)
         to_sample = batch.sampled_seqs
-        sampled = self.sampler.accept(to_sample, self._sample(logits, to_sample))  # grammars
+        lens = [len(s) for s in to_sample]  # a speculating sequence may get several tokens
+        if self.spec is None:
+            sampled = self.sampler.accept(to_sample, self._sample(logits, to_sample))  # grammars
+        else:
+            sampled = self.spec.accept(logits, batch, self._sample)
         self.scheduler.update(batch, sampled)
         now = time.monotonic()
-        outs = [self._output(s, s.seq_id in sampled and s.error is None, now) for s in to_sample]
+        outs = [self._output(s, n, now) for s, n in zip(to_sample, lens)]
         self.num_steps += 1
         dt = now - start
         self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
@@ -281,9 +292,10 @@ class LLMEngine:
                 fail(seq, e)
         return sampled
 
-    def _output(self, s: Sequence, got_token: bool, now: float) -> StepOutput:
+    def _output(self, s: Sequence, len_before: int, now: float) -> StepOutput:
         """One sampled sequence's StepOutput; records its metrics and retires it if finished."""
-        if got_token:
+        new = s.tokens[len_before:] if s.error is None else []
+        for _ in new:
             self.num_generated += 1
             self.metrics.on_token(s, now)
         if s.is_finished:
@@ -292,7 +304,6 @@ class LLMEngine:
             self.num_finished += 1
             self.num_failed += s.finish_reason == "error"
             self.metrics.on_finish(s, now)
-        new = [s.tokens[-1]] if got_token else []
         return StepOutput(
             s.request_id,
             new,
@@ -301,7 +312,7 @@ class LLMEngine:
             s.num_prompt_tokens,
             s.num_output_tokens,
             s.error,
-            s.output_logprobs[-1] if got_token and s.params.logprobs is not None else None,
+            s.output_logprobs[-1] if new and s.params.logprobs is not None else None,
         )
 
     # --- offline ----------------------------------------------------------------------------------

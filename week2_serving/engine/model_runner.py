@@ -35,7 +35,8 @@ class StepInputs:
     positions: torch.Tensor  # (N,) each token's position in its sequence
     slot_mapping: torch.Tensor  # (N,) the pool slot each token's K/V is written to
     groups: list[AttnGroup]  # which rows attend together, and to which slots
-    sample_rows: torch.Tensor  # (S,) the rows whose logits are sampled (last of a sequence)
+    sample_rows: torch.Tensor  # (S,) the rows whose logits are sampled (last of a sequence,
+    #                            the last 1 + k of a speculating one)
     lora: LoRAStep | None = None  # which rows use which LoRA adapter (lora/); None: none does
 
 
@@ -95,7 +96,8 @@ class ModelRunner:
         if getattr(self, "planner", None) is None:
             args = (self.block_size, self.device, self.dtype, self.bucket_decodes)
             self.planner = StepPlanner(*args)
-        return StepInputs(*self.planner.plan(batch))
+        lora = self.lora.plan(batch.seqs, batch.num_tokens) if self.lora else None
+        return StepInputs(*self.planner.plan(batch), lora=lora)
 
     def prepare_reference(self, batch: ScheduledBatch) -> StepInputs:
         """`prepare` as a Python loop over every token: the plain reference the fast path is
@@ -105,13 +107,13 @@ class ModelRunner:
         decode, prefill = [], []  # (block_table, ctx_len, q_len, row_start)
         for seq, n, want in zip(batch.seqs, batch.num_tokens, batch.sample):
             start, c = len(ids), seq.num_computed
-            ids += seq.tokens[c : c + n]
+            ids += (seq.tokens[c : c + n] + seq.spec_tokens)[:n]  # + proposed tokens (spec/)
             positions += range(c, c + n)
             table = seq.block_table
             slot_mapping += [table[p // bs] * bs + p % bs for p in range(c, c + n)]
-            (decode if n == 1 else prefill).append((table, c + n, n, start))
-            if want:
-                sample_rows.append(start + n - 1)
+            (decode if n == 1 or seq.spec_tokens else prefill).append((table, c + n, n, start))
+            if want:  # the last row; a speculating sequence: its last 1 + k rows
+                sample_rows += range(start + n - 1 - len(seq.spec_tokens), start + n)
         return StepInputs(
             ids=torch.tensor(ids, device=dev),
             positions=torch.tensor(positions, device=dev),

@@ -73,6 +73,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512  # token budget of one step (prefill chunks + decodes)
     policy: str = "continuous"  # a name in POLICIES
     max_loras: int = 0  # most distinct LoRA adapters running at once (lora/); 0: no LoRA
+    num_lookahead_slots: int = 0  # extra slots a decode reserves for speculative tokens (spec/)
 
     def __post_init__(self) -> None:
         get_policy(self.policy)
@@ -99,7 +100,7 @@ class ScheduledBatch:
     def add(self, seq: Sequence, n: int, copies: list[tuple[int, int]]) -> None:
         self.seqs.append(seq)
         self.num_tokens.append(n)
-        self.sample.append(seq.num_computed + n == len(seq))
+        self.sample.append(seq.num_computed + n >= len(seq))  # > : lookahead slots (spec/)
         self.copies += copies
 
     @property
@@ -172,7 +173,11 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed, budget)
+            n += self._lookahead(seq, budget - n)
             while not self.bm.can_allocate_slots(seq, n):  # take blocks from the youngest
+                if n > seq.num_uncomputed:  # drop the lookahead before preempting anyone
+                    n = min(seq.num_uncomputed, budget)
+                    continue
                 victim = self.running[-1]
                 self._preempt(victim, batch)
                 if victim is seq:  # preempted itself: nothing older is left to schedule
@@ -181,6 +186,13 @@ class Scheduler:
             budget -= n
             i += 1
         return budget
+
+    def _lookahead(self, seq: Sequence, budget: int) -> int:
+        """Slots a decode reserves for speculative tokens: never past its max_tokens."""
+        if seq.num_uncomputed != 1 or not self.config.num_lookahead_slots:
+            return 0
+        room = seq.params.max_tokens - seq.num_output_tokens - 1
+        return max(0, min(self.config.num_lookahead_slots, budget, room))
 
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         """Waiting sequences, first come first served, while budget, batch size and blocks allow."""

@@ -70,6 +70,7 @@ class Sequence:
         self.num_preemptions = 0
         self.output_logprobs: list[TokenLogprobs] = []  # one per output token, if asked
         self.grammar = None  # structured.GrammarState: the tokens allowed next (structured output)
+        self.spec_tokens: list[int] = []  # this step's proposed tokens, verified after it (spec/)
 
     # --- views ----------------------------------------------------------------------------------
     def __len__(self) -> int:

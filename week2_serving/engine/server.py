@@ -36,6 +36,7 @@ from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.lora.config import LoRAConfig, parse_modules
 from week2_serving.engine.scheduler import POLICIES
+from week2_serving.engine.spec.config import SpecConfig
 
 __all__ = [
     "ServerConfig",
@@ -127,9 +128,17 @@ class ServerConfig:
     max_lora_rank: int = 16  # the largest rank an adapter may have
     max_cpu_loras: int | None = None  # adapters kept in host memory; none: --max-loras
 
+    # speculative decoding: off, ngram (prompt lookup) or draft (a smaller model, --draft-model)
+    speculative_method: Literal["off", "ngram", "draft"] = "off"
+    num_speculative_tokens: int = 3  # tokens guessed per step, verified in one forward (1..16)
+    spec_ngram_min: int = 1  # ngram: shortest suffix n-gram looked up
+    spec_ngram_max: int = 4  # ngram: longest suffix n-gram looked up
+    draft_model: str | None = None  # draft: HF folder of a smaller model with the same tokenizer
+
     def __post_init__(self) -> None:
         self.limits()  # a bad limit is a usage error naming it
         self.lora_config()  # so is a bad LoRA flag
+        self.spec_config()  # and bad speculative-decoding numbers (engine/spec/config.py)
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: use 1..65535")
         sizes = {"block_size": 1024, "max_num_seqs": 65536, "threads": 4096}
@@ -150,6 +159,14 @@ class ServerConfig:
         modules = parse_modules(self.lora_modules)
         cfg = LoRAConfig(modules, self.max_loras, self.max_lora_rank, self.max_cpu_loras)
         return cfg if self.enable_lora or modules else None
+
+    def spec_config(self) -> SpecConfig | None:
+        if self.speculative_method == "off":
+            return None
+        return SpecConfig(
+            self.speculative_method, self.num_speculative_tokens, self.spec_ngram_min,
+            self.spec_ngram_max, self.draft_model,
+        )  # fmt: skip
 
     def limits(self) -> ServingLimits:
         names = [f.name for f in dataclasses.fields(ServingLimits)]
@@ -222,6 +239,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             dtype=a.dtype,
             offline=a.offline,
             lora=a.lora_config(),
+            speculative=a.spec_config(),
         )
     except ValueError as e:
         raise SystemExit(f"--device {a.device!r} / --dtype {a.dtype!r}: {e}") from None

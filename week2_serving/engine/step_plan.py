@@ -18,7 +18,7 @@ Shapes: B sequences this step, N tokens, M blocks in the longest block table.
 
 from __future__ import annotations
 
-from itertools import chain
+from itertools import accumulate, chain
 
 import torch
 
@@ -48,7 +48,11 @@ class StepPlanner:
         """(ids, positions, slot_mapping, groups, sample_rows) for `batch`, as the reference."""
         seqs, ns, dev = batch.seqs, batch.num_tokens, self.device
         cs = [s.num_computed for s in seqs]
-        ids = list(chain.from_iterable(s.tokens[c : c + n] for s, c, n in zip(seqs, cs, ns)))
+        ids = list(  # a speculating sequence's rows end with its proposed tokens (spec/)
+            chain.from_iterable(
+                (s.tokens[c : c + n] + s.spec_tokens)[:n] for s, c, n in zip(seqs, cs, ns)
+            )
+        )
         M = max(len(s.block_table) for s in seqs)
         tables = torch.tensor([s.block_table + [0] * (M - len(s.block_table)) for s in seqs])
         per_seq = torch.tensor([cs, ns, batch.sample])  # (3, B) one host -> device copy
@@ -60,8 +64,19 @@ class StepPlanner:
         positions = computed[seq_of_row] + self.iota(N) - row_start[seq_of_row]  # (N,)
         blocks = tables[seq_of_row, positions // self.bs]  # (N,)
         slot_mapping = blocks * self.bs + positions % self.bs  # (N,)
-        sample_rows = (row_start + n - 1)[want]  # (S,)
-        groups = self.groups(tables, computed + n, n, row_start, cs, ns)
+        if any(s.spec_tokens for s in seqs):  # the last 1 + k rows of a speculating sequence
+            starts = [0, *accumulate(ns)]
+            rows = [
+                r
+                for s, st, q, w in zip(seqs, starts, ns, batch.sample)
+                if w
+                for r in range(st + q - 1 - len(s.spec_tokens), st + q)
+            ]
+            sample_rows = torch.tensor(rows, dtype=torch.long, device=dev)  # (S,)
+        else:
+            sample_rows = (row_start + n - 1)[want]  # (S,)
+        spec = [bool(s.spec_tokens) for s in seqs]
+        groups = self.groups(tables, computed + n, n, row_start, cs, ns, spec)
         return torch.tensor(ids, device=dev), positions, slot_mapping, groups, sample_rows
 
     def groups(
@@ -72,19 +87,20 @@ class StepPlanner:
         row_start: torch.Tensor,  # (B,)
         cs: list[int],
         ns: list[int],
+        spec: list[bool],  # a speculating decode: 1 + k queries, grouped with the decodes
     ) -> list[AttnGroup]:
         """Decodes bucketed by the power of two of their context length, then one group per
         prefill chunk: the reference's grouping (`attention.plan_groups`), in the same order."""
         buckets: dict[int, list[int]] = {}
         prefill = []
-        for i, (c, q) in enumerate(zip(cs, ns)):
-            if q == 1:
-                buckets.setdefault((c + 1).bit_length() if self.bucket else 0, []).append(i)
+        for i, (c, q, sp) in enumerate(zip(cs, ns, spec)):
+            if q == 1 or sp:
+                buckets.setdefault((c + q).bit_length() if self.bucket else 0, []).append(i)
             else:
                 prefill.append(i)
         out = []
         for _, idx in sorted(buckets.items()):
-            out.append(self.group(idx, tables, ctx, n, row_start, T=1))
+            out.append(self.group(idx, tables, ctx, n, row_start, T=max(ns[i] for i in idx)))
         for i in prefill:
             out.append(self.group([i], tables, ctx, n, row_start, T=ns[i]))
         return out

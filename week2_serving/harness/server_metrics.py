@@ -6,7 +6,10 @@ vLLM (and our engine, under the same names) exposes Prometheus counters at GET /
 - `vllm:prefix_cache_hits_total`: of those, tokens found there (older vLLM names the pair
   `vllm:gpu_prefix_cache_queries` / `vllm:gpu_prefix_cache_hits`; both are read);
 - `vllm:num_preemptions_total`: running requests pushed back to the queue (their KV blocks
-  were needed; they recompute later).
+  were needed; they recompute later);
+- `vllm:spec_decode_num_drafts_total`, `..._num_draft_tokens_total`,
+  `..._num_accepted_tokens_total`: speculative decoding's rounds, guesses and accepted
+  guesses, when the server speculates (mean acceptance length = 1 + accepted / drafts).
 
 Counters only grow from the server's start, so a sweep scrapes before its first cell and after
 each one, and records the difference: what that cell's traffic did. The hit rate is hits /
@@ -24,6 +27,10 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "prefix_cache_queries": ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries"),
     "prefix_cache_hits": ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits"),
     "num_preemptions": ("vllm:num_preemptions",),
+    # speculative decoding, when the server runs it (vLLM and our engine use these names)
+    "spec_decode_num_drafts": ("vllm:spec_decode_num_drafts",),
+    "spec_decode_num_draft_tokens": ("vllm:spec_decode_num_draft_tokens",),
+    "spec_decode_num_accepted_tokens": ("vllm:spec_decode_num_accepted_tokens",),
 }
 
 
@@ -70,4 +77,7 @@ def cell_counters(before: dict, after: dict) -> dict:
             out[key] = after[key] - before[key]
     queries, hits = out.get("prefix_cache_queries"), out.get("prefix_cache_hits")
     out["prefix_cache_hit_rate"] = hits / queries if queries and hits is not None else None
+    drafts, accepted = out.get("spec_decode_num_drafts"), out.get("spec_decode_num_accepted_tokens")
+    if drafts and accepted is not None:  # tokens per verification round (vLLM's definition)
+        out["spec_decode_mean_acceptance_length"] = 1 + accepted / drafts
     return out
