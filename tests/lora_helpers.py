@@ -121,6 +121,7 @@ def lora_engine(folders: dict, **lora):
         EngineConfig(
             model=folders["base"],
             device="cpu",
+            dtype="float32",  # equality with HF's float32 (auto is bf16 on a BF16 CPU)
             num_blocks=64,
             block_size=4,
             max_num_batched_tokens=12,

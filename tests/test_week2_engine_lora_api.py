@@ -13,19 +13,30 @@ import torch
 
 from tests.engine_server_helpers import running_server
 from tests.lora_helpers import ADAPTERS, lora_engine, lora_folders  # noqa: F401
-from week1_gpt_kvcache.hf_convert import config_from_hf
-from week1_gpt_kvcache.model import make_config
 from week2_serving.engine.lora.config import LoRAConfig, parse_modules
 from week2_serving.engine.lora.manager import LoRAManager
+from week2_serving.engine.models import load_config
 from week2_serving.engine.protocol import APIError
 
 
 def manager(folders: dict, names=tuple(ADAPTERS), **kw) -> LoRAManager:
     """A LoRAManager for the tiny base, serving `names` from the start."""
-    cfg = config_from_hf(json.loads((folders["base"] / "config.json").read_text()))
+    cfg = load_config(folders["base"])
     modules = {n: str(folders["paths"][n]) for n in names}
     lora = LoRAConfig(modules, **{"max_lora_rank": 8, **kw})
     return LoRAManager(lora, cfg, torch.device("cpu"), torch.float32)
+
+
+def gpt2_config():
+    """The engine's config of a tiny GPT-2 (no gate/up/down MLP: LoRA refuses it)."""
+    from week2_serving.engine.models.config import ModelConfig
+
+    return ModelConfig(
+        family="gpt2", architecture="GPT2LMHeadModel", vocab_size=64, hidden_size=32,
+        num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, intermediate_size=128,
+        max_position_embeddings=64, norm="layer", act="gelu_new", gated_mlp=False,
+        positions="learned",
+    )  # fmt: skip
 
 
 def test_slots_evict_least_recently_used_and_host_copies_go_back_to_disk(lora_folders):  # noqa: F811
@@ -84,7 +95,7 @@ def test_folders_the_engine_cannot_serve_are_refused(lora_folders, tmp_path):  #
     with pytest.raises(ValueError, match="use_dora"):
         m.add("dora", str(bad))
     with pytest.raises(ValueError, match="Llama"):
-        LoRAManager(LoRAConfig(), make_config("gpt2", "tiny"), torch.device("cpu"), torch.float32)
+        LoRAManager(LoRAConfig(), gpt2_config(), torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="max_cpu_loras=1 < max_loras=2"):
         LoRAConfig(max_loras=2, max_cpu_loras=1)
     with pytest.raises(ValueError, match="max_loras=True"):

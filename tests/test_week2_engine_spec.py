@@ -95,14 +95,20 @@ def reference(target, tok) -> list:
     return outs
 
 
-def noisy_copy(hf_dir, scale: float = 0.1):
-    """The target with its weights jittered (seeded): a draft that is often, not always, right."""
+def noisy_copy(hf_dir, scale: float = 0.1) -> Path:
+    """The target with its weights jittered (seeded), saved beside it: a draft that is often,
+    not always, right."""
+    folder = Path(hf_dir).parent / f"noisy-{scale}"
+    if folder.exists():
+        return folder
     model = from_hf_folder(hf_dir, "cpu")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * scale * p.std().nan_to_num(0.0))
-    return model
+    shutil.copytree(hf_dir, folder)
+    to_hf_model(model, 0).save_pretrained(folder)
+    return folder
 
 
 CASES = [(m, k) for m in ("ngram", "draft-noisy") for k in (1, 3, 5)] + [("draft-self", 3)]

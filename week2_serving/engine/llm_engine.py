@@ -122,7 +122,12 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         k_spec = cfg.speculative.num_speculative_tokens if cfg.speculative else 0
         self.scheduler = Scheduler(
-            SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling, k_spec),
+            SchedulerConfig(
+                cfg.max_num_seqs,
+                cfg.max_num_batched_tokens,
+                cfg.scheduling,
+                num_lookahead_slots=k_spec,
+            ),
             self.block_manager,
         )
         self.lora = attach_lora(self)  # a LoRAManager when config.lora is set, else None

@@ -27,10 +27,9 @@ import torch
 
 from common.hub import is_offline, resolve_model
 from common.results import get_logger
-from week1_gpt_kvcache.hf_convert import from_hf_folder
-from week1_gpt_kvcache.model import GPT
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.model_runner import ModelRunner
+from week2_serving.engine.models import load_config
 from week2_serving.engine.sampler import Sampler
 from week2_serving.engine.scheduler import ScheduledBatch, fail
 from week2_serving.engine.sequence import Sequence
@@ -171,20 +170,20 @@ def make_spec_decoder(engine) -> SpecDecoder:
     vocab = runner.cfg.vocab_size
     draft = None
     if config.method == "draft":
-        model = config.draft_model  # a folder, a hub id, or (tests) a GPT already built
-        if not isinstance(model, GPT):
-            model = from_hf_folder(resolve_model(model, offline), runner.device)
-        if model.cfg.vocab_size != vocab:
+        folder = resolve_model(config.draft_model, offline)  # a folder or a hub id
+        dcfg = load_config(folder)
+        if dcfg.vocab_size != vocab:
             raise ValueError(
-                f"draft model {config.draft_model} has a vocabulary of {model.cfg.vocab_size}, "
+                f"draft model {config.draft_model} has a vocabulary of {dcfg.vocab_size}, "
                 f"the target {vocab}: the draft must share the target's tokenizer"
             )
-        if model.cfg.block_size < runner.cfg.block_size:
+        if dcfg.max_model_len < engine.max_model_len:
             raise ValueError(
-                f"draft model {config.draft_model} reads {model.cfg.block_size} positions, the "
-                f"target {runner.cfg.block_size}: use a draft with at least the target's context"
+                f"draft model {config.draft_model} reads {dcfg.max_model_len} positions, the "
+                f"target {engine.max_model_len}: use a draft with at least the target's context"
             )
         draft = DraftProposer(
-            model, runner.num_blocks, runner.block_size, runner.device, runner.dtype
-        )
+            folder, runner.num_blocks, runner.block_size, runner.device, runner.dtype,
+            engine.max_model_len,
+        )  # fmt: skip
     return SpecDecoder(config, engine.block_manager, engine.sampler, metrics, vocab, draft)

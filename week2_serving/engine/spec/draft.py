@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from week1_gpt_kvcache.model import GPT
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.scheduler import ScheduledBatch
 from week2_serving.engine.sequence import Sequence
@@ -51,8 +50,10 @@ class Guess:
 
 
 class DraftProposer:
-    def __init__(self, model: GPT, num_blocks: int, block_size: int, device, dtype):
-        self.runner = ModelRunner(model, num_blocks, block_size, device, dtype)
+    def __init__(
+        self, model, num_blocks: int, block_size: int, device, dtype, max_model_len: int
+    ):  # model: the draft's HF folder
+        self.runner = ModelRunner(model, num_blocks, block_size, device, dtype, max_model_len)
         self.vocab_size = self.runner.cfg.vocab_size
         self.computed: dict[int, tuple[int, int]] = {}  # seq_id -> (num_preemptions, positions)
 
