@@ -37,6 +37,7 @@ ENTRY_POINTS = [
     "week2_serving.report",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
+    "week2_serving.engine.kv_bench",
     "week2_serving.harness.soak",
     "common.pipeline",
     "week3_finetune_lora.data",

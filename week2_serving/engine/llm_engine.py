@@ -32,6 +32,7 @@ from common.results import get_logger, runs_root
 from week1_gpt_kvcache.sampling import TokenLogprobs
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.errors import EngineFull
+from week2_serving.engine.kv_quant import check_kv_cache_dtype
 from week2_serving.engine.metrics import EngineMetrics
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.sampler import Sampler
@@ -61,6 +62,9 @@ class EngineConfig:
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N: common.device
     dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
     #                      float16: the weights and the KV cache
+    # the KV cache's storage: auto (the dtype above) | int8 | fp8 (e4m3), 8-bit codes with a
+    # scale per token per head (kv_quant.py): ~4x the sequences of float32 in the same memory
+    kv_cache_dtype: str = "auto"
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
@@ -70,6 +74,7 @@ class EngineConfig:
         self.torch_device = pick_device(self.device)
         self.torch_dtype = pick_dtype(self.torch_device, self.dtype)
         get_policy(self.scheduling)
+        check_kv_cache_dtype(self.kv_cache_dtype, self.torch_device)
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
 
@@ -110,9 +115,10 @@ class LLMEngine:
         device, dtype = cfg.torch_device, cfg.torch_dtype
         model = from_hf_folder(model_dir, device)
         self.max_model_len = min(cfg.max_model_len or model.cfg.block_size, model.cfg.block_size)
-        per_block = ModelRunner.bytes_per_block(model.cfg, cfg.block_size, dtype)
+        kv = cfg.kv_cache_dtype
+        per_block = ModelRunner.bytes_per_block(model.cfg, cfg.block_size, dtype, kv)
         num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_gib * 2**30 // per_block))
-        self.runner = ModelRunner(model, num_blocks, cfg.block_size, device, dtype)
+        self.runner = ModelRunner(model, num_blocks, cfg.block_size, device, dtype, kv)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.scheduling),
@@ -131,14 +137,15 @@ class LLMEngine:
         # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
         log.info(
-            "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
-            "prefix caching=%s",
+            "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB, kv dtype %s), "
+            "scheduling=%s, prefix caching=%s",
             model_dir,
             device,
             str(dtype).removeprefix("torch."),
             num_blocks,
             cfg.block_size,
             num_blocks * per_block / 2**20,
+            str(dtype).removeprefix("torch.") if kv == "auto" else kv,
             cfg.scheduling,
             cfg.enable_prefix_caching,
         )

@@ -11,6 +11,7 @@ Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from week1_gpt_kvcache.hf_convert import from_hf_folder
 from week1_gpt_kvcache.model import GPT, RMSNorm
 from week2_serving.engine.attention import AttnGroup, attend, plan_groups
-from week2_serving.engine.kv_cache import PagedKVCache
+from week2_serving.engine.kv_cache import kv_bytes_per_block, make_kv_cache
 from week2_serving.engine.scheduler import ScheduledBatch
 
 
@@ -82,6 +83,7 @@ class ModelRunner:
         block_size: int,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        kv_cache_dtype: str = "auto",  # auto (the model dtype) | int8 | fp8: kv_quant.py
     ):
         model = from_hf_folder(model, device) if not isinstance(model, GPT) else model
         # RoPE tables are fp32 buffers: cast with the weights, as HF casts cos/sin to x's dtype
@@ -90,8 +92,15 @@ class ModelRunner:
         self.device, self.dtype = torch.device(device), dtype
         self.num_blocks, self.block_size = num_blocks, block_size
         c = self.cfg
-        self.kv = PagedKVCache(
-            c.n_layer, num_blocks, block_size, c.n_kv_head, c.head_dim, dtype, self.device
+        self.kv = make_kv_cache(
+            kv_cache_dtype,
+            c.n_layer,
+            num_blocks,
+            block_size,
+            c.n_kv_head,
+            c.head_dim,
+            dtype,
+            self.device,
         )
         self.layers = [fuse(blk) for blk in self.model.blocks]
         # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
@@ -99,10 +108,12 @@ class ModelRunner:
         self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, dtype)
 
     @staticmethod
-    def bytes_per_block(cfg, block_size: int, dtype: torch.dtype = torch.float32) -> int:
-        """2 (K and V) x layers x Hkv x D x bytes x block_size."""
-        return PagedKVCache.bytes_per_block(
-            cfg.n_layer, cfg.n_kv_head, cfg.head_dim, block_size, dtype
+    def bytes_per_block(
+        cfg, block_size: int, dtype: torch.dtype = torch.float32, kv_cache_dtype: str = "auto"
+    ) -> int:
+        """2 (K and V) x layers x Hkv x D x bytes x block_size (+ scales when quantized)."""
+        return kv_bytes_per_block(
+            kv_cache_dtype, cfg.n_layer, cfg.n_kv_head, cfg.head_dim, block_size, dtype
         )
 
     @torch.inference_mode()
@@ -137,6 +148,8 @@ class ModelRunner:
     # --- 2. attention ---------------------------------------------------------------------------
     def attention(self, layer: int, q: torch.Tensor, groups: list[AttnGroup]) -> torch.Tensor:
         """Every row's attention over its own sequence's keys in the pool: (N, H, D) -> (N, H, D)."""
+        if self.kv.quantized:  # int8/fp8: attention reads dequantized K/V through the cache
+            return attend(q, None, None, groups, partial(self.kv.gather, layer))
         return attend(q, *self.kv.layer(layer), groups)
 
     # --- 3. the forward pass --------------------------------------------------------------------
