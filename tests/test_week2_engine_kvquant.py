@@ -233,7 +233,7 @@ def test_kv_bench_tiny_run_confirms_its_block_math(tiny_gpt, tmp_path, monkeypat
         model=str(tiny_gpt["hf_dir"]),
         val_data=str(val),
         caches=["fp32", "int8"],
-        kv_memory_mib=1 / 16,
+        kv_memory_mib=1 / 32,
         context_len=24,
         prompt_len=16,
         block_size=8,

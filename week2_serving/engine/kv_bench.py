@@ -53,6 +53,7 @@ CACHES = {  # name -> (weights' dtype, --kv-cache-dtype)
 class KVBenchConfig:
     """Compare KV cache dtypes at a fixed KV memory: capacity, throughput, perplexity."""
 
+    # the model: an HF folder; default runs/week1/hf-model (made by `make week1`)
     model: str = field(default_factory=lambda: str(runs_root() / "week1" / "hf-model"))
     # week 1's validation tokens (uint16); none: runs/week1/data-bpe/val.bin
     val_data: str | None = None

@@ -62,9 +62,7 @@ class EngineConfig:
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N: common.device
     dtype: str = "auto"  # auto (bf16 on GPUs that have it, else float32) | float32 | bfloat16 |
     #                      float16: the weights and the KV cache
-    # the KV cache's storage: auto (the dtype above) | int8 | fp8 (e4m3), 8-bit codes with a
-    # scale per token per head (kv_quant.py): ~4x the sequences of float32 in the same memory
-    kv_cache_dtype: str = "auto"
+    kv_cache_dtype: str = "auto"  # auto (= dtype) | int8 | fp8: 8-bit KV, scales (kv_quant.py)
     offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
