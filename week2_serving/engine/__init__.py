@@ -1,10 +1,13 @@
 """Our own serving engine: paged KV cache, continuous batching, prefix caching (week 2b).
 
-Read in this order: sequence.py -> block_manager.py -> scheduler.py -> kv_cache.py ->
-attention.py -> model_runner.py -> sampler.py -> llm_engine.py (metrics.py and errors.py on the
-side; lora/ for multi-LoRA), then the server:
-protocol.py -> async_engine.py -> detokenizer.py -> guards.py -> responses.py -> api.py ->
-server.py (the command line).
+Read in this order: sequence.py -> block_manager.py -> scheduler.py -> models/ (the HF
+checkpoints it loads) -> kv_cache.py (kv_quant.py: int8 / fp8) -> attention.py ->
+model_runner.py (step_plan.py: its inputs by tensor ops) -> sampler.py -> engine_config.py ->
+llm_engine.py (metrics.py and errors.py on the side). The extensions: spec/ (speculative
+decoding), lora/ (multi-LoRA), structured.py (JSON schema / regex / choice). The server:
+protocol.py -> async_engine.py -> detokenizer.py -> guards.py -> responses.py -> serving.py ->
+api.py -> server.py (the command line). Benchmarks: bench.py (`make week2-engine`), profile.py,
+levers.py, spec_bench.py, kv_bench.py, lora_bench.py, structured_bench.py.
 
 The names others import are listed below and loaded on first use, so that importing the
 pure-Python parts (`week2_serving.engine.scheduler`) does not load torch:
@@ -18,9 +21,9 @@ import importlib
 
 _EXPORTS = {
     "LLMEngine": "llm_engine",
-    "EngineConfig": "llm_engine",
-    "StepOutput": "llm_engine",
-    "RequestOutput": "llm_engine",
+    "EngineConfig": "engine_config",
+    "StepOutput": "engine_config",
+    "RequestOutput": "engine_config",
     "SamplingParams": "sequence",
     "Sequence": "sequence",
     "POLICIES": "scheduler",

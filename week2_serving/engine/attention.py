@@ -15,10 +15,15 @@ T queries per sequence, L keys per sequence, M blocks per table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+# How attention reads a quantized KV pool (kv_cache.QuantizedKVCache.gather, one layer bound):
+# flat slots (n,) -> K, V (n, Hkv, D) each, dequantized to the compute dtype.
+Reader = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def gather_slots(
@@ -103,12 +108,19 @@ def gather_kv(
 
 def paged_attention(
     q: torch.Tensor,  # (B, T, H, D)
-    k_pool: torch.Tensor,  # (num_slots, Hkv, D)
-    v_pool: torch.Tensor,  # (num_slots, Hkv, D)
+    k_pool: torch.Tensor | None,  # (num_slots, Hkv, D)
+    v_pool: torch.Tensor | None,  # (num_slots, Hkv, D)
     slots: torch.Tensor,  # (B, L)
     mask: torch.Tensor,  # (B, 1, T, L) bool (True = may see) or float (added to the scores)
+    read: Reader | None = None,  # a quantized pool: slots -> dequantized K/V (pools unused)
 ) -> torch.Tensor:  # (B, T, H, D)
-    k, v = gather_kv(k_pool, slots), gather_kv(v_pool, slots)  # (B, Hkv, L, D) each
+    if read is None:
+        k, v = gather_kv(k_pool, slots), gather_kv(v_pool, slots)  # (B, Hkv, L, D) each
+    else:  # a quantized pool: K/V of these slots, dequantized, in the queries' dtype
+        B, L = slots.shape
+        k, v = read(slots.flatten())  # (B*L, Hkv, D) each
+        k = k.view(B, L, *k.shape[1:]).transpose(1, 2)  # (B, Hkv, L, D)
+        v = v.view(B, L, *v.shape[1:]).transpose(1, 2)  # (B, Hkv, L, D)
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True
     )  # (B, H, T, D)
@@ -134,27 +146,28 @@ def plan_groups(
 
 def attend(
     q: torch.Tensor,  # (N, H, D) this step's queries, one row per scheduled token
-    k_pool: torch.Tensor,  # (num_slots, Hkv, D) one layer's keys
-    v_pool: torch.Tensor,  # (num_slots, Hkv, D)
+    k_pool: torch.Tensor | None,  # (num_slots, Hkv, D) one layer's keys
+    v_pool: torch.Tensor | None,  # (num_slots, Hkv, D)
     groups: list[AttnGroup],
+    read: Reader | None = None,  # a quantized pool's reader (then the pools are unused)
 ) -> torch.Tensor:  # (N, H, D)
     """Every row's attention over its own sequence's keys in the pool."""
     N, H, D = q.shape
     if len(groups) == 1 and groups[0].rows.numel() == N and not groups[0].padded:
         g = groups[0]  # one group holding every row in order (e.g. all decodes)
-        return paged_attention(q.view(g.B, g.T, H, D), k_pool, v_pool, g.slots, g.mask).reshape(
-            N, H, D
-        )
+        return paged_attention(
+            q.view(g.B, g.T, H, D), k_pool, v_pool, g.slots, g.mask, read
+        ).reshape(N, H, D)
     out = q.new_empty(N, H, D)
     for g in groups:  # gather each group's queries, attend, scatter outputs back
         if not g.padded:
             qg = q.index_select(0, g.rows).view(g.B, g.T, H, D)
-            y = paged_attention(qg, k_pool, v_pool, g.slots, g.mask)
+            y = paged_attention(qg, k_pool, v_pool, g.slots, g.mask, read)
             out.index_copy_(0, g.rows, y.reshape(g.B * g.T, H, D))
             continue
         real = g.rows >= 0
         qg = q.new_zeros(g.B * g.T, H, D)
         qg[real] = q[g.rows[real]]
-        y = paged_attention(qg.view(g.B, g.T, H, D), k_pool, v_pool, g.slots, g.mask)
+        y = paged_attention(qg.view(g.B, g.T, H, D), k_pool, v_pool, g.slots, g.mask, read)
         out[g.rows[real]] = y.reshape(g.B * g.T, H, D)[real]
     return out

@@ -20,90 +20,25 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from common.device import pick_device, pick_inference_dtype
 from common.hub import is_offline, resolve_model
-from common.results import get_logger, runs_root
-from week1_gpt_kvcache.sampling import TokenLogprobs
+from common.results import get_logger
 from week2_serving.engine.block_manager import BlockManager
+from week2_serving.engine.engine_config import EngineConfig, RequestOutput, StepOutput
 from week2_serving.engine.errors import EngineFull
-from week2_serving.engine.lora.manager import LoRAConfig, attach_lora, bind_lora
+from week2_serving.engine.lora.manager import attach_lora, bind_lora
 from week2_serving.engine.metrics import EngineMetrics
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.models import load_tokenizer, model_info
 from week2_serving.engine.sampler import Sampler
-from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail, get_policy
+from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail
 from week2_serving.engine.sequence import SamplingParams, Sequence
-from week2_serving.engine.spec.config import SpecConfig
 from week2_serving.engine.spec.decoder import make_spec_decoder
 
 log = get_logger("week2.engine")
-
-
-@dataclass
-class EngineConfig:
-    model: str | Path = field(default_factory=lambda: runs_root() / "week1" / "hf-model")
-    block_size: int = 16  # tokens per KV block
-    num_blocks: int | None = None  # KV pool size in blocks; None = from kv_cache_memory
-    kv_cache_memory: float = 0.5  # KV pool GiB (vLLM CPU's VLLM_CPU_KVCACHE_SPACE)
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
-    max_model_len: int | None = None  # None = the model's context length
-    enable_prefix_caching: bool = True
-    scheduling: str = "continuous"  # how requests join the batch: a name in scheduler.POLICIES
-    # Most requests waiting for a slot; one more is refused with EngineFull (0 = no bound). A
-    # few batches' worth of max_num_seqs: enough to refill the batch as requests finish,
-    # while a client refused at once can retry or go elsewhere instead of waiting longer and
-    # longer behind a queue that only grows.
-    max_num_waiting: int = 256
-    served_model_name: str | None = None  # the model_name label of the metrics; None: model
-    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N: common.device
-    # auto (bf16 on a GPU / CPU with native BF16, else float32) | float32 | bfloat16 | float16:
-    dtype: str = "auto"  # weights, activations and KV cache (common.device.pick_inference_dtype)
-    offline: bool | None = None  # None: offline only if HF_HUB_OFFLINE is set (common.hub)
-    lora: LoRAConfig | None = None  # serve LoRA adapters (lora/config.py); None: the base only
-    fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
-    batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
-    one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
-    speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
-    torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
-    torch_dtype: torch.dtype = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Checked here, before any weights load: a bad value is an error naming it at once.
-        self.torch_device = pick_device(self.device)
-        self.torch_dtype = pick_inference_dtype(self.torch_device, self.dtype)
-        if not 0 < self.kv_cache_memory < float("inf"):  # NaN fails this too
-            raise ValueError(f"kv_cache_memory={self.kv_cache_memory!r}: use GiB > 0, finite")
-        get_policy(self.scheduling)
-        if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
-            raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
-
-
-@dataclass
-class StepOutput:
-    request_id: str
-    new_token_ids: list[int]
-    finished: bool
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_output_tokens: int
-    error: str | None = None  # what went wrong, when finish_reason is "error"
-    logprobs: TokenLogprobs | None = None  # of the new token, when the request asked
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None
 
 
 class LLMEngine:
@@ -114,11 +49,13 @@ class LLMEngine:
         device, dtype = cfg.torch_device, cfg.torch_dtype
         info = model_info(model_dir, tokenizer.eos_token_id)  # ValueError: unsupported model
         self.max_model_len = info.max_model_len(cfg.max_model_len)  # the model's bounds it
-        per_block = ModelRunner.bytes_per_block(info.config, cfg.block_size, dtype)
+        kv = cfg.kv_cache_dtype
+        per_block = ModelRunner.bytes_per_block(info.config, cfg.block_size, dtype, kv)
         num_blocks = cfg.num_blocks or max(1, int(cfg.kv_cache_memory * 2**30 // per_block))
         self.runner = ModelRunner(
-            model_dir, num_blocks, cfg.block_size, device, dtype, self.max_model_len, info.config
-        )
+            model_dir, num_blocks, cfg.block_size, device, dtype, self.max_model_len, info.config,
+            kv_cache_dtype=kv,
+        )  # fmt: skip
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         k_spec = cfg.speculative.num_speculative_tokens if cfg.speculative else 0
         self.scheduler = Scheduler(
@@ -147,14 +84,15 @@ class LLMEngine:
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
         self.spec = make_spec_decoder(self) if cfg.speculative else None  # spec/decoder.py
         log.info(
-            "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB), scheduling=%s, "
-            "prefix caching=%s",
+            "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB, kv dtype %s), "
+            "scheduling=%s, prefix caching=%s",
             model_dir,
             device,
             str(dtype).removeprefix("torch."),
             num_blocks,
             cfg.block_size,
             num_blocks * per_block / 2**20,
+            str(dtype).removeprefix("torch.") if kv == "auto" else kv,
             cfg.scheduling,
             cfg.enable_prefix_caching,
         )

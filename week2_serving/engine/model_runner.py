@@ -13,13 +13,14 @@ Shapes: N tokens this step, C width, H query heads, Hkv K/V heads, D head dim, V
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from week2_serving.engine.attention import AttnGroup, attend, plan_groups
-from week2_serving.engine.kv_cache import PagedKVCache
+from week2_serving.engine.kv_cache import kv_bytes_per_block, make_kv_cache
 from week2_serving.engine.lora.manager import LoRAManager, LoRAStep
 from week2_serving.engine.models import LayerWeights, ModelConfig, load_config, load_weights
 from week2_serving.engine.models.layers import ACTIVATIONS, norm, rms_norm
@@ -56,14 +57,22 @@ class ModelRunner:
         dtype: torch.dtype = torch.float32,
         max_model_len: int | None = None,  # RoPE tables cover [0, this); None: the model's
         config: ModelConfig | None = None,
+        kv_cache_dtype: str = "auto",  # auto (the model dtype) | int8 | fp8: kv_quant.py
     ):
         self.cfg = c = config or load_config(model)
         self.device, self.dtype = torch.device(device), dtype
         self.num_blocks, self.block_size = num_blocks, block_size
         positions = min(max_model_len or c.max_model_len, c.max_model_len)
         self.weights = load_weights(model, c, self.device, dtype, positions)
-        self.kv = PagedKVCache(
-            c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim, dtype, self.device
+        self.kv = make_kv_cache(
+            kv_cache_dtype,
+            c.num_layers,
+            num_blocks,
+            block_size,
+            c.num_kv_heads,
+            c.head_dim,
+            dtype,
+            self.device,
         )
         self.act = ACTIVATIONS[c.act]
         # rotate_half(x) = roll(x, D/2) with its first half negated: the sign, made once
@@ -73,10 +82,12 @@ class ModelRunner:
         self.lora_step: LoRAStep | None = None  # this step's, for `proj`
 
     @staticmethod
-    def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-        """2 (K and V) x layers x Hkv x D x bytes x block_size."""
-        return PagedKVCache.bytes_per_block(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, block_size, dtype
+    def bytes_per_block(
+        cfg: ModelConfig, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "auto"
+    ) -> int:
+        """2 (K and V) x layers x Hkv x D x bytes x block_size (+ scales when quantized)."""
+        return kv_bytes_per_block(
+            kv_cache_dtype, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, block_size, dtype
         )
 
     @torch.inference_mode()
@@ -126,6 +137,8 @@ class ModelRunner:
     # --- 2. attention ---------------------------------------------------------------------------
     def attention(self, layer: int, q: torch.Tensor, groups: list[AttnGroup]) -> torch.Tensor:
         """Every row's attention over its own sequence's keys in the pool: (N, H, D) -> (N, H, D)."""
+        if self.kv.quantized:  # int8/fp8: attention reads dequantized K/V through the cache
+            return attend(q, None, None, groups, partial(self.kv.gather, layer))
         return attend(q, *self.kv.layer(layer), groups)
 
     # --- 3. the forward pass --------------------------------------------------------------------

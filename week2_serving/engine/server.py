@@ -33,6 +33,7 @@ from common.cli import build_parser, config_from_args
 from common.results import get_logger
 from week2_serving.engine.api import create_app
 from week2_serving.engine.guards import ServingLimits
+from week2_serving.engine.kv_quant import KV_CACHE_DTYPES
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.lora.config import LoRAConfig, parse_modules
 from week2_serving.engine.scheduler import POLICIES
@@ -92,6 +93,8 @@ class ServerConfig:
     # weights, activations and KV cache; auto: bfloat16 on a GPU that supports it or a CPU
     # with native BF16 (avx512_bf16 / amx_bf16), else float32
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = engine_default("dtype")
+    # KV cache storage: auto (the --dtype), int8 or fp8 (e4m3; where torch has it on the device)
+    kv_cache_dtype: Literal[KV_CACHE_DTYPES] = engine_default("kv_cache_dtype")
     served_model_name: str | None = None  # name in the API; None: the --model value
     host: str = "127.0.0.1"  # address to bind
     port: int = 8000  # port to listen on
@@ -237,12 +240,16 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             served_model_name=a.served_model_name or str(a.model),
             device=a.device,
             dtype=a.dtype,
+            kv_cache_dtype=a.kv_cache_dtype,
             offline=a.offline,
             lora=a.lora_config(),
             speculative=a.spec_config(),
         )
     except ValueError as e:
-        raise SystemExit(f"--device {a.device!r} / --dtype {a.dtype!r}: {e}") from None
+        where = (
+            f"--device {a.device!r} / --dtype {a.dtype!r} / --kv-cache-dtype {a.kv_cache_dtype!r}"
+        )
+        raise SystemExit(f"{where}: {e}") from None
 
 
 def engine_cpus(spec: str) -> set[int] | None:
