@@ -8,17 +8,23 @@ same multi-turn workload (multiturn.py: every turn resends the conversation so f
 times, the cache reset before each run. The server's own counters (/metrics: prefix-cache
 queries and hits) give the hit rate; TTFT is broken down by turn. With the cache on, later
 turns find the earlier turns' prompts cached and their TTFT should fall below the cache-off
-TTFT of the same turn, whose prefill grows with the history. Writes
-runs/week2/prefix-study-<name>/results.json and ttft_by_turn.png.
+TTFT of the same turn, whose prefill grows with the history. The results say whether both
+hold (`checks`: hit rate > 0 with the cache on; every later turn's median TTFT lower with it
+on than off). The defaults are small (`make week2`): 4 turns whose prompts grow to ~900
+tokens, so that the later turns' shared history spans several of the server's KV blocks.
+Writes runs/week2/prefix-study-<name>/results.json and ttft_by_turn.png; the week 2 report
+shows them (`prefix_section`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from common.cli import parse
 from common.plots import plt, save
-from common.results import get_logger, run_dir, runs_root, save_results
+from common.report import md_table
+from common.results import get_logger, read_json, run_dir, runs_root, save_results
 from week2_serving.harness import bench, server_metrics
 from week2_serving.harness.launch import launch
 
@@ -33,12 +39,12 @@ class PrefixStudyConfig:
     name: str = "vllm"  # results go to runs/week2/prefix-study-<name>
     engine: str = "vllm"  # vllm | engine
     model: str | None = None  # HF folder (none: runs/week1/hf-model)
-    conversations: int = 16  # conversations per run
+    conversations: int = 12  # conversations per run
     num_turns: int = 4  # turns per conversation
-    input_len: int = 64  # tokens of each new user message
+    input_len: int = 192  # tokens of each new user message
     output_len: int = 32  # tokens of each reply
     think_time_s: float = 0.5  # between a reply and the next turn
-    request_rate: float = 2.0  # conversations started per second (Poisson)
+    request_rate: float = 1.0  # conversations started per second (Poisson)
     num_runs: int = 3  # runs per setting (medians, min-max)
 
     def __post_init__(self) -> None:
@@ -95,6 +101,45 @@ def plot(on: dict, off: dict, path) -> object:
     return save(fig, path)
 
 
+def checks(results: dict) -> dict:
+    """The issue's two claims: a hit rate > 0 with the cache on, and every turn after the
+    first with a lower median TTFT (runs pooled) with the cache on than off."""
+    on, off = results["on"]["per_turn"], results["off"]["per_turn"]
+    later = [t for t in sorted(on, key=int) if int(t) > 0 and t in off]
+    return {
+        "hit_rate_on_positive": bool((results.get("hit_rate_on") or 0) > 0),
+        "later_turns_lower": bool(later)
+        and all(on[t]["median_ttft_ms"] < off[t]["median_ttft_ms"] for t in later),
+    }
+
+
+def _pct(x) -> str:
+    return f"{x:.0%}" if isinstance(x, (int, float)) else "n/a"
+
+
+def prefix_section(sweep, cells, baseline) -> str | None:
+    """The week 2 report's part (a report.Section): each prefix study beside the sweep, its
+    hit rates, TTFT by turn with the cache on and off, and its plot."""
+    rows, imgs = [], []
+    for path in sorted(Path(sweep).parent.glob("prefix-study-*/results.json")):
+        res = read_json(path)
+        on, off = res["on"]["per_turn"], res["off"]["per_turn"]
+        for t in sorted(on, key=int):
+            rows.append(
+                [path.parent.name, int(t) + 1, f"{on[t]['mean_prompt_len']:.0f}"]
+                + [f"{x[t]['median_ttft_ms']:.1f}" if t in x else "n/a" for x in (on, off)]
+            )
+        imgs.append(
+            f"{path.parent.name}: server hit rate on {_pct(res.get('hit_rate_on'))}, off "
+            f"{_pct(res.get('hit_rate_off'))}; checks {res.get('checks')}\n\n"
+            f"![TTFT by turn](../{path.parent.name}/ttft_by_turn.png)"
+        )
+    if not rows:
+        return None
+    head = ["study", "turn", "prompt tokens", "median TTFT ms, cache on", "cache off"]
+    return "\n".join([md_table(head, rows), "", *imgs])
+
+
 def main(cfg: PrefixStudyConfig) -> dict:
     out = run_dir("week2", f"prefix-study-{cfg.name}")
     on, off = measure(cfg, True, out), measure(cfg, False, out)
@@ -110,10 +155,11 @@ def main(cfg: PrefixStudyConfig) -> dict:
         "on": on,
         "off": off,
     }
+    results["checks"] = checks(results)
     plot(on, off, out / "ttft_by_turn.png")
     save_results("week2", f"prefix-study-{cfg.name}", results)
     log.info("hit rate on %s off %s", results["hit_rate_on"], results["hit_rate_off"])
-    log.info("last-turn TTFT ms: %s", results["last_turn_ttft_ms"])
+    log.info("last-turn TTFT ms: %s; checks %s", results["last_turn_ttft_ms"], results["checks"])
     return results
 
 

@@ -1,0 +1,61 @@
+"""Week 2: the acceptance command's verdicts, read from results files written here."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.results import write_json_atomic
+from week2_serving.harness.acceptance import AcceptanceConfig, judge
+
+
+def probe(rate: float, meets: bool) -> dict:
+    return {"rate": rate, "meets": meets, "summary": {"shares": {"ttft_p99:500": 0.99}}}
+
+
+def write_all(week, caps, at_meets=True, above_meets=False, within=True, hit=0.4, on_ms=10.0):
+    write_json_atomic(
+        week / "capacity-acceptance" / "results.json",
+        {
+            "capacity": sorted(caps)[len(caps) // 2],
+            "capacities": caps,
+            "spread_of_median": (max(caps) - min(caps)) / sorted(caps)[len(caps) // 2],
+            "verification": {"at": probe(1.0, at_meets), "above": probe(1.25, above_meets)},
+        },
+    )
+    row = {"rate": 0.5, "mean_ttft_ms": {"relative_diff": 0.03, "within": True}}
+    write_json_atomic(
+        week / "validate" / "results.json",
+        {"guidellm": {"rows": [row], "all_within_tolerance": within}},
+    )
+    turns = {str(t): {"median_ttft_ms": 10.0 * (t + 1)} for t in range(3)}
+    fast = {str(t): {"median_ttft_ms": on_ms} for t in range(3)}
+    write_json_atomic(
+        week / "prefix-study-vllm" / "results.json",
+        {
+            "hit_rate_on": hit,
+            "last_turn_ttft_ms": {"on": 10.0, "off": 30.0},
+            "on": {"per_turn": fast},
+            "off": {"per_turn": turns},
+        },
+    )
+
+
+def test_every_item_passes_or_fails_on_its_own_numbers(tmp_path):
+    write_all(tmp_path, [1.0, 1.05, 1.02])
+    verdicts = dict((item, v) for item, v, _ in judge(tmp_path, 0.10))
+    assert set(verdicts.values()) == {"PASS"} and len(verdicts) == 6
+    bad = {"at_meets": False, "above_meets": True, "within": False, "hit": 0, "on_ms": 99.0}
+    write_all(tmp_path, [1.0, 1.3, 1.1], **bad)
+    verdicts = dict((item, v) for item, v, _ in judge(tmp_path, 0.10))
+    assert set(verdicts.values()) == {"FAIL"}
+
+
+def test_missing_results_are_not_run_and_bad_options_are_refused(tmp_path):
+    assert {v for _, v, _ in judge(tmp_path, 0.1)} == {"NOT RUN"}
+    write_json_atomic(
+        tmp_path / "validate" / "results.json", {"guidellm": {"skipped": "not installed"}}
+    )
+    skipped = [d for item, v, d in judge(tmp_path, 0.1) if item == "guidellm agrees"]
+    assert skipped == ["not installed"]
+    with pytest.raises(ValueError, match="choose from"):
+        AcceptanceConfig(only=["speed"])
