@@ -6,6 +6,7 @@ import pytest
 
 from common.results import write_json_atomic
 from week2_serving.harness.acceptance import AcceptanceConfig, judge
+from week2_serving.harness.capacity_levers import LeversConfig, lever_studies
 
 
 def probe(rate: float, meets: bool) -> dict:
@@ -59,3 +60,24 @@ def test_missing_results_are_not_run_and_bad_options_are_refused(tmp_path):
     assert skipped == ["not installed"]
     with pytest.raises(ValueError, match="choose from"):
         AcceptanceConfig(only=["speed"])
+
+
+def test_capacity_levers_are_the_sweeps_servers_and_our_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("IE_RUNS_DIR", str(tmp_path))
+    (tmp_path / "week1" / "hf-model").mkdir(parents=True)
+    yaml = tmp_path / "s.yaml"
+    yaml.write_text(
+        "name: t\nengine: vllm\nmodel: runs/week1/hf-model\n"
+        "servers:\n  - {name: default, args: []}\n"
+        "  - {name: no-pc, args: ['--no-enable-prefix-caching']}\n"
+        "  - {name: int8, model: runs/week2/quantized/int8, args: []}\n"
+        "loads:\n  - {name: c1, max_concurrency: 1}\n"
+    )
+    studies = lever_studies(LeversConfig(sweep_config=str(yaml), searches=2))
+    assert [s.name for s in studies] == ["default", "no-pc", "engine"]  # int8 not made: skipped
+    assert studies[1].server_args == ["--no-enable-prefix-caching"] and studies[1].searches == 2
+    assert studies[2].engine == "engine" and studies[2].model == str(tmp_path / "week1/hf-model")
+    only = lever_studies(LeversConfig(sweep_config=str(yaml), levers=["no-pc"]))
+    assert [s.name for s in only] == ["no-pc"]
+    with pytest.raises(ValueError, match="choose from"):
+        lever_studies(LeversConfig(sweep_config=str(yaml), levers=["turbo"]))

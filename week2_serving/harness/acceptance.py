@@ -59,7 +59,9 @@ def run_parts(cfg: AcceptanceConfig) -> None:
             )
         )
     if "multi-turn" in cfg.only:
-        prefix_study.main(prefix_study.PrefixStudyConfig(model=cfg.model))
+        prefix_study.main(
+            prefix_study.PrefixStudyConfig(model=cfg.model, conversations=16, num_runs=3)
+        )
     if "guidellm" in cfg.only:
         validate.main(validate.ValidateConfig(model=cfg.model, rounds=1))
 

@@ -39,13 +39,13 @@ class PrefixStudyConfig:
     name: str = "vllm"  # results go to runs/week2/prefix-study-<name>
     engine: str = "vllm"  # vllm | engine
     model: str | None = None  # HF folder (none: runs/week1/hf-model)
-    conversations: int = 12  # conversations per run
+    conversations: int = 10  # conversations per run
     num_turns: int = 4  # turns per conversation
     input_len: int = 192  # tokens of each new user message
     output_len: int = 32  # tokens of each reply
     think_time_s: float = 0.5  # between a reply and the next turn
     request_rate: float = 1.0  # conversations started per second (Poisson)
-    num_runs: int = 3  # runs per setting (medians, min-max)
+    num_runs: int = 2  # runs per setting (medians, min-max)
 
     def __post_init__(self) -> None:
         if self.engine not in OFF_FLAGS:
