@@ -125,6 +125,8 @@ def summary_of(res: dict, terms) -> dict:
     out["slo_ratio"] = slo_ratio(res["requests"], terms)
     if res.get("num_runs", 1) > 1:
         out["runs_meet"] = [attainment(r, terms)["meets"] for r in runs_requests(res)]
+        # the run-to-run spread of the ratio at one rate: the measurement's own noise
+        out["runs_ratio"] = [slo_ratio(r, terms) for r in runs_requests(res)]
     return out
 
 
