@@ -132,3 +132,44 @@ def test_the_prefix_study_checks_both_claims_and_the_report_shows_it(tmp_path):
     text = prefix_section(sweep, [], None)
     assert "| prefix-study-vllm | 3 | 300 | 16.0 | 40.0 |" in text
     assert "hit rate on 50%" in text and "../prefix-study-vllm/ttft_by_turn.png" in text
+
+
+def fake_bench(cfg) -> dict:
+    """bench.main's results for the fake server: p99-ish TTFT 100 ms / (1 - rate/10)."""
+    if cfg.max_concurrency == 1:
+        return {"request_throughput": 1.0}
+    if math.isinf(cfg.request_rate):
+        return {"request_throughput": SATURATED}
+    ttft = 0.1 / (1 - cfg.request_rate / SATURATED) if cfg.request_rate < SATURATED else 60.0
+    reqs = [
+        {**req(ttft * (0.5 + i / 40), ttft + 0.2, 11), "run": k}
+        for k in range(cfg.num_runs)
+        for i in range(20)
+    ]
+    done = min(cfg.request_rate, SATURATED)
+    return {
+        "requests": reqs,
+        "num_runs": cfg.num_runs,
+        "request_throughput": done,
+        "output_throughput": 11 * done,
+    }
+
+
+def test_the_study_wires_searches_checks_and_cost_together(tmp_path, monkeypatch):
+    from week2_serving.harness import capacity
+
+    monkeypatch.setenv("IE_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(capacity.bench, "main", fake_bench)
+    cfg = capacity.CapacityConfig(
+        slo=["ttft_p99:500"], base_url="http://fake", tokenizer="tok", searches=2, verify_runs=3
+    )
+    res = capacity.main(cfg)
+    # p99 of 20 is the slowest: 0.975 x 100 ms / (1 - r/10), 500 ms at r = 8.05 req/s
+    assert res["boundaries"] == [pytest.approx(8.05, rel=0.03)] * 2
+    assert res["capacity"] == pytest.approx(0.95 * res["boundaries"][0])
+    assert res["spread_of_median"] == 0  # no noise: the two searches agree
+    assert res["verified"] and res["verification"]["at"]["summary"]["runs_ratio"][0] < 1
+    assert res["usd_per_1m_output_tokens"] == pytest.approx(
+        2.0 / (11 * res["capacity"] * 3600) * 1e6
+    )
+    assert (tmp_path / "week2" / "capacity-default" / "report.md").is_file()

@@ -7,8 +7,8 @@
     python -m week2_serving.harness.capacity --base-url http://127.0.0.1:8000 --tokenizer DIR ...
 
 Method: (1) the synchronous rate (one request at a time: completed per second) and the
-saturated rate (everything at once: the most the server completes per second) bracket the
-search; (2) capacity_search.py locates the SLO boundary from the *SLO ratio* of each probe
+saturated rate (everything at once: the most the server completes per second) bracket each
+search, measured anew for each; (2) capacity_search.py locates the SLO boundary from the *SLO ratio* of each probe
 (the worst term's value at its share over its bound), fitted monotone over every probe and
 interpolated, not from met / missed verdicts; the capacity is that boundary less `--headroom`;
 (3) `--searches` repeats the search (its spread is the reproducibility); (4) a separate check
@@ -152,10 +152,12 @@ def bracket(base: bench.BenchConfig) -> dict:
     return {"sync_rate": sync["request_throughput"], "saturated_rate": sat["request_throughput"]}
 
 
-def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms, edges: dict) -> list:
-    """`cfg.searches` searches (one arrival seed, or one each with `new_arrivals`)."""
+def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms) -> list:
+    """`cfg.searches` searches, each from its own bracket measurement (so the spread holds
+    the ends' noise too), on one arrival seed (or one each with `new_arrivals`)."""
     out = []
     for s in range(cfg.searches):
+        edges = bracket(base)
         seed = cfg.seed + 1 + (s if cfg.new_arrivals else 0)
 
         def probe(rate: float, seed: int = seed) -> Probe:
@@ -170,6 +172,7 @@ def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms, edges: dict)
             cfg.headroom,
         )
         found["probes"] = [asdict(p) for p in found["probes"]]
+        found["ends"] = edges
         log.info("search %d: capacity %s (%s)", s + 1, found["capacity"], found["why"])
         out.append(found)
     return out
@@ -229,8 +232,7 @@ def main(cfg: CapacityConfig) -> dict:
     with served(cfg, out) as srv:
         url = srv.url if srv is not None else cfg.base_url
         base = base_bench(cfg, url, cfg.tokenizer or (None if cfg.base_url else model_of(cfg)))
-        edges = bracket(base)
-        searches = search_all(cfg, base, terms, edges)
+        searches = search_all(cfg, base, terms)
         found = [s["capacity"] for s in searches if s["capacity"] is not None]
         check = None
         if found and cfg.verify_runs:
@@ -240,7 +242,6 @@ def main(cfg: CapacityConfig) -> dict:
         **conclude(cfg, searches, check),
         "slo": [str(t) for t in terms],
         "method": METHOD,
-        "bracket": edges,
         "searches": searches,
         "verification": check,
         "config": asdict(cfg),
