@@ -3,9 +3,10 @@
     python -m week2_serving.harness.prefix_study                 # vLLM CPU, the week 1 model
     python -m week2_serving.harness.prefix_study --engine engine --name engine
 
-Starts the server twice, with its prefix cache on (vLLM's default) and off, and sends each the
-same multi-turn workload (multiturn.py: every turn resends the conversation so far) `--num-runs`
-times, the cache reset before each run. The server's own counters (/metrics: prefix-cache
+Starts two servers, prefix cache on (vLLM's default) and off, and sends each the same
+multi-turn workload (multiturn.py: every turn resends the conversation so far) `--num-runs`
+times, the runs alternating between the two (so a drift in the machine's load falls on both)
+and the cache reset before each run. The server's own counters (/metrics: prefix-cache
 queries and hits) give the hit rate; TTFT is broken down by turn. With the cache on, later
 turns find the earlier turns' prompts cached and their TTFT should fall below the cache-off
 TTFT of the same turn, whose prefill grows with the history. The results say whether both
@@ -27,6 +28,8 @@ from common.report import md_table
 from common.results import get_logger, read_json, run_dir, runs_root, save_results
 from week2_serving.harness import bench, server_metrics
 from week2_serving.harness.launch import launch
+from week2_serving.harness.multiturn import ttft_by_turn
+from week2_serving.harness.repeats import combine_runs
 
 log = get_logger("week2.prefix_study")
 OFF_FLAGS = {"vllm": ["--no-enable-prefix-caching"], "engine": ["--no-enable-prefix-caching"]}
@@ -54,32 +57,52 @@ class PrefixStudyConfig:
             raise ValueError("conversations, num_turns and num_runs must be >= 1")
 
 
-def measure(cfg: PrefixStudyConfig, caching: bool, out) -> dict:
-    """One server start (cache on or off), the workload `num_runs` times, its counters."""
+def workload(cfg: PrefixStudyConfig, url: str, tokenizer: str, warmups: int) -> bench.BenchConfig:
+    """One run of the multi-turn workload (the prefix cache reset before it)."""
+    return bench.BenchConfig(
+        base_url=url,
+        model="m",
+        tokenizer=tokenizer,
+        dataset_name="multi-turn",
+        num_prompts=cfg.conversations * cfg.num_turns,
+        num_turns=cfg.num_turns,
+        think_time_s=cfg.think_time_s,
+        random_input_len=cfg.input_len,
+        random_output_len=cfg.output_len,
+        request_rate=cfg.request_rate,
+        num_warmups=warmups,
+        save=False,
+    )
+
+
+def measure(cfg: PrefixStudyConfig, out) -> tuple[dict, dict]:
+    """Both servers up at once (cache on, cache off); runs alternate on, off, on, off... so
+    that a machine whose background load drifts weighs on both alike. Returns each setting's
+    runs combined (per-turn TTFT over every run) with its server's counters."""
     model = cfg.model or str(runs_root() / "week1" / "hf-model")
-    extra = [] if caching else OFF_FLAGS[cfg.engine]
     env = {"VLLM_SERVER_DEV_MODE": "1"} if cfg.engine == "vllm" else {}
-    with launch(cfg.engine, model, extra=extra, log_dir=out, served_name="m", env=env) as srv:
-        before = server_metrics.scrape(srv.url)
-        res = bench.main(
-            bench.BenchConfig(
-                base_url=srv.url,
-                model="m",
-                tokenizer=model,
-                dataset_name="multi-turn",
-                num_prompts=cfg.conversations * cfg.num_turns,
-                num_turns=cfg.num_turns,
-                think_time_s=cfg.think_time_s,
-                random_input_len=cfg.input_len,
-                random_output_len=cfg.output_len,
-                request_rate=cfg.request_rate,
-                num_runs=cfg.num_runs,
-                save=False,
-            )
-        )
-        counters = server_metrics.cell_counters(before, server_metrics.scrape(srv.url))
-    res.pop("requests", None)
-    return {"prefix_caching": caching, "server_metrics": counters, **res}
+
+    def start(extra: list[str]):
+        return launch(cfg.engine, model, extra=extra, log_dir=out, served_name="m", env=env)
+
+    with start([]) as on_srv, start(OFF_FLAGS[cfg.engine]) as off_srv:
+        servers = {True: on_srv, False: off_srv}
+        before = {c: server_metrics.scrape(s.url) for c, s in servers.items()}
+        runs: dict[bool, list[dict]] = {True: [], False: []}
+        for k in range(cfg.num_runs):
+            for caching, srv in servers.items():
+                cfg_k = workload(cfg, srv.url, model, warmups=1 if k == 0 else 0)
+                runs[caching].append(bench.main(cfg_k))
+        counters = {
+            c: server_metrics.cell_counters(before[c], server_metrics.scrape(s.url))
+            for c, s in servers.items()
+        }
+    both = []
+    for caching in (True, False):
+        res = combine_runs(runs[caching])
+        res["per_turn"] = ttft_by_turn(res.pop("requests"))
+        both.append({"prefix_caching": caching, "server_metrics": counters[caching], **res})
+    return both[0], both[1]
 
 
 def plot(on: dict, off: dict, path) -> object:
@@ -142,7 +165,7 @@ def prefix_section(sweep, cells, baseline) -> str | None:
 
 def main(cfg: PrefixStudyConfig) -> dict:
     out = run_dir("week2", f"prefix-study-{cfg.name}")
-    on, off = measure(cfg, True, out), measure(cfg, False, out)
+    on, off = measure(cfg, out)
     last = str(cfg.num_turns - 1)
     results = {
         "config": asdict(cfg),
