@@ -81,3 +81,36 @@ def test_capacity_levers_are_the_sweeps_servers_and_our_engine(tmp_path, monkeyp
     assert [s.name for s in only] == ["no-pc"]
     with pytest.raises(ValueError, match="choose from"):
         lever_studies(LeversConfig(sweep_config=str(yaml), levers=["turbo"]))
+
+
+def test_the_prefix_study_alternates_its_two_servers(tmp_path, monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from week2_serving.harness import prefix_study as ps
+
+    @contextlib.contextmanager
+    def fake_launch(engine, model, extra, **kwargs):
+        yield SimpleNamespace(url="http://off" if extra else "http://on")
+
+    sent: list[str] = []
+
+    def fake_bench(cfg):  # the cache on makes every turn as fast as the first
+        sent.append(cfg.base_url)
+        on = cfg.base_url.endswith("on")
+        rows = [
+            {"turn": t, "ttft": 0.01 * (1 if on else t + 1), "prompt_len": 9, "success": True}
+            for t in range(cfg.num_turns)
+        ]
+        return {"requests": rows, "mean_ttft_ms": 10.0}
+
+    monkeypatch.setenv("IE_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(ps, "launch", fake_launch)
+    monkeypatch.setattr(ps.bench, "main", fake_bench)
+    monkeypatch.setattr(ps.server_metrics, "scrape", lambda url: {})
+    counters = lambda before, after: {"prefix_cache_hit_rate": 0.5}  # noqa: E731
+    monkeypatch.setattr(ps.server_metrics, "cell_counters", counters)
+    res = ps.main(ps.PrefixStudyConfig(model="/m", num_runs=2))
+    assert sent == ["http://on", "http://off"] * 2  # alternating, not one server then the other
+    assert res["checks"] == {"hit_rate_on_positive": True, "later_turns_lower": True}
+    assert res["last_turn_ttft_ms"] == {"on": 10.0, "off": 40.0}
