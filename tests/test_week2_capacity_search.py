@@ -124,6 +124,10 @@ def test_the_prefix_study_checks_both_claims_and_the_report_shows_it(tmp_path):
     good = study([20.0, 15.0, 16.0], [20.0, 30.0, 40.0], hit_on=0.5)
     assert checks(good) == {"hit_rate_on_positive": True, "later_turns_lower": True}
     assert not checks(study([20.0, 15.0, 45.0], [20.0, 30.0, 40.0], 0.5))["later_turns_lower"]
+    # of 4 turns the second half (turns 3, 4) is judged; turn 2 may go either way
+    assert checks(study([20.0, 31.0, 15.0, 16.0], [20.0, 30.0, 40.0, 50.0], 0.5))[
+        "later_turns_lower"
+    ]
     assert not checks(study([20.0, 15.0], [20.0, 30.0], hit_on=0.0))["hit_rate_on_positive"]
     sweep = tmp_path / "week2" / "sweep-cpu"
     sweep.mkdir(parents=True)
