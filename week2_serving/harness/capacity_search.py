@@ -2,8 +2,8 @@
 
 Why not bisection on met / missed: one probe of a few dozen requests judges a p99 by its
 slowest request or two, so a rate just below the boundary misses by chance now and then, and
-bisection, which trusts every verdict, then settles wherever that chance sent it (the previous
-version of this search spread by about a third across three searches). This search instead:
+bisection, which trusts every verdict, then settles wherever that chance sent it, on one of
+the points it happened to probe. This search instead:
 
 1. **Measures a number, not a verdict.** Each probe yields the *SLO ratio*: for every term the
    request value at the term's share (the ceil(share·n)-th smallest, a failed request counting
