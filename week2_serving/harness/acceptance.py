@@ -36,7 +36,9 @@ class AcceptanceConfig:
     read_only: bool = False  # run nothing: judge the results files already written
     searches: int = 3  # capacity searches (their spread must be within `spread`)
     spread: float = 0.10  # (max - min) / median of the capacities found
-    num_prompts: int = 64  # requests per capacity probe and check run
+    # requests per capacity probe and check run: enough for an overload to build a queue
+    num_prompts: int = 200
+    max_probes: int = 8  # per capacity search
 
     def __post_init__(self) -> None:
         bad = [p for p in self.only if p not in PARTS]
@@ -56,6 +58,7 @@ def run_parts(cfg: AcceptanceConfig) -> None:
                 searches=cfg.searches,
                 verify_runs=3,
                 num_prompts=cfg.num_prompts,
+                max_probes=cfg.max_probes,
             )
         )
     if "multi-turn" in cfg.only:
