@@ -86,6 +86,9 @@ def cpu_steps() -> list[Step]:
             ("week1/export",),
         ),
         _s("week2/quality", "week2_serving.quant.quality", ("week2/quantize",)),
+        # capacity under an SLO and multi-turn prefix caching: small defaults; the report shows them
+        _s("week2/capacity", "week2_serving.harness.capacity", ("week1/export",)),
+        _s("week2/prefix-study", "week2_serving.harness.prefix_study", ("week1/export",)),
         _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
         _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),
         _s("week2/engine-bench", "week2_serving.engine.bench", ("week1/export",), "week2-engine"),

@@ -32,6 +32,8 @@ ENTRY_POINTS = [
     "week2_serving.harness.sweep",
     "week2_serving.harness.report",
     "week2_serving.harness.capacity",
+    "week2_serving.harness.acceptance",
+    "week2_serving.harness.capacity_levers",
     "week2_serving.harness.rates",
     "week2_serving.harness.traces",
     "week2_serving.harness.prefix_study",

@@ -26,9 +26,11 @@ def test_parse_reads_each_rate_in_our_names():
     first = rows[0]
     assert first["completed"] == 20 and first["failed"] == 0
     raw = json.loads(CANNED.read_text())["benchmarks"][0]["metrics"]
-    # vLLM's TPOT is guidellm's inter-token latency, not its time_per_output_token
-    assert first["mean_tpot_ms"] == raw["inter_token_latency_ms"]["successful"]["mean"]
-    assert first["mean_tpot_ms"] != raw["time_per_output_token_ms"]["successful"]["mean"]
+    # guidellm's mean inter-token latency is token-weighted: our token-weighted TPOT, not the
+    # request-weighted mean TPOT, and not its time_per_output_token (first token included)
+    itl = raw["inter_token_latency_ms"]["successful"]["mean"]
+    assert first["mean_tpot_token_weighted_ms"] == itl and "mean_tpot_ms" not in first
+    assert itl != raw["time_per_output_token_ms"]["successful"]["mean"]
     assert first["output_throughput"] == raw["output_tokens_per_second"]["successful"]["mean"]
     assert rows[1]["output_throughput"] > rows[0]["output_throughput"]  # twice the rate
 

@@ -19,6 +19,7 @@ keep working (a function of the same name would hide the module).
 
 from week2_serving.harness.bench import BenchConfig, run_load
 from week2_serving.harness.bench import main as run_bench
+from week2_serving.harness.capacity_search import search_capacity
 from week2_serving.harness.client import BACKENDS, Request, send_request
 from week2_serving.harness.gsp import generated_shared_prefix_requests
 from week2_serving.harness.launch import ENGINES, Machine
@@ -28,7 +29,7 @@ from week2_serving.harness.multiturn import TurnRequest, multi_turn_requests
 from week2_serving.harness.report import Section, load_cells
 from week2_serving.harness.report import build as build_report
 from week2_serving.harness.server_metrics import scrape as scrape_server_metrics
-from week2_serving.harness.slo import SLOTerm, bisect_capacity, parse_term
+from week2_serving.harness.slo import SLOTerm, parse_term
 from week2_serving.harness.sweep import resolve_model, run_sweep, sweep_dir
 from week2_serving.harness.sweep_config import SweepConfig
 from week2_serving.harness.traces import TimedRequest, trace_requests
@@ -54,7 +55,7 @@ __all__ = [
     "TimedRequest",
     "TurnRequest",
     "Workload",
-    "bisect_capacity",
+    "search_capacity",
     "build_report",
     "compute_metrics",
     "file_requests",

@@ -1,23 +1,33 @@
 """Capacity under an SLO: the highest request rate a server sustains while meeting it.
 
-    python -m week2_serving.harness.capacity --slo ttft_p99:500 tpot_p99:20     # vLLM CPU, week 1 model
-    python -m week2_serving.harness.capacity --engine engine --name engine --slo ttft_p99:500
+    python -m week2_serving.harness.capacity                       # vLLM CPU, week 1 model (small)
+    python -m week2_serving.harness.capacity --searches 3 --verify-runs 3   # the acceptance check
+    python -m week2_serving.harness.capacity --engine engine --name engine
     python -m week2_serving.harness.capacity --name no-pc -- --no-enable-prefix-caching  # server flags
     python -m week2_serving.harness.capacity --base-url http://127.0.0.1:8000 --tokenizer DIR ...
 
-Steps: (1) the synchronous rate (one request at a time: 1 / mean latency) and the saturated
-rate (everything at once: the most the server completes per second) bracket the search;
-(2) bisection over measured open-loop rates (slo.py says how) finds the highest that meets the
-SLO, `--searches` times; (3) a separate check runs `--verify-runs` times at the capacity found
-and at `--verify-factor` × it: the first should meet the SLO, the second miss it (pooled over
-its runs). The cost per 1M tokens at capacity prices the machine-hour at `--usd-per-hour`.
-The prefix cache is reset before every run (vLLM is started with VLLM_SERVER_DEV_MODE=1 for
-it). Writes runs/week2/capacity-<name>/results.json, capacity.png and report.md.
+Method: (1) the synchronous rate (one request at a time: completed per second) and the
+saturated rate (everything at once: the most the server completes per second) bracket each
+search, measured anew for each; (2) capacity_search.py locates the SLO boundary from the *SLO ratio* of each probe
+(the worst term's value at its share over its bound), fitted monotone over every probe and
+interpolated, not from met / missed verdicts; the capacity is that boundary less `--headroom`;
+(3) `--searches` repeats the search (its spread is the reproducibility); (4) a separate check
+runs `--verify-runs` times at the capacity and at `--verify-factor` x it, every run's requests
+pooled: the first should meet the SLO, the second miss it. The cost per 1M tokens at
+capacity prices the machine-hour at `--usd-per-hour`.
+
+Noise kept out: every probe of every search sends the same prompts on the same arrival
+times scaled to its rate (one arrival seed; `--new-arrivals` draws a new one per search, which
+adds the workload's own sampling noise to the spread), one warm-up request before each probe,
+and the prefix cache reset before every run (vLLM is started with VLLM_SERVER_DEV_MODE=1).
+A p99 over n requests is decided by its slowest ceil(n/100) requests: `--num-prompts` and
+`--probe-runs` (runs pooled per probe) set how many. Writes
+runs/week2/capacity-<name>/results.json, capacity.png and report.md.
 
 A capacity belongs to its run length: `--num-prompts` requests offered at any rate are at
 worst one burst of that many, so if the saturated run (everything at once) meets the SLO no
-rate can miss it, and the search ends saying so. Choose lengths and a run size whose burst
-misses the SLO (the defaults do on the week 1 model on 2 CPU cores).
+rate can miss it, and the search ends saying so. The default lengths and run size miss it on
+the week 1 model on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -33,10 +43,16 @@ from common.procs import sigterm_as_interrupt
 from common.results import get_logger, run_dir, runs_root, save_results
 from week2_serving.harness import bench
 from week2_serving.harness.capacity_page import plot_search, write_page
+from week2_serving.harness.capacity_search import search_capacity, slo_ratio
 from week2_serving.harness.launch import ENGINES, launch
-from week2_serving.harness.slo import Probe, attainment, bisect_capacity, parse_term
+from week2_serving.harness.slo import Probe, attainment, parse_term
 
 log = get_logger("week2.capacity")
+METHOD = (
+    "the SLO ratio (worst term's value at its share / its bound) of open-loop probes between "
+    "the synchronous and the saturated rate, fitted monotone in the rate and interpolated to "
+    "ratio 1 (the boundary); capacity = boundary less the headroom; same arrivals every probe"
+)
 
 
 @dataclass
@@ -52,15 +68,16 @@ class CapacityConfig:
     input_len: int = 256  # mean prompt tokens (random workload)
     output_len: int = 128  # mean output tokens
     range_ratio: float = 0.5  # lengths uniform in [len*(1-r), len*(1+r)]
-    num_prompts: int = 64  # requests per measured run
+    num_prompts: int = 48  # requests per measured run
     probe_runs: int = 1  # runs per probed rate (their requests pooled)
-    tolerance: float = 0.1  # stop when the bracket's width is under this share of its bottom
-    max_probes: int = 9  # measured rates per search, at most
+    tolerance: float = 0.05  # stop when the bracket's width is under this share of its bottom
+    max_probes: int = 6  # measured rates per search, at most (the two ends included)
+    headroom: float = 0.05  # the capacity reported: the fitted boundary less this share
     searches: int = 1  # repeated searches: the capacity's spread
-    # each search with its own arrival seed (the workload's sampling noise too); off: the same
-    # arrival times every search (the measurement's noise only)
-    new_arrivals: bool = True
-    verify_runs: int = 3  # runs at the capacity and at verify_factor x it (0: no check)
+    # each search with its own arrival seed (adds the workload's sampling noise to the spread);
+    # off: the same arrival times every search (the measurement's noise only)
+    new_arrivals: bool = False
+    verify_runs: int = 1  # runs at the capacity and at verify_factor x it (0: no check)
     verify_factor: float = 1.25
     usd_per_hour: float = 2.0  # price of one machine-hour, for $ per 1M tokens
     seed: int = 0
@@ -78,6 +95,8 @@ class CapacityConfig:
                 raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
         if self.searches < 1 or self.verify_runs < 0 or not self.verify_factor > 1:
             raise ValueError("searches >= 1, verify_runs >= 0 and verify_factor > 1, please")
+        if not 0 < self.tolerance < 1 or not 0 <= self.headroom < 1 or self.max_probes < 2:
+            raise ValueError("tolerance in (0, 1), headroom in [0, 1) and max_probes >= 2")
 
 
 def base_bench(cfg: CapacityConfig, url: str, tokenizer: str | None) -> bench.BenchConfig:
@@ -103,8 +122,11 @@ def summary_of(res: dict, terms) -> dict:
     keep += ("mean_tpot_token_weighted_ms", "p99_tpot_token_weighted_ms", "p99_e2el_ms")
     out = {k: res.get(k) for k in keep}
     out.update(att, goodput=att["good_share"] * res["request_throughput"])
+    out["slo_ratio"] = slo_ratio(res["requests"], terms)
     if res.get("num_runs", 1) > 1:
         out["runs_meet"] = [attainment(r, terms)["meets"] for r in runs_requests(res)]
+        # the run-to-run spread of the ratio at one rate: the measurement's own noise
+        out["runs_ratio"] = [slo_ratio(r, terms) for r in runs_requests(res)]
     return out
 
 
@@ -130,19 +152,27 @@ def bracket(base: bench.BenchConfig) -> dict:
     return {"sync_rate": sync["request_throughput"], "saturated_rate": sat["request_throughput"]}
 
 
-def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms, edges: dict) -> list:
-    """`cfg.searches` bisections, each with its own arrival seed."""
+def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms) -> list:
+    """`cfg.searches` searches, each from its own bracket measurement (so the spread holds
+    the ends' noise too), on one arrival seed (or one each with `new_arrivals`)."""
     out = []
     for s in range(cfg.searches):
+        edges = bracket(base)
         seed = cfg.seed + 1 + (s if cfg.new_arrivals else 0)
 
         def probe(rate: float, seed: int = seed) -> Probe:
             return measure(base, terms, rate, cfg.probe_runs, seed)
 
-        found = bisect_capacity(
-            probe, edges["sync_rate"], edges["saturated_rate"], cfg.tolerance, cfg.max_probes
+        found = search_capacity(
+            probe,
+            edges["sync_rate"],
+            edges["saturated_rate"],
+            cfg.tolerance,
+            cfg.max_probes,
+            cfg.headroom,
         )
         found["probes"] = [asdict(p) for p in found["probes"]]
+        found["ends"] = edges
         log.info("search %d: capacity %s (%s)", s + 1, found["capacity"], found["why"])
         out.append(found)
     return out
@@ -173,6 +203,7 @@ def conclude(cfg: CapacityConfig, searches: list, check: dict | None) -> dict:
         "capacity": cap,
         "capacities": found,
         "spread_of_median": (max(found) - min(found)) / cap if cap else None,
+        "boundaries": [s.get("boundary") for s in searches],
         "usd_per_1m_output_tokens": cost_per_million(cfg.usd_per_hour, out_tps),
         "usd_per_1m_total_tokens": cost_per_million(cfg.usd_per_hour, all_tps),
         "verified": bool(check and check["at"]["meets"] and not check["above"]["meets"]),
@@ -201,8 +232,7 @@ def main(cfg: CapacityConfig) -> dict:
     with served(cfg, out) as srv:
         url = srv.url if srv is not None else cfg.base_url
         base = base_bench(cfg, url, cfg.tokenizer or (None if cfg.base_url else model_of(cfg)))
-        edges = bracket(base)
-        searches = search_all(cfg, base, terms, edges)
+        searches = search_all(cfg, base, terms)
         found = [s["capacity"] for s in searches if s["capacity"] is not None]
         check = None
         if found and cfg.verify_runs:
@@ -211,9 +241,7 @@ def main(cfg: CapacityConfig) -> dict:
     results = {
         **conclude(cfg, searches, check),
         "slo": [str(t) for t in terms],
-        "method": "bisection over measured open-loop rates between the synchronous and the "
-        "saturated rate; capacity = the highest measured rate that met the SLO",
-        "bracket": edges,
+        "method": METHOD,
         "searches": searches,
         "verification": check,
         "config": asdict(cfg),

@@ -14,26 +14,36 @@ def _fmt(x, spec: str = "{:.3g}") -> str:
 
 
 def plot_search(results: dict, path: Path) -> Path:
-    """p99 TTFT and p99 TPOT against the probed rate, every search's probes numbered in the
-    order measured (o met the SLO, x missed), the SLO bounds dashed, the capacity marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    """Left: each probe's SLO ratio (worst term's value at its share / its bound; the search
+    fits these) against the probed rate, ratio 1 dashed. Then p99 TTFT and p99 TPOT. Every
+    search's probes numbered in the order measured (o met the SLO, x missed); the capacity
+    (solid) and the fitted boundary (dotted) marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     bounds = {t.split("_")[0]: float(t.split(":")[1]) for t in results["slo"]}
-    for ax, metric in zip(axes, ("ttft", "tpot")):
+    for ax, metric in zip(axes, ("ratio", "ttft", "tpot")):
+        key = "slo_ratio" if metric == "ratio" else f"p99_{metric}_ms"
         for n, search in enumerate(results["searches"]):
             for k, p in enumerate(search["probes"]):
-                y = p["summary"].get(f"p99_{metric}_ms")
+                y = p["summary"].get(key)
+                if y is None or y != y or y == float("inf"):
+                    continue
                 ax.scatter(p["rate"], y, marker="o" if p["meets"] else "x", color=f"C{n}")
                 ax.annotate(str(k + 1), (p["rate"], y), fontsize=7, color=f"C{n}")
-        if metric in bounds:
-            ax.axhline(bounds[metric], ls="--", color="gray", label=f"SLO {bounds[metric]:g} ms")
+            if search.get("boundary"):
+                ax.axvline(search["boundary"], color=f"C{n}", ls=":", alpha=0.6)
+        bound = 1.0 if metric == "ratio" else bounds.get(metric)
+        if bound is not None:
+            ax.axhline(bound, ls="--", color="gray", label=f"SLO bound {bound:g}")
         if results.get("capacity"):
             ax.axvline(results["capacity"], color="green", alpha=0.5, label="capacity")
         ax.set_xlabel("request rate (req/s, open loop)")
-        ax.set_ylabel(f"p99 {metric.upper()} (ms)")
+        ax.set_ylabel("SLO ratio (<= 1 meets)" if metric == "ratio" else f"p99 {metric.upper()} ms")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("capacity search (o met the SLO, x missed; numbers: probe order)")
+    fig.suptitle(
+        "capacity search (o met the SLO, x missed; numbers: probe order; dotted: boundary)"
+    )
     return save(fig, path)
 
 
@@ -47,6 +57,7 @@ def search_rows(results: dict) -> list[list]:
                     f"{n}.{k}",
                     f"{p['rate']:.3g}",
                     "met" if p["meets"] else "missed",
+                    _fmt(s.get("slo_ratio")),
                     _fmt(s.get("request_throughput")),
                     _fmt(s.get("goodput")),
                     _fmt(s.get("p99_ttft_ms"), "{:.0f}"),
@@ -73,14 +84,17 @@ def verify_lines(check: dict | None) -> list[str]:
 
 
 def write_page(results: dict, path: Path) -> Path:
-    head = ["probe", "rate", "SLO", "req/s done", "goodput", "p99 TTFT ms", "p99 TPOT ms"]
+    head = ["probe", "rate", "SLO", "SLO ratio", "req/s done", "goodput", "p99 TTFT ms"]
+    head += ["p99 TPOT ms"]
     head += ["TPOT mean, per request", "TPOT mean, per token"]
     text = [
         f"# Capacity: `{results['config']['name']}`\n",
         f"SLO: {' '.join(results['slo'])}. Method: {results['method']}.\n",
         f"**Capacity: {_fmt(results.get('capacity'))} req/s** over searches "
         f"{[round(c, 3) for c in results.get('capacities', [])]} "
-        f"(spread {_fmt(results.get('spread_of_median'), '{:.0%}')} of the median); "
+        f"(spread {_fmt(results.get('spread_of_median'), '{:.0%}')} of the median; fitted "
+        f"boundaries {[_fmt(b) for b in results.get('boundaries') or []]}, capacity = boundary "
+        f"less {_fmt(results['config'].get('headroom', 0), '{:.0%}')}); "
         f"$ per 1M output tokens there: {_fmt(results.get('usd_per_1m_output_tokens'), '${:.2f}')} "
         f"(${results['config']['usd_per_hour']:g}/h).\n",
         *verify_lines(results.get("verification")),

@@ -13,6 +13,8 @@ Writes SWEEP_DIR/report.md and PNGs beside it:
   ceiling is the memory-bandwidth utilisation (MBU);
 - capacity under an SLO: every capacity study beside the sweep (runs/week2/capacity-*), its
   capacity per lever, the check at it and at 1.25x, $ per 1M tokens, the SLO frontier plot;
+- multi-turn prefix caching: every prefix study beside the sweep (runs/week2/prefix-study-*),
+  the server's hit rate and TTFT by turn with the cache on and off, its plot;
 - any extra sections its caller passes (`build(..., extra_sections=...)`).
 """
 
@@ -31,6 +33,7 @@ from common.cli import build_parser, config_from_args
 from common.report import md_table
 from common.results import atomic_write_bytes, get_logger, read_json
 from week2_serving.harness.capacity_page import capacity_section
+from week2_serving.harness.prefix_study import prefix_section
 from week2_serving.harness.report_plots import pareto, plots
 
 __all__ = ["Section", "build", "load_cells", "main", "pareto", "roofline"]
@@ -252,6 +255,7 @@ def build(
     env = cells[0]["environment"]
     extras = []
     sections = {"Capacity under an SLO": capacity_section, **(extra_sections or {})}
+    sections["Multi-turn: prefix caching on vs off"] = prefix_section
     for title, section in sections.items():
         body = section(sweep, cells, servers[0] if servers else None)
         extras += [f"\n## {title}\n", body] if body else []

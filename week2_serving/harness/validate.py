@@ -13,7 +13,8 @@ model worker on its own core(s) and everything else, both clients included, on t
 Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
 median over rounds, and every round is kept, with each client's own CPU seconds. Then a second
 independent tool, guidellm (guidellm_check.py), runs at two constant rates (30% and 60% of our
-saturated rate) on one more prompt file, and ours at the same rates. Writes
+saturated rate) on one more prompt file, and ours at the same rates; its mean inter-token
+latency is token-weighted, so ours is compared in the same weighting (guidellm_check.py). Writes
 runs/week2/validate/results.json.
 """
 
