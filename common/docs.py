@@ -48,6 +48,7 @@ class Table:
     run: str  # the results file, relative to a runs/ root: "week0/quantize/results.json"
     extract: Callable[[dict], dict]  # results.json -> the few numbers the table shows
     render: Callable[[dict], str]  # those numbers -> Markdown
+    collect: Callable[[Path], dict] = read_json  # the results file -> results (a sweep: its cells)
 
     def reference_path(self, reference: Path) -> Path:
         return reference / self.week / f"{self.name}.json"
@@ -97,7 +98,7 @@ def import_runs(runs: Path, reference: Path, tables: dict[str, Table]) -> list[P
         src = runs / t.run
         if not src.is_file():
             continue
-        results = read_json(src)
+        results = t.collect(src)
         ref = {"name": t.name, "source": t.run, "numbers": t.extract(results)}
         ref["provenance"] = provenance(results, src)
         written.append(write_json_atomic(t.reference_path(reference), ref))

@@ -40,6 +40,8 @@ ENTRY_POINTS = [
     "week2_serving.quant.quantize",
     "week2_serving.quant.quality",
     "week2_serving.report",
+    "week2_serving.solutions.ex2_burstiness",
+    "week2_serving.solutions.ex5_block_size",
     "week2_serving.arith",
     "week2_serving.engine.server",
     "week2_serving.engine.bench",
