@@ -10,7 +10,8 @@ Writes SWEEP_DIR/report.md and PNGs beside it:
 - cost per 1M output tokens at the given price per machine-hour;
 - the decode roofline: a decode step reads the weights once plus every sequence's KV cache,
   so tokens/s ≤ batch × bandwidth / (weight bytes + KV bytes); the measured fraction of that
-  ceiling is the memory-bandwidth utilisation (MBU);
+  ceiling is the memory-bandwidth utilisation (MBU); whether the weights fit in the CPU's
+  last-level cache, and so which memory roof applies (report_roof.py, from week2_serving/arith);
 - capacity under an SLO: every capacity study beside the sweep (runs/week2/capacity-*), its
   capacity per lever, the check at it and at 1.25x, $ per 1M tokens, the SLO frontier plot;
 - any extra sections its caller passes (`build(..., extra_sections=...)`).
@@ -32,6 +33,7 @@ from common.report import md_table
 from common.results import atomic_write_bytes, get_logger, read_json
 from week2_serving.harness.capacity_page import capacity_section
 from week2_serving.harness.report_plots import pareto, plots
+from week2_serving.harness.report_roof import roof_section
 
 __all__ = ["Section", "build", "load_cells", "main", "pareto", "roofline"]
 
@@ -269,6 +271,8 @@ def build(
         "\n## The decode roofline\n",
         ROOFLINE_TEXT,
     ]
+    roof = roof_section(cells, servers, bw)
+    text += ["\n### Which roof applies: cache or DRAM\n", roof] if roof else []
     errs = errors(sweep)
     if errs:
         text += failed_part(errs)
