@@ -46,6 +46,16 @@ LABS = {
             "fold a LoRA adapter into its base weight: W + (alpha / r) B A"),
         Lab("dpo-loss", ("week3_finetune_lora/dpo_loss.py",), (),
             "the DPO loss from sequence log-probabilities of policy and reference"),
+        Lab("block-manager", ("week2_serving/engine/block_manager.py",), ("tests/test_week2_engine_core.py",),
+            "paged KV bookkeeping: share cached prefix blocks, allocate with copy-on-write, free"),
+        Lab("scheduler", ("week2_serving/engine/scheduler.py",), ("tests/test_week2_engine_core.py",),
+            "continuous batching: running first under a token budget, admit, preempt the youngest"),
+        Lab("paged-attention", ("week2_serving/engine/attention.py",), ("tests/test_week2_engine_model.py",),
+            "attention through block tables: slots of every key, then one SDPA call per group"),
+        Lab("spec-rejection", ("week2_serving/engine/spec/rejection.py",), ("tests/test_week2_engine_spec_units.py",),
+            "speculative sampling's acceptance rule: keep the target's distribution exactly"),
+        Lab("kv-int8", ("week2_serving/engine/kv_quant.py",), ("tests/test_week2_engine_kvquant.py",),
+            "an 8-bit KV cache: one absmax scale per token per head, quantize and dequantize"),
     )
 }  # fmt: skip
 
@@ -139,7 +149,7 @@ def main(cfg: LabsConfig) -> int:
     if cfg.check:
         return subprocess.run(check_command(get_lab(cfg.check)), cwd=REPO_ROOT).returncode
     for lab in LABS.values():
-        print(f"{lab.name:12} {lab.goal}  ({', '.join(lab.files)})")
+        print(f"{lab.name:16} {lab.goal}  ({', '.join(lab.files)})")
     return 0
 
 

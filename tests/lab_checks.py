@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from tests.lab_checks_week2 import CHECKS as WEEK2_CHECKS
+
 
 def kvcache_bytes() -> None:
     from week1_gpt_kvcache import kvcache
@@ -120,4 +122,5 @@ CHECKS: dict[str, list[Callable[[], None]]] = {
     "kvcache": [kvcache_bytes, kvcache_update, kvcache_generate],
     "lora-merge": [lora_merge_equals_peft, lora_merge_same_outputs],
     "dpo-loss": [dpo_loss_values, dpo_loss_gradient],
+    **WEEK2_CHECKS,
 }

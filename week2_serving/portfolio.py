@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.report import md_table, rel_link
 from common.results import read_json
+from week2_serving.cost import cost_header, cost_text
 from week2_serving.quant import report_section
 
 
@@ -27,7 +28,8 @@ def section(runs: Path) -> str | None:
 
 
 def sweep_part(sweep: Path, report_dir: Path) -> list[str]:
-    """One sweep: its cells in a short table, a link to its full report, two of its plots."""
+    """One sweep: its cells (the levers) in a short table with their cost per 1M output tokens,
+    a link to its full report, two of its plots."""
     cells = [read_json(p) for p in sorted(sweep.glob("*/*/results.json"))]
     rows = [
         [
@@ -38,13 +40,15 @@ def sweep_part(sweep: Path, report_dir: Path) -> list[str]:
             f"{c['p99_ttft_ms']:.0f}",
             f"{c['mean_tpot_ms']:.2f}",
             c["failed"],
+            cost_text(c),
         ]
         for c in cells
     ]
     head = ["server", "load", "output tok/s", "mean TTFT ms", "p99 TTFT ms", "mean TPOT ms"]
+    head += ["failed", cost_header(cells)]
     parts = [
         f"**Sweep `{sweep.name}`** — full report: [{sweep.name}/report.md]"
-        f"({rel_link(sweep / 'report.md', report_dir)})\n\n" + md_table([*head, "failed"], rows)
+        f"({rel_link(sweep / 'report.md', report_dir)})\n\n" + md_table(head, rows)
     ]
     for png in ("throughput_vs_concurrency.png", "pareto.png"):
         if (sweep / png).exists():

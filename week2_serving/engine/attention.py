@@ -32,12 +32,17 @@ def gather_slots(
     block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pool slot of every key position, and which positions are real: (B, L), (B, L)."""
+    # LAB:paged-attention begin
+    # HINT: position p of a sequence lives in slot block_table[p // bs] * bs + p % bs.
+    # HINT: L = the longest context; positions >= a sequence's ctx_len are not valid: give them
+    # HINT: slot 0 (any real slot) and False in `valid`. No Python loop: index with arange(L).
     L = int(ctx_lens.max())
     pos = torch.arange(L, device=block_tables.device)  # (L,)
     blocks = block_tables[:, pos // block_size]  # (B, L) block holding each position
     slots = blocks * block_size + pos % block_size  # (B, L)
     valid = pos[None, :] < ctx_lens[:, None]  # (B, L)
     return slots.masked_fill(~valid, 0), valid
+    # LAB:paged-attention end
 
 
 @dataclass
@@ -114,6 +119,11 @@ def paged_attention(
     mask: torch.Tensor,  # (B, 1, T, L) bool (True = may see) or float (added to the scores)
     read: Reader | None = None,  # a quantized pool: slots -> dequantized K/V (pools unused)
 ) -> torch.Tensor:  # (B, T, H, D)
+    # LAB:paged-attention begin
+    # HINT: read K and V at the slots: gather_kv(pool, slots) -> (B, Hkv, L, D) each, or with
+    # HINT: `read` (a quantized pool) read(slots.flatten()) -> (B*L, Hkv, D), reshaped the same.
+    # HINT: SDPA wants (B, H, T, D) queries: transpose, pass the mask, enable_gqa=True (the
+    # HINT: Hkv < H case), and transpose the output back to (B, T, H, D).
     if read is None:
         k, v = gather_kv(k_pool, slots), gather_kv(v_pool, slots)  # (B, Hkv, L, D) each
     else:  # a quantized pool: K/V of these slots, dequantized, in the queries' dtype
@@ -125,6 +135,7 @@ def paged_attention(
         q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True
     )  # (B, H, T, D)
     return y.transpose(1, 2)
+    # LAB:paged-attention end
 
 
 def plan_groups(

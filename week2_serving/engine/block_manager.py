@@ -123,6 +123,12 @@ class BlockManager:
         """
         if seq.block_table or seq.num_computed:
             raise BlockError(f"{seq} already has blocks; allocate_prefix is for admission")
+        # LAB:block-manager begin
+        # HINT: walk seq's full blocks in order; key each: block_key(parent key, its tokens, salt).
+        # HINT: a key in self.cached is shared: take it from the free list if its ref_count is 0
+        # HINT: (self._take_free), else ref_count += 1; append it to block_table and block_hashes.
+        # HINT: stop at the first miss; without prefix caching nothing is shared. Leave at least the
+        # HINT: last token to compute (its logits are needed): num_computed = min(matched, len - 1).
         matched = 0
         if self.enable_prefix_caching:
             parent = None
@@ -143,6 +149,7 @@ class BlockManager:
                 parent = h
         seq.num_computed = min(matched, len(seq) - 1)
         return seq.num_computed
+        # LAB:block-manager end
 
     def record_admission(self, seq: Sequence) -> None:
         """Count a newly admitted prompt for the hit rate (once: not again after preemption)."""
@@ -168,6 +175,12 @@ class BlockManager:
 
         Returns the (src, dst) block copies the runner must do first (copy-on-write).
         """
+        # LAB:block-manager begin
+        # HINT: self._slots_plan(seq, num_new) says which blocks are shared and how many free blocks
+        # HINT: are needed; refuse (BlockError) if the free list is too short.
+        # HINT: copy-on-write: each shared block i gets a private self._new_block(); the old loses
+        # HINT: a reference; record (src, dst). Then append new blocks until the table covers
+        # HINT: num_computed + num_new tokens. Return the copies.
         shared, need = self._slots_plan(seq, num_new)
         if need > len(self.free):
             raise BlockError(f"{seq} needs {need} free blocks, {len(self.free)} are free")
@@ -181,6 +194,7 @@ class BlockManager:
         while len(seq.block_table) < self.blocks_needed(seq.num_computed + num_new):
             seq.block_table.append(self._new_block())
         return copies
+        # LAB:block-manager end
 
     def register_full_blocks(self, seq: Sequence) -> None:
         """After a step: name every block that is now full of computed tokens by its key."""
@@ -220,6 +234,11 @@ class BlockManager:
         sequence is evicted before the prefix other requests are most likely to share; blocks
         with no cached prefix go to the front, to be reused first.
         """
+        # LAB:block-manager begin
+        # HINT: walk the table tail first; a block at ref_count <= 0 is a double free (BlockError).
+        # HINT: drop one reference; at 0 the block joins the free list (its end), or its front when
+        # HINT: it holds no cached prefix (reused first). Then empty the table and hashes and set
+        # HINT: num_computed to 0.
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
             if block.ref_count <= 0:
@@ -231,6 +250,7 @@ class BlockManager:
                     self.free.move_to_end(block_id, last=False)
         seq.block_table, seq.block_hashes = [], []
         seq.num_computed = 0
+        # LAB:block-manager end
 
     # --- checks (tests call this after every operation) ----------------------------------------
     def check_invariants(self, live: list[Sequence]) -> None:

@@ -56,6 +56,10 @@ KV_CACHE_DTYPES = ("auto", "int8", "fp8")  # auto: the model's dtype, unquantize
 
 def quantize(x: torch.Tensor, fmt: KVFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows x (..., D) -> codes (..., D) in fmt.storage and scales (...) in fmt.scale_dtype."""
+    # LAB:kv-int8 begin
+    # HINT: in float32: scale = max |x| over the last dim / fmt.qmax, one per row (shape (...)).
+    # HINT: divide by the scale (a zero row: divide by 1, codes 0), clamp to [-qmax, qmax],
+    # HINT: round when the storage is int8; return codes in fmt.storage, scales in fmt.scale_dtype.
     xf = x.to(torch.float32)
     scale = xf.abs().amax(dim=-1) / fmt.qmax  # (...)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # a zero row: codes 0
@@ -63,11 +67,15 @@ def quantize(x: torch.Tensor, fmt: KVFormat) -> tuple[torch.Tensor, torch.Tensor
     if fmt.storage == torch.int8:
         y = y.round()
     return y.to(fmt.storage), scale.to(fmt.scale_dtype)
+    # LAB:kv-int8 end
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Codes (..., D) and scales (...) -> rows (..., D) in `dtype` (the compute dtype)."""
+    # LAB:kv-int8 begin
+    # HINT: codes times their row's scale (unsqueeze the last dim), in float32, then to `dtype`.
     return (q.to(torch.float32) * scale.to(torch.float32).unsqueeze(-1)).to(dtype)
+    # LAB:kv-int8 end
 
 
 def get_format(name: str) -> KVFormat:

@@ -169,6 +169,13 @@ class Scheduler:
         """Running sequences, oldest first; preempt the youngest when blocks run out.
 
         Returns the token budget left."""
+        # LAB:scheduler begin
+        # HINT: each running sequence, oldest first, while budget lasts: n = its uncomputed tokens
+        # HINT: (capped by the budget) + self._lookahead(seq, budget - n).
+        # HINT: while the block manager can't give n slots: drop the lookahead first, else preempt
+        # HINT: the youngest running sequence (self._preempt); if that was seq itself, stop.
+        # HINT: then batch.add(seq, n, self.bm.allocate_slots(seq, n)) and spend n of the budget.
+        # HINT: return the budget left.
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -186,6 +193,7 @@ class Scheduler:
             budget -= n
             i += 1
         return budget
+        # LAB:scheduler end
 
     def _lookahead(self, seq: Sequence, budget: int) -> int:
         """Slots a decode reserves for speculative tokens: never past its max_tokens."""
@@ -196,6 +204,12 @@ class Scheduler:
 
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         """Waiting sequences, first come first served, while budget, batch size and blocks allow."""
+        # LAB:scheduler begin
+        # HINT: while requests wait, budget lasts and fewer than self.max_running run: take the 1st
+        # HINT: (it stays first if self.lora_fits says no). self.bm.allocate_prefix, then n = its
+        # HINT: uncomputed tokens within the budget; no room for n slots: free it and stop.
+        # HINT: else allocate the slots, pop it, self.bm.record_admission, mark it RUNNING, add it
+        # HINT: to self.running, batch.add it and spend n of the budget.
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             seq = self.waiting[0]
             if not self.lora_fits(seq):  # its adapter can get no slot: it waits first in line
@@ -212,6 +226,7 @@ class Scheduler:
             self.running.append(seq)
             batch.add(seq, n, copies)
             budget -= n
+        # LAB:scheduler end
 
     def lora_fits(self, seq: Sequence) -> bool:
         """May `seq` run now: its adapter is in use already or a weight slot is left for it?"""
@@ -221,6 +236,10 @@ class Scheduler:
         return seq.lora_name in active or len(active) < self.config.max_loras
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        # LAB:scheduler begin
+        # HINT: take seq out of the running list and free its blocks (its tokens stay: recompute).
+        # HINT: mark it WAITING, count the preemption (on seq and on self), put it at the FRONT of
+        # HINT: the waiting queue and record it in batch.preempted.
         self.running.remove(seq)
         self.bm.free_seq(seq)  # recompute later: the tokens stay, the K/V go
         seq.status = Status.WAITING
@@ -228,6 +247,7 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
+        # LAB:scheduler end
 
     def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
         """After the forward pass: advance counters, append sampled tokens, retire finished.

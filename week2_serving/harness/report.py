@@ -10,7 +10,8 @@ Writes SWEEP_DIR/report.md and PNGs beside it:
 - cost per 1M output tokens at the given price per machine-hour;
 - the decode roofline: a decode step reads the weights once plus every sequence's KV cache,
   so tokens/s ≤ batch × bandwidth / (weight bytes + KV bytes); the measured fraction of that
-  ceiling is the memory-bandwidth utilisation (MBU);
+  ceiling is the memory-bandwidth utilisation (MBU); whether the weights fit in the CPU's
+  last-level cache, and so which memory roof applies (report_roof.py, from week2_serving/arith);
 - capacity under an SLO: every capacity study beside the sweep (runs/week2/capacity-*), its
   capacity per lever, the check at it and at 1.25x, $ per 1M tokens, the SLO frontier plot;
 - multi-turn prefix caching: every prefix study beside the sweep (runs/week2/prefix-study-*),
@@ -35,6 +36,7 @@ from common.results import atomic_write_bytes, get_logger, read_json
 from week2_serving.harness.capacity_page import capacity_section
 from week2_serving.harness.prefix_study import prefix_section
 from week2_serving.harness.report_plots import pareto, plots
+from week2_serving.harness.report_roof import roof_section
 
 __all__ = ["Section", "build", "load_cells", "main", "pareto", "roofline"]
 
@@ -273,6 +275,8 @@ def build(
         "\n## The decode roofline\n",
         ROOFLINE_TEXT,
     ]
+    roof = roof_section(cells, servers, bw)
+    text += ["\n### Which roof applies: cache or DRAM\n", roof] if roof else []
     errs = errors(sweep)
     if errs:
         text += failed_part(errs)

@@ -52,12 +52,16 @@ def greedy_accept(target_argmax: list[int], draft: list[int]) -> list[int]:
     """Greedy: the longest prefix of `draft` the target agrees with, then the target's token.
 
     target_argmax holds k + 1 tokens (one per verified position); returns 1..k+1 tokens."""
+    # LAB:spec-rejection begin
+    # HINT: walk target and draft together, emitting the target's token each time; stop after
+    # HINT: the first disagreement. All k agreed: add the target's bonus token (its last).
     out = []
     for want, guess in zip(target_argmax, draft):
         out.append(want)
         if want != guess:
             return out
     return out + [target_argmax[len(draft)]]
+    # LAB:spec-rejection end
 
 
 def rejection_sample(
@@ -72,6 +76,11 @@ def rejection_sample(
     k = len(draft)
     if p.shape[0] != k + 1 or q.shape[0] != k:
         raise ValueError(f"need p of {k + 1} rows and q of {k}, got {p.shape[0]} and {q.shape[0]}")
+    # LAB:spec-rejection begin
+    # HINT: one uniform u_j per draft token (torch.rand(k, generator=generator)), p and q as
+    # HINT: float32 on the CPU. Accept d_j when u_j * q_j(d_j) < p_j(d_j) (and q_j(d_j) > 0).
+    # HINT: at the first rejection: draw (function `draw`) from max(0, p_j - q_j), or from p_j
+    # HINT: when that residual is all zero, and stop. All accepted: a bonus draw from p[k].
     p, q = p.float().cpu(), q.float().cpu()
     uniforms = torch.rand(k, generator=generator)  # (k,) one draw per proposed token
     out: list[int] = []
@@ -83,6 +92,7 @@ def rejection_sample(
         residual = (p[j] - q[j]).clamp_min(0)  # (V,)
         return out + [draw(residual if float(residual.sum()) > 0 else p[j], generator)]
     return out + [draw(p[k], generator)]
+    # LAB:spec-rejection end
 
 
 def draw(weights: torch.Tensor, generator: torch.Generator | None = None) -> int:
