@@ -37,7 +37,8 @@ STEP = "step"
 class PhaseTimer:
     """Exclusive seconds per phase; a stack of open phases subtracts inner time from outer."""
 
-    def __init__(self, device: torch.device | None = None):
+    def __init__(self, device: torch.device | None = None, clock: Callable = time.perf_counter):
+        self.clock = clock  # seconds; a test passes a fake one
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.stack: list[float] = []  # per open phase: seconds spent in phases inside it
@@ -48,13 +49,13 @@ class PhaseTimer:
         if self.sync:
             torch.cuda.synchronize()
         self.stack.append(0.0)
-        start = time.perf_counter()
+        start = self.clock()
         try:
             yield
         finally:
             if self.sync:
                 torch.cuda.synchronize()
-            total = time.perf_counter() - start
+            total = self.clock() - start
             inner = self.stack.pop()
             self.seconds[name] += total - inner
             self.calls[name] += 1
