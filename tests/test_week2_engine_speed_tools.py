@@ -38,9 +38,8 @@ def test_continuous_vs_static_is_judged_run_by_run():
 def test_phase_timer_counts_nested_time_once():
     ticks = iter([0.0, 1.0, 3.0, 3.5])  # outer starts, inner 1 -> 3, outer ends at 3.5
     t = PhaseTimer(clock=lambda: next(ticks))
-    with t.phase("outer"):
-        with t.phase("inner"):
-            pass
+    with t.phase("outer"), t.phase("inner"):
+        pass
     assert t.calls == {"outer": 1, "inner": 1}
     assert t.seconds == {"outer": 1.5, "inner": 2.0}  # outer holds only its own time
 
