@@ -11,7 +11,7 @@ collective runs per MLP:
 - one **all-reduce (sum)** of the partials gives y on every rank.
 
 The script runs the split over two processes (torch.distributed, backend gloo, 127.0.0.1, a
-free port) and checks the result equals the single-process MLP. See tensor-parallelism.md.
+free port) and checks the result equals the single-process MLP. See parallelism.md.
 """
 
 from __future__ import annotations
