@@ -1,11 +1,14 @@
 """Get a text corpus, train a tokenizer on it, and write the token ids for training.
 
-    python -m week1_gpt_kvcache.prepare                       # BPE, vocab 2048, auto source
+    python -m week1_gpt_kvcache.prepare                       # BPE, vocab 2048, the pinned pydoc corpus
     python -m week1_gpt_kvcache.prepare --tokenizer char
     python -m week1_gpt_kvcache.prepare --text-file my.txt
 
-Sources (see `corpus.py`): `auto` downloads Tiny Shakespeare (as nanoGPT does) and falls back,
-offline, to the English documentation that CPython ships (`pydoc_data.topics`).
+    python -m week1_gpt_kvcache.prepare --source shakespeare  # opt in: download Tiny Shakespeare
+
+Sources (see `corpus.py`): `pydoc` (default) is the English documentation CPython ships
+(`pydoc_data.topics`), offline and pinned; `shakespeare` and `auto` (download, else pydoc) are
+opt-ins whose numbers differ from the README's.
 Writes runs/week1/data-<tokenizer>/: tokenizer.json, train.bin, val.bin (uint16 ids; 90/10
 split), corpus.txt and meta.json.
 """
@@ -18,7 +21,14 @@ import numpy as np
 
 from common.cli import parse
 from common.results import get_logger, write_json_atomic
-from week1_gpt_kvcache.corpus import SOURCES, Source, TokenizerKind, data_dir, load_corpus
+from week1_gpt_kvcache.corpus import (
+    DEFAULT_SOURCE,
+    SOURCES,
+    Source,
+    TokenizerKind,
+    data_dir,
+    load_corpus,
+)
 from week1_gpt_kvcache.tokenizer import BPETokenizer, CharTokenizer
 
 log = get_logger("week1.prepare")
@@ -30,7 +40,7 @@ class PrepareConfig:
 
     tokenizer: TokenizerKind = "bpe"  # byte-level BPE, or one token per character
     vocab_size: int = 2048  # BPE vocabulary size (char: the corpus's characters)
-    source: Source = "auto"  # auto = Tiny Shakespeare when online, else CPython's pydoc topics
+    source: Source = DEFAULT_SOURCE  # pydoc: offline, pinned; opt-ins: shakespeare | auto
     text_file: str | None = None  # train on this UTF-8 text file instead
     out_dir: str | None = None  # None = runs/week1/data-<tokenizer>
     val_fraction: float = 0.1  # the end of the corpus held out for validation

@@ -51,6 +51,7 @@ class TrainConfig:
 
     arch: Arch = "llama"  # model family
     size: str = "cpu"  # model dimensions: tiny | cpu | gpu | draft (see model.SIZES)
+    n_kv_head: int | None = None  # K/V heads (GQA); none = the size's; 1 = multi-query attention
     tokenizer: TokenizerKind = "bpe"  # which prepared data: runs/week1/data-<tokenizer>
     data_dir: str | None = None  # read the data from this folder instead
     seq_len: int = 256  # training window in tokens (<= the model's block_size)
@@ -75,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"arch={self.arch!r}: use one of {', '.join(ARCHS)}")
         if self.size not in SIZES:
             raise ValueError(f"size={self.size!r}: use one of {', '.join(SIZES)}")
+        if self.n_kv_head is not None and (isinstance(self.n_kv_head, bool) or self.n_kv_head < 1):
+            raise ValueError(f"n_kv_head={self.n_kv_head!r} must be an integer >= 1 (or none)")
         for name in ("seq_len", "batch_size", "max_steps", "eval_interval", "eval_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -146,7 +149,10 @@ def load_data(cfg: TrainConfig) -> TrainingData:
 
 def model_config_for(cfg: TrainConfig, data: TrainingData) -> GPTConfig:
     """The model of the preset, sized to the tokenizer; refuses windows that do not fit."""
-    model_cfg = make_config(cfg.arch, cfg.size, vocab_size=data.tok.vocab_size, dropout=cfg.dropout)
+    heads = {} if cfg.n_kv_head is None else {"n_kv_head": cfg.n_kv_head}
+    model_cfg = make_config(
+        cfg.arch, cfg.size, vocab_size=data.tok.vocab_size, dropout=cfg.dropout, **heads
+    )
     if cfg.seq_len > model_cfg.block_size:
         raise ValueError(
             f"seq_len={cfg.seq_len} exceeds the model's block_size={model_cfg.block_size}"
