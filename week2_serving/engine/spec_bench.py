@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from common.cli import parse
 from common.plots import plt, save
 from common.results import get_logger, runs_root, save_results
@@ -48,9 +50,13 @@ class SpecBenchConfig:
     max_tokens: int = 48  # output tokens per request (EOS ignored: equal work everywhere)
     repeats: int = 3  # runs per cell (median and range reported)
     seed: int = 0  # prompts
+    dtype: str = "float32"  # the engines' weights and KV cache (auto is bf16 on a BF16 CPU)
+    threads: int = 1  # torch threads: one, as each engine of the week 2 bench gets one core
 
     def __post_init__(self) -> None:
         SpecConfig("ngram", self.num_speculative_tokens)  # same bounds as the engine's
+        if not 1 <= self.threads <= 256:
+            raise ValueError(f"threads={self.threads}: use 1..256")
         if not self.concurrency or not all(1 <= c <= 256 for c in self.concurrency):
             raise ValueError(f"concurrency={self.concurrency}: use values in 1..256")
         for name, top in (("prompt_len", 512), ("max_tokens", 512), ("repeats", 20)):
@@ -81,33 +87,46 @@ def run_cell(engine: LLMEngine, batch: list[list[int]], max_tokens: int) -> tupl
     return time.perf_counter() - start, sum(len(o.token_ids) for o in outs)
 
 
-def measure(cfg: SpecBenchConfig, method: str, workload: str, tok) -> list[dict]:
-    """One engine for this method; every concurrency, `repeats` times."""
+def make_engine(cfg: SpecBenchConfig, method: str, c: int, tok) -> LLMEngine:
     k = cfg.num_speculative_tokens
     spec = {
         "off": None,
         "ngram": SpecConfig("ngram", k),
         "draft": SpecConfig("draft", k, draft_model=cfg.draft_model),
     }[method]
-    rows = []
-    for c in cfg.concurrency:
-        engine = LLMEngine(
-            EngineConfig(model=cfg.model, max_num_seqs=c, speculative=spec, device="cpu"), tok
-        )
-        batch = prompts(workload, c, cfg.prompt_len, tok, cfg.seed)
+    ecfg = EngineConfig(
+        model=cfg.model, max_num_seqs=c, speculative=spec, device="cpu", dtype=cfg.dtype,
+        kv_cache_memory=0.125,
+    )  # fmt: skip
+    return LLMEngine(ecfg, tok)
+
+
+def measure(cfg: SpecBenchConfig, workload: str, c: int, tok) -> list[dict]:
+    """Every method at concurrency c, its repeats interleaved (off, ngram, draft, off, ...) so
+    that a machine that gets busier or quieter during the run touches every method alike."""
+    engines = {m: make_engine(cfg, m, c, tok) for m in METHODS}
+    batch = prompts(workload, c, cfg.prompt_len, tok, cfg.seed)
+    for engine in engines.values():
         run_cell(engine, batch[:1], 4)  # warm-up
-        rates, out_tokens = [], 0
-        for _ in range(cfg.repeats):
-            seconds, out_tokens = run_cell(engine, batch, cfg.max_tokens)
-            rates.append(out_tokens / seconds)
-        row = {"method": method, "workload": workload, "concurrency": c, "tokens": out_tokens}
-        row |= {"tok_s": statistics.median(rates), "tok_s_min": min(rates), "tok_s_max": max(rates)}
+    rates: dict[str, list[float]] = {m: [] for m in METHODS}
+    tokens: dict[str, int] = {}
+    for _ in range(cfg.repeats):
+        for m, engine in engines.items():
+            seconds, tokens[m] = run_cell(engine, batch, cfg.max_tokens)
+            rates[m].append(tokens[m] / seconds)
+    rows = []
+    for m, engine in engines.items():
+        row = {"method": m, "workload": workload, "concurrency": c, "tokens": tokens[m]}
+        r = rates[m]
+        row |= {"tok_s": statistics.median(r), "tok_s_min": min(r), "tok_s_max": max(r)}
         if engine.spec is not None:
             s = engine.spec.metrics.summary()
             row["spec"] = s
             if s["alpha"] is not None:
-                row["theory_acceptance_length"] = theory_acceptance_length(s["alpha"], k)
-        log.info("%s %s c%d: %.1f tok/s", workload, method, c, row["tok_s"])
+                row["theory_acceptance_length"] = theory_acceptance_length(
+                    s["alpha"], cfg.num_speculative_tokens
+                )
+        log.info("%s %s c%d: %.1f tok/s", workload, m, c, row["tok_s"])
         rows.append(row)
     return rows
 
@@ -142,8 +161,9 @@ def plot_speedup(rows: list[dict], path: Path) -> Path:
 def main(cfg: SpecBenchConfig) -> dict:
     from transformers import AutoTokenizer
 
+    torch.set_num_threads(cfg.threads)
     tok = AutoTokenizer.from_pretrained(cfg.model)
-    rows = [r for w in WORKLOADS for m in METHODS for r in measure(cfg, m, w, tok)]
+    rows = [r for w in WORKLOADS for c in cfg.concurrency for r in measure(cfg, w, c, tok)]
     add_speedups(rows)
     results = {"config": vars(cfg), "rows": rows, "environment": environment()}
     path = save_results("week2", "spec", results)
