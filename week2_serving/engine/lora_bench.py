@@ -210,10 +210,10 @@ def plot(results: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     styles = {"ours": ("o", "C0", "our engine"), "vllm": ("s", "C1", "vLLM CPU")}
     for server, (marker, color, label) in styles.items():
-        cells = results.get(server) or {}
-        pts = sorted((cells[m]["distinct_in_flight"], cells[m]["tok_s"], m) for m in MIXES)
-        if not pts:
+        cells = results.get(server)
+        if not cells:  # vLLM skipped
             continue
+        pts = sorted((cells[m]["distinct_in_flight"], cells[m]["tok_s"], m) for m in MIXES)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
         for x, y, m in pts:
             ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
