@@ -60,6 +60,13 @@ def test_groups_of_uses_a_slice_for_consecutive_rows():
     groups = groups_of(torch.tensor([2, 2, 1, 2]), [0.0, 0.5, 2.0])
     assert groups[0] == (1, slice(2, 3), 0.5)
     assert groups[1][0] == 2 and groups[1][1].tolist() == [0, 1, 3] and groups[1][2] == 2.0
+    # bf16 activations, float32 adapters (the engine on a CPU): the delta lands in bf16
+    g = torch.Generator().manual_seed(0)
+    x, A, B = (torch.randn(*s, generator=g) for s in ((4, 16), (3, 16, 4), (3, 4, 8)))
+    want = lora_reference(x, A, B, torch.tensor([0.0, 0.5, 2.0]), torch.tensor([2, 2, 1, 2]))
+    y = add_grouped(torch.zeros(4, 8, dtype=torch.bfloat16), x.bfloat16(), A, B, groups)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), want, atol=0.1, rtol=0.03)
 
 
 def test_segments_of_groups_runs():

@@ -62,7 +62,11 @@ class LoRAManager:
                 "LoRA serving needs a Llama-style model (gate/up/down MLP); this one is "
                 f"{model_cfg.architecture!r}"
             )
-        self.config, self.device, self.dtype = config, device, dtype
+        # On a CPU the adapters stay float32 whatever the model's dtype: a bf16 matmul of these
+        # skinny shapes (rank R) has no fast kernel there and costs more than the projection
+        # itself, while float32 is quick and exact; x is cast up, the delta added back (ops.py).
+        self.dtype = torch.float32 if device.type == "cpu" else dtype
+        self.config, self.device = config, device
         self.R = config.max_lora_rank
         c, S = model_cfg, config.max_loras + 1
         hd, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -74,7 +78,7 @@ class LoRAManager:
             "down": (inner, [C]),
         }
         self.n_layer = c.num_layers
-        kw = dict(device=device, dtype=dtype)
+        kw = dict(device=device, dtype=self.dtype)
         self.A = [  # per layer, per projection: (S, in, k R)
             {p: torch.zeros(S, i, len(o) * self.R, **kw) for p, (i, o) in self.shapes.items()}
             for _ in range(c.num_layers)
@@ -218,7 +222,8 @@ class LoRAManager:
         add_grouped(y, x, A, B, step.groups)
         if step.gather is not None:
             rows, slots = step.gather  # (Nd,) each
-            y.index_add_(0, rows, bgmv(x.index_select(0, rows), A, B, self.scales, slots))
+            d = bgmv(x.index_select(0, rows).to(A.dtype), A, B, self.scales, slots)  # (Nd, out)
+            y.index_add_(0, rows, d.to(y.dtype))
         return y
 
     def delta(self, layer: int, proj: str, x: torch.Tensor, step: LoRAStep) -> torch.Tensor:

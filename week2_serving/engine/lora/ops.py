@@ -13,9 +13,9 @@ same computation, for the two kinds of rows a step holds:
 On a CPU every tensor op has a fixed cost, and a small model's projections are small, so the
 number of ops decides the price more than the flops do. `add_grouped` is what the engine runs
 when a step holds few distinct adapters (the common case): one matmul pair per adapter over all
-of its rows, prefill and decode alike, added into the projection's output in place (`addmm_`
-on a slice when the rows are consecutive, `index_add_` when they are not) — a step of one
-adapter costs two ops per projection, with no gather at all. `groups_of` builds its groups.
+of its rows, prefill and decode alike, added into the projection's output in place (on a slice
+when the rows are consecutive, by `index_add_` when they are not) — a step of one adapter costs
+three ops per projection, with no gather at all. `groups_of` builds its groups.
 
 `lora_reference` is the definition, row by row; the tests check all three against it.
 Shapes: N rows, in / out the projection's widths, R the slot rank, S slots, G segments.
@@ -82,12 +82,17 @@ def add_grouped(
     B: torch.Tensor,  # (S, R, out)
     groups: list[Group],  # one per adapter: its rows (a slice, or (n,) row indices), its scale
 ) -> torch.Tensor:  # y, with every group's s (x A) B added
-    """One shrink and one expand per adapter, whatever mix of prefill and decode rows it has."""
+    """One shrink and one expand per adapter, whatever mix of prefill and decode rows it has.
+
+    The matmuls run in A's dtype (x is cast to it; the engine keeps adapters in float32 on a
+    CPU) and the delta is added into y in y's dtype."""
+    x = x.to(A.dtype)  # a no-op when the dtypes agree
     for slot, rows, scale in groups:
-        if isinstance(rows, slice):  # consecutive rows: a view, no copy
-            y[rows].addmm_(x[rows] @ A[slot], B[slot], alpha=scale)
+        if isinstance(rows, slice):  # consecutive rows: views, no copy
+            y[rows].add_((x[rows] @ A[slot]) @ B[slot], alpha=scale)
         else:
-            y.index_add_(0, rows, (x.index_select(0, rows) @ A[slot]) @ B[slot], alpha=scale)
+            d = (x.index_select(0, rows) @ A[slot]) @ B[slot]  # (n, out)
+            y.index_add_(0, rows, d.to(y.dtype), alpha=scale)
     return y
 
 
