@@ -230,6 +230,7 @@ def plot(results: dict, out: Path) -> Path:
 def main(cfg: LoRABenchConfig) -> dict:
     import json
 
+    t0 = time.perf_counter()
     model = Path(cfg.model).expanduser()
     if not (model / "config.json").is_file():
         raise SystemExit(f"--model {model}: no HF model there; run `make week1` or pass a folder")
@@ -249,6 +250,7 @@ def main(cfg: LoRABenchConfig) -> dict:
     else:
         results["vllm_skipped"] = "--no-vllm" if not cfg.vllm else ".venvs/vllm is absent"
     results["environment"] = environment()
+    results["seconds"] = time.perf_counter() - t0  # the whole run, servers' start-up included
     save_results("week2", "lora", results)
     plot(results, out / "throughput.png")
     return results
