@@ -128,7 +128,7 @@ def test_grouped_and_gathered_plans_give_the_reference_delta(lora_models, monkey
     seqs = [SimpleNamespace(lora_name=n) for n in names]
     x = torch.randn(sum(num_tokens), manager.shapes["qkv"][0])  # (N, in)
     plans = []
-    for most in (4, 0):  # 0: every step takes the gather path
+    for most in (6, 0):  # 0: every step takes the gather path
         monkeypatch.setattr(lora_manager, "GROUPED_MAX", most)
         plans.append(manager.plan(seqs, num_tokens))
     assert plans[0].gather is None and plans[1].gather is not None

@@ -33,7 +33,8 @@ from week2_serving.engine.lora.ops import Group, add_grouped, bgmv, groups_of
 Pairs = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # (layer, proj) -> (A, B)
 
 
-GROUPED_MAX = 4  # distinct adapters in a step up to which each gets one matmul pair (ops.py)
+GROUPED_MAX = 6  # distinct adapters in a step up to which each gets one matmul pair (ops.py);
+# past it, the gather (BGMV) of the decode rows costs the same whatever the mix: fewer ops
 
 
 @dataclass
