@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.lora_helpers import ADAPTERS, lora_engine, lora_folders, merged_generate  # noqa: F401
-from week2_serving.engine.lora.ops import bgmv, lora_reference, segments_of, sgmv
+from week2_serving.engine.lora import manager as lora_manager
+from week2_serving.engine.lora.ops import (
+    add_grouped,
+    bgmv,
+    groups_of,
+    lora_reference,
+    segments_of,
+    sgmv,
+)
 
 PROMPTS = [
     list(range(5, 19)),  # 14 tokens: a prefill chunked over several steps
@@ -43,6 +51,22 @@ def test_bgmv_equals_sgmv_equals_reference(n, slots, rank, d_in, d_out, seed):
     assert want.abs().sum() > 0  # the check has something to compare
     torch.testing.assert_close(bgmv(x, A, B, scales, idx), want)
     torch.testing.assert_close(sgmv(x, A, B, scales, segments_of(idx.tolist())), want)
+    groups = groups_of(idx, scales.tolist())
+    assert sorted(g[0] for g in groups) == sorted(set(idx.tolist()))  # one group per slot
+    torch.testing.assert_close(add_grouped(torch.zeros_like(want), x, A, B, groups), want)
+
+
+def test_groups_of_uses_a_slice_for_consecutive_rows():
+    groups = groups_of(torch.tensor([2, 2, 1, 2]), [0.0, 0.5, 2.0])
+    assert groups[0] == (1, slice(2, 3), 0.5)
+    assert groups[1][0] == 2 and groups[1][1].tolist() == [0, 1, 3] and groups[1][2] == 2.0
+    # bf16 activations, float32 adapters (the engine on a CPU): the delta lands in bf16
+    g = torch.Generator().manual_seed(0)
+    x, A, B = (torch.randn(*s, generator=g) for s in ((4, 16), (3, 16, 4), (3, 4, 8)))
+    want = lora_reference(x, A, B, torch.tensor([0.0, 0.5, 2.0]), torch.tensor([2, 2, 1, 2]))
+    y = add_grouped(torch.zeros(4, 8, dtype=torch.bfloat16), x.bfloat16(), A, B, groups)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), want, atol=0.1, rtol=0.03)
 
 
 def test_segments_of_groups_runs():
@@ -88,9 +112,34 @@ def test_every_adapter_matches_its_merged_model_in_one_mixed_batch(lora_models):
     # the adapters change the tokens (else this test could not fail)
     assert len({tuple(lora_models["want"][n][0]) for n in names}) == len(names)
     # steps mixed prefill chunks and decodes of adapters, and more adapters than slots ran
-    assert any(p is not None and p.segments and p.decode_rows.numel() for p in plans)
+    assert any(p is not None and p.num_prefill and p.num_decode for p in plans)
     assert engine.lora.num_slot_loads > 2
     assert engine.block_manager.prefix_hits > 0  # prefix caching was on and used
+
+
+def test_grouped_and_gathered_plans_give_the_reference_delta(lora_models, monkeypatch):
+    """The plan for few adapters (one matmul pair each) and for many (SGMV chunks + BGMV
+    decode rows) add the same delta as the row-by-row definition, on a step mixing both."""
+    from types import SimpleNamespace
+
+    manager = lora_engine(lora_models).lora
+    names = [None, "all4", "qv8", "all4", None, "qv8"]
+    num_tokens = [3, 1, 4, 1, 1, 2]  # prefill chunks and decodes, base rows between
+    seqs = [SimpleNamespace(lora_name=n) for n in names]
+    x = torch.randn(sum(num_tokens), manager.shapes["qkv"][0])  # (N, in)
+    plans = []
+    for most in (6, 0):  # 0: every step takes the gather path
+        monkeypatch.setattr(lora_manager, "GROUPED_MAX", most)
+        plans.append(manager.plan(seqs, num_tokens))
+    assert plans[0].gather is None and plans[1].gather is not None
+    assert (plans[0].num_decode, plans[0].num_prefill) == (2, 6)
+    slots = [manager.slot_of[n] if n else 0 for n in names]
+    idx = torch.repeat_interleave(torch.tensor(slots), torch.tensor(num_tokens))  # (N,)
+    A, B = manager.A[1]["qkv"], manager.B[1]["qkv"]
+    want = lora_reference(x, A, B, manager.scales, idx)
+    assert want.abs().sum() > 0
+    for plan in plans:
+        torch.testing.assert_close(manager.delta(1, "qkv", x, plan), want)
 
 
 def test_adapters_never_share_prefix_cache_blocks(lora_models):

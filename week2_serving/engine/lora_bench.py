@@ -210,10 +210,10 @@ def plot(results: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     styles = {"ours": ("o", "C0", "our engine"), "vllm": ("s", "C1", "vLLM CPU")}
     for server, (marker, color, label) in styles.items():
-        cells = results.get(server) or {}
-        pts = sorted((cells[m]["distinct_in_flight"], cells[m]["tok_s"], m) for m in MIXES)
-        if not pts:
+        cells = results.get(server)
+        if not cells:  # vLLM skipped
             continue
+        pts = sorted((cells[m]["distinct_in_flight"], cells[m]["tok_s"], m) for m in MIXES)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
         for x, y, m in pts:
             ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -230,6 +230,7 @@ def plot(results: dict, out: Path) -> Path:
 def main(cfg: LoRABenchConfig) -> dict:
     import json
 
+    t0 = time.perf_counter()
     model = Path(cfg.model).expanduser()
     if not (model / "config.json").is_file():
         raise SystemExit(f"--model {model}: no HF model there; run `make week1` or pass a folder")
@@ -249,6 +250,7 @@ def main(cfg: LoRABenchConfig) -> dict:
     else:
         results["vllm_skipped"] = "--no-vllm" if not cfg.vllm else ".venvs/vllm is absent"
     results["environment"] = environment()
+    results["seconds"] = time.perf_counter() - t0  # the whole run, servers' start-up included
     save_results("week2", "lora", results)
     plot(results, out / "throughput.png")
     return results

@@ -205,5 +205,5 @@ class ModelRunner:
         LoRA delta s (x A) B when this step has rows with an adapter (lora/)."""
         y = F.linear(x, w, b)
         if self.lora_step is not None:
-            y = y + self.lora.delta(layer, name, x, self.lora_step)
+            self.lora.add_delta(layer, name, x, y, self.lora_step)  # in place
         return y

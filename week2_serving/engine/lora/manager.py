@@ -9,8 +9,9 @@ Three places an adapter can be, like pages in a memory hierarchy:
   takes the least recently used slot that no row of this step needs; the scheduler admits a
   request only when its adapter has or can get one (Scheduler.lora_fits), so that slot exists.
 
-The forward pass calls `delta(layer, proj, x, step)` for each projection (ModelRunner.proj):
-BGMV for the step's decode rows and SGMV for its prefill chunks (ops.py).
+The forward pass calls `add_delta(layer, proj, x, y, step)` for each projection
+(ModelRunner.proj): one matmul pair per adapter of the step when it holds few, else SGMV for
+its prefill chunks and BGMV for its decode rows (ops.py); a step of base rows only adds nothing.
 Shapes: N rows in the step, S = max_loras + 1 slots, R = max_lora_rank.
 """
 
@@ -27,18 +28,23 @@ from week2_serving.engine.lora.adapters import FUSED, fused_pair, load_adapter
 from week2_serving.engine.lora.config import LoRAConfig, check_name
 
 __all__ = ["LoRAConfig", "LoRAManager", "LoRAStep", "attach_lora", "bind_lora"]
-from week2_serving.engine.lora.ops import bgmv, sgmv
+from week2_serving.engine.lora.ops import Group, add_grouped, bgmv, groups_of
 
 Pairs = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]  # (layer, proj) -> (A, B)
 
 
+GROUPED_MAX = 6  # distinct adapters in a step up to which each gets one matmul pair (ops.py);
+# past it, the gather (BGMV) of the decode rows costs the same whatever the mix: fewer ops
+
+
 @dataclass
 class LoRAStep:
-    """Which rows of this step get which adapter (rows of the base model are in neither)."""
+    """Which rows of this step get which adapter (rows of the base model are in none)."""
 
-    decode_rows: torch.Tensor  # (Nd,) rows that decode one token with an adapter
-    decode_slots: torch.Tensor  # (Nd,) their slots
-    segments: list[tuple[int, int, int]]  # prefill chunks: (first row, end row, slot)
+    groups: list[Group]  # (slot, rows, scale): rows that share one matmul pair (add_grouped)
+    gather: tuple[torch.Tensor, torch.Tensor] | None  # (Nd,) decode rows, (Nd,) slots: BGMV
+    num_decode: int  # rows that decode one token with an adapter
+    num_prefill: int  # rows of prefill chunks with an adapter
 
 
 @dataclass
@@ -57,7 +63,11 @@ class LoRAManager:
                 "LoRA serving needs a Llama-style model (gate/up/down MLP); this one is "
                 f"{model_cfg.architecture!r}"
             )
-        self.config, self.device, self.dtype = config, device, dtype
+        # On a CPU the adapters stay float32 whatever the model's dtype: a bf16 matmul of these
+        # skinny shapes (rank R) has no fast kernel there and costs more than the projection
+        # itself, while float32 is quick and exact; x is cast up, the delta added back (ops.py).
+        self.dtype = torch.float32 if device.type == "cpu" else dtype
+        self.config, self.device = config, device
         self.R = config.max_lora_rank
         c, S = model_cfg, config.max_loras + 1
         hd, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -69,7 +79,7 @@ class LoRAManager:
             "down": (inner, [C]),
         }
         self.n_layer = c.num_layers
-        kw = dict(device=device, dtype=dtype)
+        kw = dict(device=device, dtype=self.dtype)
         self.A = [  # per layer, per projection: (S, in, k R)
             {p: torch.zeros(S, i, len(o) * self.R, **kw) for p, (i, o) in self.shapes.items()}
             for _ in range(c.num_layers)
@@ -174,37 +184,53 @@ class LoRAManager:
         return slot
 
     def plan(self, seqs, num_tokens: list[int]) -> LoRAStep | None:
-        """This step's row -> slot map (rows laid out as ModelRunner.prepare lays them out);
-        None when no row uses an adapter (the forward pass then skips LoRA entirely)."""
+        """This step's rows -> slots (rows laid out as ModelRunner.prepare lays them out);
+        None when no row uses an adapter (the forward pass then skips LoRA entirely).
+
+        Few distinct adapters: one group per adapter (all its rows, prefill and decode).
+        More than GROUPED_MAX: each prefill chunk is a group of its own (SGMV) and the decode
+        rows are gathered into one batched matmul (BGMV), so the op count stays flat."""
         names = {s.lora_name for s in seqs} - {None}
         if not names:
             return None
         if len(names) > self.config.max_loras:  # the scheduler's check failed: a bug
             raise RuntimeError(f"{len(names)} adapters in one step > max_loras")
         slot = {n: self.activate(n, names) for n in names}
-        rows, slots, segments, row = [], [], [], 0
-        for seq, n in zip(seqs, num_tokens):
-            if seq.lora_name is not None:
-                s = slot[seq.lora_name]
-                if n == 1:
-                    rows.append(row), slots.append(s)
-                elif segments and segments[-1][1] == row and segments[-1][2] == s:
-                    segments[-1] = (segments[-1][0], row + n, s)  # same adapter: one segment
-                else:
-                    segments.append((row, row + n, s))
-            row += n
         as_t = lambda v: torch.tensor(v, dtype=torch.long, device=self.device)  # noqa: E731
-        return LoRAStep(as_t(rows), as_t(slots), segments)
+        slots = as_t([slot.get(s.lora_name, 0) for s in seqs])  # (B,) per sequence; 0: base
+        ntok = as_t(num_tokens)  # (B,)
+        scales = self.scales.tolist()  # once per step: the ops take Python floats
+        decode = (ntok == 1) & (slots != 0)  # (B,) sequences decoding with an adapter
+        prefill = (ntok > 1) & (slots != 0)
+        counts = (int(decode.sum()), int(ntok[prefill].sum()))
+        if len(names) <= GROUPED_MAX:
+            row_slot = torch.repeat_interleave(slots, ntok)  # (N,)
+            groups = [g for g in groups_of(row_slot, scales) if g[0] != 0]
+            return LoRAStep(groups, None, *counts)
+        starts = torch.cumsum(ntok, 0) - ntok  # (B,) each sequence's first row
+        groups = [
+            (s, slice(a, a + n), scales[s])
+            for a, n, s in zip(*(t[prefill].tolist() for t in (starts, ntok, slots)))
+        ]  # a loop over this step's prefill chunks (few), not over rows
+        return LoRAStep(groups, (starts[decode], slots[decode]), *counts)
 
     # --- the forward pass -----------------------------------------------------------------------
+    def add_delta(
+        self, layer: int, proj: str, x: torch.Tensor, y: torch.Tensor, step: LoRAStep
+    ) -> torch.Tensor:
+        """y += s * (x A) B for every row of the step, in place: x (N, in), y (N, out)."""
+        A, B = self.A[layer][proj], self.B[layer][proj]
+        add_grouped(y, x, A, B, step.groups)
+        if step.gather is not None:
+            rows, slots = step.gather  # (Nd,) each
+            d = bgmv(x.index_select(0, rows).to(A.dtype), A, B, self.scales, slots)  # (Nd, out)
+            y.index_add_(0, rows, d.to(y.dtype))
+        return y
+
     def delta(self, layer: int, proj: str, x: torch.Tensor, step: LoRAStep) -> torch.Tensor:
         """s * (x A) B for every row of the step: (N, in) -> (N, out), zero for base rows."""
-        A, B = self.A[layer][proj], self.B[layer][proj]
-        out = x.new_zeros(x.shape[0], B.shape[-1])
-        if step.decode_rows.numel():
-            rows = step.decode_rows
-            out[rows] = bgmv(x[rows], A, B, self.scales, step.decode_slots)
-        return sgmv(x, A, B, self.scales, step.segments, out)
+        out = x.new_zeros(x.shape[0], self.B[layer][proj].shape[-1])
+        return self.add_delta(layer, proj, x, out, step)
 
 
 # --- the engine's hooks (LLMEngine.__init__ and make_sequence) -----------------------------------
