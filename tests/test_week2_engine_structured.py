@@ -26,7 +26,6 @@ from week2_serving.engine.structured import (
     MAX_SPEC_CHARS,
     Grammars,
     StructuredError,
-    check_no_speculation,
     generate,
     make_spec,
 )
@@ -145,13 +144,32 @@ def test_bad_specs_name_the_field(kind, value, fragment):
     assert err.value.param == "structured_outputs.x"
 
 
-def test_speculation_hook_refuses():
-    class Spec:
-        num_speculative_tokens = 3
+def test_grammar_requests_share_a_speculating_engine(tiny_gpt):
+    """With speculation on, a sequence with a grammar decodes without guesses (and stays
+    valid) while the plain sequences beside it speculate."""
+    from week2_serving.engine.spec.config import SpecConfig
+    from week2_serving.engine.structured import Grammars as G
 
-    with pytest.raises(StructuredError, match="speculative"):
-        check_no_speculation(Spec())
-    check_no_speculation(object())  # no speculation configured: fine
+    eng = tiny_engine(
+        tiny_gpt["hf_dir"], num_blocks=128, block_size=8, speculative=SpecConfig("ngram", 3)
+    )
+    spec = make_spec("json_schema", BOUNDED_SCHEMA, "json", any_whitespace=False)
+    compiled = G(eng.tokenizer, eng.runner.cfg.vocab_size).compile(spec)
+    params = SamplingParams(max_tokens=100, temperature=0.0)
+    structured = [eng.make_sequence(p, params) for p in PROMPTS[:3]]
+    grammars = G(eng.tokenizer, eng.runner.cfg.vocab_size)
+    for seq in structured:
+        seq.grammar = grammars.matcher(compiled)
+        eng.add_sequence(seq)
+    plain = eng.add_request(
+        "the the the the the the", SamplingParams(max_tokens=40, ignore_eos=True)
+    )
+    while eng.has_unfinished():
+        eng.step()
+    for text in texts(eng, structured):
+        assert schema_errors(json.loads(text), BOUNDED_SCHEMA) == [], text
+    assert plain.num_output_tokens == 40
+    assert eng.spec.metrics.summary()["drafts"] > 0  # the plain sequence did speculate
 
 
 def post(url: str, path: str, body: dict) -> httpx.Response:

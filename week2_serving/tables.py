@@ -217,3 +217,4 @@ register(Table("week2-kv-memory", "week2", "week2/engine/results.json", memory_n
                memory_table))  # fmt: skip
 register(Table("week2-prefix-cache", "week2", "week2/engine/results.json", prefix_numbers,
                prefix_table))  # fmt: skip
+from week2_serving import tables_engine  # noqa: E402, F401  (registers the engine's extension tables)

@@ -205,9 +205,9 @@ class LLMEngine:
         to_sample = batch.sampled_seqs
         lens = [len(s) for s in to_sample]  # a speculating sequence may get several tokens
         if self.spec is None:
-            sampled = self.sampler.accept(to_sample, self._sample(logits, to_sample))  # grammars
+            sampled = self._sample_and_advance(logits, to_sample)
         else:
-            sampled = self.spec.accept(logits, batch, self._sample)
+            sampled = self.spec.accept(logits, batch, self._sample_and_advance)
         self.scheduler.update(batch, sampled)
         now = time.monotonic()
         outs = [self._output(s, n, now) for s, n in zip(to_sample, lens)]
@@ -216,6 +216,10 @@ class LLMEngine:
         self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
         self.metrics.record_state(self.scheduler, self.block_manager)
         return outs
+
+    def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, int]:
+        """`_sample`, then each sampled sequence's grammar (structured output) moves on."""
+        return self.sampler.accept(seqs, self._sample(logits, seqs))
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, int]:
         """seq_id -> next token; a row whose sampling fails fails its request only.

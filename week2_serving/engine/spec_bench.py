@@ -47,8 +47,8 @@ class SpecBenchConfig:
     num_speculative_tokens: int = 3  # k
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 32])  # requests in flight
     prompt_len: int = 96  # tokens per prompt
-    max_tokens: int = 48  # output tokens per request (EOS ignored: equal work everywhere)
-    repeats: int = 3  # runs per cell (median and range reported)
+    max_tokens: int = 128  # output tokens per request (EOS ignored: equal work everywhere)
+    repeats: int = 5  # runs per cell (median and range reported)
     seed: int = 0  # prompts
     dtype: str = "float32"  # the engines' weights and KV cache (auto is bf16 on a BF16 CPU)
     threads: int = 1  # torch threads: one, as each engine of the week 2 bench gets one core

@@ -240,18 +240,6 @@ class GrammarState:
         return self.matcher.is_terminated()
 
 
-def check_no_speculation(engine_config) -> None:
-    """Hook: structured output is not combined with speculative decoding yet (the draft tokens
-    would need the matcher's rollback). Refuses when the engine's config turns speculation on."""
-    for name in ("speculative_config", "num_speculative_tokens", "speculative"):
-        if getattr(engine_config, name, None):
-            raise StructuredError(
-                "structured output is not supported together with speculative decoding on this "
-                "server; send the request without response_format / structured_outputs",
-                "structured_outputs",
-            )
-
-
 def generate(engine, grammars: Grammars, prompts: list, params, spec: StructuredSpec | None):
     """Offline: run prompts to completion, each sequence under its own matcher of `spec` (None:
     no grammar) -> the finished Sequences, in input order (like `LLMEngine.generate`).

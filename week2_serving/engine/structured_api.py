@@ -24,7 +24,6 @@ from week2_serving.engine.structured import (
     Grammars,
     StructuredError,
     StructuredSpec,
-    check_no_speculation,
     make_spec,
 )
 
@@ -109,7 +108,6 @@ class StructuredOutputs:
             return
         check_params(params)
         try:
-            check_no_speculation(self.engine.config)
             loop = asyncio.get_running_loop()
             compiled = await loop.run_in_executor(self.executor, self._compile, spec)
         except StructuredError as e:

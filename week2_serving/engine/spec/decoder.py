@@ -66,8 +66,9 @@ class SpecDecoder:
 
     @staticmethod
     def speculates(seq: Sequence) -> bool:
-        """Logprobs and masked stop tokens are the plain sampler's business: no guesses."""
-        return seq.params.logprobs is None and not Sampler.banned(seq)
+        """Logprobs, masked stop tokens and a grammar (structured output) are the plain
+        sampler's business: such a sequence decodes one token a step, with no guesses."""
+        return seq.params.logprobs is None and not Sampler.banned(seq) and seq.grammar is None
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:
         return None if seq.params.greedy else self.sampler._generator(seq)

@@ -1,0 +1,146 @@
+"""Generated README tables of the engine's extensions (see common/docs.py and tables.py):
+speculative decoding (`engine.spec_bench`), the 8-bit KV cache (`engine.kv_bench`), multi-LoRA
+(`engine.lora_bench`) and structured output (`engine.structured_bench`)."""
+
+from __future__ import annotations
+
+from common.docs import Table, register
+from common.report import md_table
+
+
+def spread3(row: dict, key: str = "tok_s") -> str:
+    return f"{row[key]:.0f} [{row[key + '_min']:.0f}–{row[key + '_max']:.0f}]"
+
+
+def spec_numbers(r: dict) -> dict:
+    keep = ("method", "workload", "concurrency", "tok_s", "tok_s_min", "tok_s_max", "speedup")
+    rows = []
+    for row in r["rows"]:
+        out = {k: row[k] for k in keep}
+        s = row.get("spec") or {}
+        out["acceptance_length"] = s.get("mean_acceptance_length")
+        out["theory"] = row.get("theory_acceptance_length")
+        rows.append(out)
+    return {"k": r["config"]["num_speculative_tokens"], "rows": rows}
+
+
+def spec_table(n: dict) -> str:
+    def length(row: dict) -> str:
+        if row["acceptance_length"] is None:
+            return "–"
+        return f"{row['acceptance_length']:.2f} ({row['theory']:.2f})"
+
+    rows = [
+        [
+            r["workload"],
+            r["method"],
+            r["concurrency"],
+            spread3(r),
+            f"{r['speedup']:.2f}x",
+            length(r),
+        ]
+        for r in n["rows"]
+    ]
+    head = ["workload", "proposer", "concurrency", "output tok/s, median [min–max]",
+            "speed-up over off", f"mean acceptance length (theory), k = {n['k']}"]  # fmt: skip
+    return md_table(head, rows)
+
+
+def kv_numbers(r: dict) -> dict:
+    return {"config": r["config"], "capacity": r["capacity"], "throughput": r["throughput"],
+            "quality": r["quality"]}  # fmt: skip
+
+
+def kv_table(n: dict) -> str:
+    cap, q, tp = n["capacity"], n["quality"], n["throughput"]
+    c = n["config"]
+    rows = []
+    for name in cap:
+        t = tp.get(name)
+        speed = f"{t['median_tok_s']:.0f} [{t['min_tok_s']:.0f}–{t['max_tok_s']:.0f}]" if t else "–"
+        rows.append([
+            name, cap[name]["bytes_per_block"], cap[name]["max_sequences"],
+            "yes" if cap[name]["fits_at_max"] and cap[name]["preempts_at_max_plus_1"] else "no",
+            speed, f"{q[name]['perplexity']:.2f}", f"{q[name]['greedy_agreement']:.3f}",
+        ])  # fmt: skip
+    head = ["KV cache", "bytes per block", f"sequences held ({c['kv_memory_mib']:g} MiB, "
+            f"{c['context_len']} tokens each)", "engine confirms (fits / preempts at +1)",
+            f"output tok/s at {tp['sequences']} sequences", "perplexity",
+            "greedy agreement vs fp32"]  # fmt: skip
+    return md_table(head, rows)
+
+
+def structured_numbers(r: dict) -> dict:
+    served = {k: {f: a[f] for f in ("valid", "invalid", "failed")} for k, a in r["served"].items()}
+    o = r["offline"]
+    keep = ("with_grammar", "without", "mask_us_per_token")
+    cost = {k: {f: o[k][f] for f in ("median", "min", "max")} for k in keep}
+    return {"n": r["config"]["num_requests"], "served": served, "cost": cost,
+            "ratio": o["tokens_per_s_ratio"]}  # fmt: skip
+
+
+def structured_table(n: dict) -> str:
+    def mmm(d: dict, fmt: str) -> str:
+        return f"{fmt.format(d['median'])} [{fmt.format(d['min'])}–{fmt.format(d['max'])}]"
+
+    rows = [[kind, f"{a['valid']} / {n['n']}", a["invalid"], a["failed"]]
+            for kind, a in n["served"].items()]  # fmt: skip
+    c = n["cost"]
+    cost = [
+        ["output tok/s with the grammar", mmm(c["with_grammar"], "{:.0f}")],
+        ["output tok/s without (same tokens)", mmm(c["without"], "{:.0f}")],
+        ["ratio with / without", f"{n['ratio']:.2f}x"],
+        ["mask per token (fill the bitmask + apply it), µs", mmm(c["mask_us_per_token"], "{:.0f}")],
+    ]
+    return (
+        md_table(["constraint (served, over HTTP)", "valid", "invalid", "failed"], rows)
+        + "\n\n"
+        + md_table(["the mask's cost (offline, median [min–max])", "measured"], cost)
+    )
+
+
+def lora_numbers(r: dict) -> dict:
+    keep = ("num_adapters", "rank", "num_requests", "concurrency", "max_tokens", "repeats")
+    return {"config": {k: r["config"][k] for k in keep}, "ours": r["ours"],
+            "merged": r["merged"].get("merged"), "vllm": r.get("vllm") or {}}  # fmt: skip
+
+
+def lora_table(n: dict) -> str:
+    def cell(d: dict | None, base: dict | None) -> str:
+        if not d:
+            return "–"
+        lo, hi = d["tok_s_range"]
+        ratio = f", {d['tok_s'] / base['tok_s']:.2f}x base" if base else ""
+        return f"{d['tok_s']:.0f} [{lo:.0f}–{hi:.0f}]{ratio}"
+
+    ours, vllm = n["ours"], n["vllm"]
+    rows = [
+        [mix, f"{ours[mix]['distinct_in_flight']:.1f}", cell(ours[mix], ours.get("base")),
+         cell(vllm.get(mix), vllm.get("base"))]
+        for mix in ("distinct", "uniform", "skewed", "identical")
+        if mix in ours
+    ]  # fmt: skip
+    rows.append(
+        ["base model only", "0", cell(ours.get("base"), None), cell(vllm.get("base"), None)]
+    )
+    rows.append(["one adapter merged into the weights", "0", cell(n["merged"], None), "–"])
+    c = n["config"]
+    head = [
+        "requests' adapters (Punica's mixes)",
+        "distinct adapters in flight (mean)",
+        "ours: output tok/s, median [range]",
+        "vLLM CPU: output tok/s, median [range]",
+    ]
+    note = (f"\n\n{c['num_adapters']} adapters of rank {c['rank']}, {c['num_requests']} "
+            f"requests of {c['max_tokens']} tokens, {c['concurrency']} in flight, "
+            f"{c['repeats']} repeats.")  # fmt: skip
+    return md_table(head, rows) + note
+
+
+register(Table("week2-spec", "week2", "week2/spec/results.json", spec_numbers, spec_table))
+register(Table("week2-kv-quant", "week2", "week2/kv-quant/results.json", kv_numbers, kv_table))
+register(Table("week2-lora", "week2", "week2/lora/results.json", lora_numbers, lora_table))
+register(
+    Table("week2-structured", "week2", "week2/structured/results.json", structured_numbers,
+          structured_table)
+)  # fmt: skip
