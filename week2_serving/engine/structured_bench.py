@@ -123,7 +123,7 @@ async def send_all(url: str, kind: str, cfg: StructuredBenchConfig) -> dict:
 def served(cfg: StructuredBenchConfig, out_dir: Path) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "week2_serving.engine.server", "--model", cfg.model]
-    cmd += ["--port", str(port), "--served-model-name", "bench"]
+    cmd += ["--port", str(port), "--served-model-name", "bench", "--dtype", "float32"]
     log_path = out_dir / "server.log"
     with ManagedServer(cmd, port, log_path, timeout_s=cfg.timeout_s) as srv:
         return {k: asyncio.run(send_all(srv.url, k, cfg)) for k in ("json_schema", "regex")}
@@ -137,7 +137,7 @@ def offline(cfg: StructuredBenchConfig) -> dict:
     from week2_serving.engine.sequence import SamplingParams
     from week2_serving.engine.structured import Grammars, generate, make_spec
 
-    engine = LLMEngine(EngineConfig(model=cfg.model))
+    engine = LLMEngine(EngineConfig(model=cfg.model, dtype="float32"))  # as the other benches
     grammars = Grammars(engine.tokenizer, engine.runner.cfg.vocab_size)
     spec = make_spec("json_schema", BOUNDED_SCHEMA, "json", any_whitespace=False)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(cfg.offline_prompts)]
