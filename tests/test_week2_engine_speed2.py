@@ -1,16 +1,21 @@
 """The HTTP-path levers and measurements (issue #13, helper speed2): the engine thread's busy
-periods, --switch-interval / --loop-cpus, and http_profile's parts. Tiny model, no server."""
+periods, --switch-interval / --loop-cpus, the byte-level detokenizer (against the plain one) and
+http_profile's parts. Tiny model, no server."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 
 import pytest
+from transformers import AutoTokenizer
 
-from week2_serving.engine import http_profile
+from week2_serving.engine import fast_detokenizer, http_profile
 from week2_serving.engine.async_engine import AsyncEngine
+from week2_serving.engine.detokenizer import Detokenizer
+from week2_serving.engine.fast_detokenizer import ByteDetokenizer, byte_table, make_detokenizer
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.sequence import SamplingParams
 from week2_serving.engine.server import ServerConfig, apply_loop_settings, parse_args
@@ -105,3 +110,37 @@ def test_thread_cpu_sees_this_process_main_thread():
 def test_http_profile_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         http_profile.HttpProfileConfig(**kwargs)
+
+
+def _stream(detok, ids: list[int], rng: random.Random) -> str:
+    out, i = [], 0
+    while i < len(ids):  # chunks of 1..3 ids, as steps (speculation) deliver them
+        k = rng.randint(1, 3)
+        out.append(detok.add(ids[i : i + k]))
+        i += k
+    return "".join(out) + detok.flush()
+
+
+def test_byte_detokenizer_streams_the_plain_text_on_random_ids(tiny_gpt):
+    """Random ids (special tokens, characters split over tokens, invalid UTF-8 included):
+    the byte path streams exactly the plain incremental decode's text."""
+    tok = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])
+    fast = make_detokenizer(tok)
+    assert isinstance(fast, ByteDetokenizer)  # week 1's tokenizer is byte-level BPE
+    rng = random.Random(0)
+    for _ in range(150):
+        ids = [rng.randrange(len(tok) + 2) for _ in range(rng.randint(1, 30))]  # 2 past the end
+        seed = rng.random()
+        plain = _stream(Detokenizer(tok), ids, random.Random(seed))
+        assert _stream(make_detokenizer(tok), ids, random.Random(seed)) == plain, ids
+
+
+def test_other_tokenizers_and_the_off_switch_keep_the_plain_detokenizer(tiny_gpt):
+    tok = AutoTokenizer.from_pretrained(tiny_gpt["hf_dir"])
+    assert byte_table(object()) is None  # no fast tokenizer backend: nothing to read
+    fast_detokenizer.set_enabled(False)
+    try:
+        assert isinstance(make_detokenizer(tok), Detokenizer)
+    finally:
+        fast_detokenizer.set_enabled(True)
+    assert parse_args(["--no-fast-detokenize"]).fast_detokenize is False

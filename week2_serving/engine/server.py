@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from common.cli import build_parser, config_from_args
 from common.results import get_logger
+from week2_serving.engine import fast_detokenizer
 from week2_serving.engine.api import create_app
 from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.kv_quant import KV_CACHE_DTYPES
@@ -129,6 +130,9 @@ class ServerConfig:
     # seconds a thread may hold the GIL while another waits for it (sys.setswitchinterval);
     # shorter: the engine thread gets it back sooner from the event loop. None: Python's 5 ms
     switch_interval: float | None = None
+    # streamed text from each token's bytes for byte-level BPE tokenizers (the same text, one
+    # dict lookup per token instead of two tokenizer decodes); others decode as before
+    fast_detokenize: bool = True
     # LoRA adapters served beside the base model, NAME=PEFT_FOLDER each; a request picks one
     # with "model": NAME (lora/)
     lora_modules: list[str] = field(default_factory=list)
@@ -313,10 +317,11 @@ def main(cfg: ServerConfig) -> None:
 
 
 def apply_loop_settings(cfg: ServerConfig, cpus: set[int] | None) -> None:
-    """--switch-interval and --loop-cpus, set on this (the main) thread before the engine thread
+    """--fast-detokenize, --switch-interval and --loop-cpus, set on this (the main) thread before the engine thread
     starts; the engine thread binds itself to `cpus` when it runs."""
     import sys
 
+    fast_detokenizer.set_enabled(cfg.fast_detokenize)
     if cfg.switch_interval is not None:
         sys.setswitchinterval(cfg.switch_interval)
     rest = set(os.sched_getaffinity(0)) - (cpus or set())
