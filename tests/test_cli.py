@@ -48,6 +48,7 @@ ENTRY_POINTS = [
     "week2_serving.engine.lora_bench",
     "week2_serving.engine.structured_bench",
     "week2_serving.engine.profile",
+    "week2_serving.engine.http_profile",
     "week2_serving.engine.levers",
     "week2_serving.engine.spec_bench",
     "week2_serving.engine.kv_bench",

@@ -17,6 +17,7 @@ import asyncio
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,10 @@ from common.results import get_logger
 from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.llm_engine import LLMEngine, StepOutput
 from week2_serving.engine.sequence import Sequence
+from week2_serving.engine.step_stats import StepStats
 
 log = get_logger("week2.engine.server")
+STEP_LOG_ENV = "IE_ENGINE_STEP_LOG"  # "1": log each busy period's steps (http_profile.py)
 
 
 class AsyncEngine:
@@ -45,6 +48,8 @@ class AsyncEngine:
         self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.error: BaseException | None = None
         self.on_death: Callable[[BaseException], None] | None = None  # called on the loop
+        self.stats = StepStats()  # the engine thread's busy periods (logged at shutdown)
+        self.log_periods = os.environ.get(STEP_LOG_ENV) == "1"  # and each one as it ends
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -54,6 +59,8 @@ class AsyncEngine:
         self.stop.set()
         self.wake.set()
         self.thread.join(timeout=10)
+        if self.stats.summary():  # read by http_profile.py from the server's log
+            log.info(self.stats.summary())
 
     # --- the event loop's side -------------------------------------------------------------
     def check_room(self) -> None:
@@ -100,10 +107,15 @@ class AsyncEngine:
             while not self.stop.is_set():
                 self._drain_inbox()
                 if not self.engine.has_unfinished():
+                    ended = self.stats.idle()
+                    if ended is not None and self.log_periods:
+                        log.info(ended.summary())
                     self.wake.wait(0.1)
                     self.wake.clear()
                     continue
+                start = time.perf_counter()
                 outs = self.engine.step()
+                self.stats.step(start, sum(len(o.new_token_ids) for o in outs))
                 if outs:
                     self.loop.call_soon_threadsafe(self._dispatch, outs)
         except BaseException as e:  # the server must not hang silently: fail every request

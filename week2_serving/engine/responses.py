@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass, field
 
 from week1_gpt_kvcache.sampling import TokenLogprobs
-from week2_serving.engine.detokenizer import Detokenizer, StopStrings
+from week2_serving.engine.detokenizer import StopStrings
+from week2_serving.engine.fast_detokenizer import make_detokenizer
 from week2_serving.engine.llm_engine import StepOutput
 
 LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity; vLLM reports this instead
@@ -45,7 +46,7 @@ class Choice:
 
     def __init__(self, index: int, request_id: str, tokenizer, stops: list[str], echo: str = ""):
         self.index, self.request_id, self.tok, self.echo = index, request_id, tokenizer, echo
-        self.detok, self.stops = Detokenizer(tokenizer), StopStrings(stops)
+        self.detok, self.stops = make_detokenizer(tokenizer), StopStrings(stops)
         self.decoded = 0  # characters decoded so far (text offsets of the logprobs)
         self.finish_reason: str | None = None
         self.stopped_early = False  # a stop string ended it before the engine did

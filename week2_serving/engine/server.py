@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from common.cli import build_parser, config_from_args
 from common.results import get_logger
+from week2_serving.engine import fast_detokenizer
 from week2_serving.engine.api import create_app
 from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.kv_quant import KV_CACHE_DTYPES
@@ -123,6 +124,15 @@ class ServerConfig:
     # cores for the engine thread, e.g. '0' or '0,1'; 'auto': all but the last when there are
     # 2 or more, as vLLM's CPU build binds its worker; 'all': no binding
     engine_cpus: str = "auto"
+    # cores for the rest of the server (event loop, tokenizer): 'rest' = those the engine thread
+    # does not get (the forward never shares its core with the HTTP work), 'all': no binding
+    loop_cpus: Literal["all", "rest"] = "all"
+    # seconds a thread may hold the GIL while another waits for it (sys.setswitchinterval);
+    # shorter: the engine thread gets it back sooner from the event loop. None: Python's 5 ms
+    switch_interval: float | None = None
+    # streamed text from each token's bytes for byte-level BPE tokenizers (the same text, one
+    # dict lookup per token instead of two tokenizer decodes); others decode as before
+    fast_detokenize: bool = True
     # LoRA adapters served beside the base model, NAME=PEFT_FOLDER each; a request picks one
     # with "model": NAME (lora/)
     lora_modules: list[str] = field(default_factory=list)
@@ -150,6 +160,9 @@ class ServerConfig:
             value = getattr(self, name)
             if not 1 <= value <= most:
                 raise ValueError(f"{name}={value}: use an integer in 1..{most}")
+        si = self.switch_interval
+        if si is not None and not (isinstance(si, float) and math.isfinite(si) and 1e-6 <= si <= 1):
+            raise ValueError(f"switch_interval={si}: use seconds in 1e-6..1, or none")
         if self.num_kv_blocks is not None and not 1 <= self.num_kv_blocks <= 1 << 24:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks}: use 1..{1 << 24}, or none")
         for name in ("kv_cache_memory", "kv_cache_gib"):
@@ -285,6 +298,7 @@ def main(cfg: ServerConfig) -> None:
     except (FileNotFoundError, ValueError) as e:  # not found / not cached, unsupported model
         raise SystemExit(f"--model {cfg.model!r} / --lora-modules: {e}") from None
     cpus = engine_cpus(cfg.engine_cpus)
+    apply_loop_settings(cfg, cpus)
     name = cfg.served_model_name or cfg.model
     app = create_app(engine, name, api_key, cpus, cfg.limits())
     # Everything alive now (torch, transformers, the weights' Python objects) lives as long as
@@ -300,6 +314,19 @@ def main(cfg: ServerConfig) -> None:
     if warning:
         log.warning(warning)
     run_until_engine_dies(app, cfg.host, cfg.port)
+
+
+def apply_loop_settings(cfg: ServerConfig, cpus: set[int] | None) -> None:
+    """--fast-detokenize, --switch-interval and --loop-cpus, set on this (the main) thread before the engine thread
+    starts; the engine thread binds itself to `cpus` when it runs."""
+    import sys
+
+    fast_detokenizer.set_enabled(cfg.fast_detokenize)
+    if cfg.switch_interval is not None:
+        sys.setswitchinterval(cfg.switch_interval)
+    rest = set(os.sched_getaffinity(0)) - (cpus or set())
+    if cfg.loop_cpus == "rest" and rest:
+        os.sched_setaffinity(0, rest)
 
 
 def run_until_engine_dies(app, host: str, port: int) -> None:
