@@ -178,3 +178,9 @@ def add_guards(app: FastAPI, api_key: str | None, limits: ServingLimits) -> None
     app.add_middleware(BodyLimitMiddleware, limit=limits.max_body_bytes)
     if api_key:  # added last: the outermost wrapper, so no body is read without a key
         app.add_middleware(APIKeyMiddleware, api_key=api_key, metrics_public=limits.metrics_public)
+
+
+async def wait_disconnect(request) -> None:
+    """Return when the client closes its connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -171,3 +171,8 @@ class Run:
     logprobs: bool
     chat: bool
     deadline: float | None = None  # event-loop time after which the request gets 504
+
+
+def sse(data: dict) -> str:
+    """One server-sent event: `data: <json>` and a blank line."""
+    return f"data: {json.dumps(data)}\n\n"

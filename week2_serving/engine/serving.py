@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import time
 import uuid
@@ -24,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from week2_serving.engine.async_engine import AsyncEngine, EngineFull
-from week2_serving.engine.guards import ServingLimits
+from week2_serving.engine.guards import ServingLimits, wait_disconnect
 from week2_serving.engine.llm_engine import LLMEngine, StepOutput
 from week2_serving.engine.protocol import (
     APIError,
@@ -39,6 +38,7 @@ from week2_serving.engine.responses import (
     Run,
     choice_body,
     chunk_choice,
+    sse,
     token_event_writer,
     usage,
 )
@@ -46,16 +46,6 @@ from week2_serving.engine.sequence import SamplingParams, Sequence
 from week2_serving.engine.structured_api import StructuredOutputs
 
 MAX_SEQUENCES = 128  # engine sequences one request may start (prompts x n)
-
-
-def sse(data: dict) -> str:
-    return f"data: {json.dumps(data)}\n\n"
-
-
-async def wait_disconnect(request: Request) -> None:
-    """Return when the client closes its connection (the body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 class GenerationRoutes:
