@@ -155,3 +155,13 @@ def test_lookahead_never_passes_max_tokens_and_yields_to_blocks():
 def test_hostile_spec_configs_are_refused(kw):
     with pytest.raises(ValueError, match="spec|method|draft"):
         SpecConfig(**kw)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--num-speculative-tokens", str(2**64)], ["--spec-ngram-min", "-1"]]
+)
+def test_hostile_spec_flags_are_refused_even_with_speculation_off(argv):
+    from week2_serving.engine.server import parse_args
+
+    with pytest.raises(SystemExit):  # a usage error naming the flag, before weights load
+        parse_args(["--model", "m", *argv])

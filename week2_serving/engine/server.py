@@ -177,12 +177,12 @@ class ServerConfig:
         return cfg if self.enable_lora or modules else None
 
     def spec_config(self) -> SpecConfig | None:
-        if self.speculative_method == "off":
-            return None
-        return SpecConfig(
-            self.speculative_method, self.num_speculative_tokens, self.spec_ngram_min,
-            self.spec_ngram_max, self.draft_model,
+        method = self.speculative_method
+        spec = SpecConfig(  # checked with speculation off too: a bad number is still a mistake
+            "ngram" if method == "off" else method, self.num_speculative_tokens,
+            self.spec_ngram_min, self.spec_ngram_max, self.draft_model,
         )  # fmt: skip
+        return None if method == "off" else spec
 
     def limits(self) -> ServingLimits:
         names = [f.name for f in dataclasses.fields(ServingLimits)]
