@@ -32,11 +32,12 @@ class PagedKVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        storage: torch.dtype | None = None,  # the pool's element type; None: dtype
     ):
         self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
         shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=storage or dtype, device=device)
+        self.v = torch.zeros(shape, dtype=storage or dtype, device=device)
 
     @staticmethod
     def bytes_per_block(
@@ -83,12 +84,11 @@ class QuantizedKVCache(PagedKVCache):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        self.num_blocks, self.block_size, self.dtype, self.fmt = num_blocks, block_size, dtype, fmt
-        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=fmt.storage, device=device)
-        self.v = torch.zeros(shape, dtype=fmt.storage, device=device)
-        self.k_scale = torch.zeros(shape[:-1], dtype=fmt.scale_dtype, device=device)
-        self.v_scale = torch.zeros(shape[:-1], dtype=fmt.scale_dtype, device=device)
+        dims = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        super().__init__(*dims, dtype, device, storage=fmt.storage)
+        self.fmt = fmt
+        self.k_scale = torch.zeros(self.k.shape[:-1], dtype=fmt.scale_dtype, device=device)
+        self.v_scale = torch.zeros(self.v.shape[:-1], dtype=fmt.scale_dtype, device=device)
 
     @staticmethod
     def bytes_per_block(
