@@ -116,9 +116,12 @@ def test_freed_cached_blocks_are_reused_then_evicted_lru():
 
 
 # --- scheduler -------------------------------------------------------------------------------
-def make(policy="continuous", num_blocks=64, block_size=4, max_num_seqs=8, budget=64):
+def make(
+    policy="continuous", num_blocks=64, block_size=4, max_num_seqs=8, budget=64, max_model_len=None
+):
     bm = BlockManager(num_blocks, block_size)
-    return Scheduler(SchedulerConfig(max_num_seqs, budget, policy), bm), bm
+    cfg = SchedulerConfig(max_num_seqs, budget, policy, max_model_len=max_model_len)
+    return Scheduler(cfg, bm), bm
 
 
 def test_chunked_prefill_respects_the_token_budget():
@@ -210,7 +213,9 @@ def test_a_policy_is_one_entry_in_the_table(monkeypatch):
         "two at a time, joining as others finish", admit_while_running=True, max_running=2
     )
     monkeypatch.setitem(POLICIES, "pairs", pairs)
-    with pytest.raises(ValueError, match="use one of continuous, static, sequential, pairs"):
+    with pytest.raises(
+        ValueError, match="use one of continuous, static, static-padded, sequential, pairs"
+    ):
         SchedulerConfig(policy="fast")
     sched, _ = make("pairs")
     seqs = [seq(4, max_tokens=2, start=10 * i) for i in range(5)]
@@ -240,7 +245,11 @@ ops = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops=ops, num_blocks=st.integers(6, 16), policy=st.sampled_from(["continuous", "static"]))
+@given(
+    ops=ops,
+    num_blocks=st.integers(6, 16),
+    policy=st.sampled_from(["continuous", "static", "static-padded"]),
+)
 def test_random_add_step_abort_never_leaks_blocks(ops, num_blocks, policy):
     sched, bm = make(policy, num_blocks=num_blocks, block_size=2, max_num_seqs=4, budget=6)
     seqs: list[Sequence] = []
@@ -258,7 +267,7 @@ def test_random_add_step_abort_never_leaks_blocks(ops, num_blocks, policy):
             run_step(sched, token=len(seqs) % 5)
         elif seqs:
             sched.abort(seqs[op[1] % len(seqs)])
-        live = [s for s in seqs if not s.is_finished]
+        live = [s for s in seqs if not s.is_finished] + sched.padding  # padding holds blocks
         bm.check_invariants(live)
         held = {b for s in live for b in s.block_table}  # shared prefix blocks count once
         assert len(held) == bm.num_used_blocks
@@ -266,8 +275,46 @@ def test_random_add_step_abort_never_leaks_blocks(ops, num_blocks, policy):
         if not sched.has_work():
             break
         run_step(sched)
-    assert not sched.has_work()
+    assert not sched.has_work() and not sched.padding
     assert all(s.is_finished for s in seqs)
     bm.check_invariants([])
     assert bm.num_free_blocks == bm.num_blocks
     assert all(b.ref_count == 0 for b in bm.blocks)
+
+
+def test_static_padded_keeps_finished_rows_in_the_forward_until_the_batch_ends():
+    sched, bm = make("static-padded", max_model_len=64)
+    short, long = seq(4, max_tokens=2), seq(4, max_tokens=6, start=10)
+    late = seq(4, max_tokens=2, start=90)
+    for s in (short, long):
+        sched.add(s)
+    rows = []
+    for _ in range(8):
+        if _ == 1:
+            sched.add(late)
+        batch = sched.schedule()
+        rows.append(len(batch.seqs))
+        assert late not in batch.seqs or (short.is_finished and long.is_finished)
+        assert not any(s.padding for s in batch.sampled_seqs)  # computed, never sampled
+        sched.update(batch, {s.seq_id: 7 for s in batch.sampled_seqs})
+        bm.check_invariants([s for s in (short, long, late) if not s.is_finished] + sched.padding)
+        if long.is_finished:
+            break
+    # short's row is still computed after it finished (2 rows every step), then all is freed
+    assert short.output_token_ids == [7, 7] and long.num_output_tokens == 6
+    assert rows == [2] * 6 and sched.padding == [] and short.block_table == []
+    assert bm.num_used_blocks == 0 and not late.is_finished  # the next batch starts now
+
+
+def test_static_padded_drops_padding_rows_before_preempting_a_real_request():
+    sched, bm = make("static-padded", num_blocks=4, block_size=2)
+    short, long = seq(2, max_tokens=1), seq(2, max_tokens=5, start=10)
+    for s in (short, long):
+        sched.add(s)
+    had_padding = False
+    while not long.is_finished:
+        run_step(sched)
+        had_padding |= bool(sched.padding)
+        bm.check_invariants([long, *sched.padding] if not long.is_finished else sched.padding)
+    assert had_padding and long.num_preemptions == 0 and sched.num_preemptions == 0
+    assert sched.padding == [] and bm.num_used_blocks == 0

@@ -95,6 +95,9 @@ def hf_reference(tiny_gpt):
         ("prefix-caching", dict(enable_prefix_caching=True, max_num_seqs=3, block_size=4)),
         ("preemption", dict(num_blocks=10, block_size=8, max_num_batched_tokens=16)),
         ("static", dict(scheduling="static", max_num_seqs=4)),
+        ("static-padded", dict(scheduling="static-padded", max_num_seqs=4)),
+        # padding rows are dropped, never a real request, when blocks run short
+        ("static-padded-tight", dict(scheduling="static-padded", num_blocks=10, block_size=8)),
         ("sequential", dict(scheduling="sequential")),
     ],
 )

@@ -31,6 +31,13 @@ def test_continuous_vs_static_is_judged_run_by_run():
     assert s["targets"]["ours_vs_vllm_at_least_1"] == {"c1": True, "c8": None, "c32": None}
     cells[("static", "mixed-c32")] = cell(1000, [1000, 1000, 1000])
     assert engine_bench.summarize(cells)["targets"]["continuous_vs_static_mixed_1_5x_every_run"]
+    assert "continuous_vs_static_padded_mixed_1_5x_every_run" not in s["targets"]  # not run
+    cells[("static-padded", "mixed-c32")] = cell(800, [800, 1100, 900])  # run 2 misses
+    s = engine_bench.summarize(cells)
+    assert s["continuous_vs_static_padded_mixed_c32_runs"] == pytest.approx(
+        [2, 1500 / 1100, 1700 / 900]
+    )
+    assert s["targets"]["continuous_vs_static_padded_mixed_1_5x_every_run"] is False
     one_run = {("continuous", "mixed-c32"): cell(1500), ("static", "mixed-c32"): cell(1000)}
     assert engine_bench.run_ratios(one_run, *one_run) == [1.5]  # no runs list: the one run
 

@@ -55,7 +55,11 @@ class EngineConfig:
         self.torch_dtype = pick_inference_dtype(self.torch_device, self.dtype)
         if not 0 < self.kv_cache_memory < float("inf"):  # NaN fails this too
             raise ValueError(f"kv_cache_memory={self.kv_cache_memory!r}: use GiB > 0, finite")
-        get_policy(self.scheduling)
+        if get_policy(self.scheduling).pad_finished and self.speculative:
+            raise ValueError(
+                f"scheduling={self.scheduling!r} is a baseline without speculative decoding: "
+                "drop --speculative-method, or use another policy"
+            )
         check_kv_cache_dtype(self.kv_cache_dtype, self.torch_device)
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")

@@ -64,6 +64,7 @@ class LLMEngine:
                 cfg.max_num_batched_tokens,
                 cfg.scheduling,
                 num_lookahead_slots=k_spec,
+                max_model_len=self.max_model_len,
             ),
             self.block_manager,
         )

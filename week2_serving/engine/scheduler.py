@@ -16,7 +16,10 @@ to the front of the waiting queue, to be recomputed later (preemption by recompu
 The policies of the lesson are entries of one table, `POLICIES`; each says when new requests
 may join and how many may run at once (same machinery for all):
 - `continuous`: the above;
-- `static`: admit a batch only when the previous batch has completely finished;
+- `static`: admit a batch only when the previous batch has completely finished; a finished
+  request leaves the forward pass at once (its slot idles, at no cost);
+- `static-padded`: static batching as `generate()` on a padded batch runs it: a finished request
+  keeps its row, computed (and thrown away) every step until the batch's longest is done;
 - `sequential`: one request at a time.
 To add a policy, add one entry to `POLICIES`: the config check, its error message and the
 server's `--scheduling` choices all read that table.
@@ -43,6 +46,7 @@ class Policy:
     help: str  # one line, shown in error messages and --help
     admit_while_running: bool  # may a new request join while others still run?
     max_running: int | None = None  # at most this many running at once (None: max_num_seqs)
+    pad_finished: bool = False  # a finished request's row keeps computing until the batch ends
 
     def may_admit(self, num_running: int) -> bool:
         return self.admit_while_running or num_running == 0
@@ -55,6 +59,11 @@ POLICIES: dict[str, Policy] = {
     "continuous": Policy("new requests join the batch at every step", admit_while_running=True),
     "static": Policy(
         "a batch is admitted once the previous one is done", admit_while_running=False
+    ),
+    "static-padded": Policy(
+        "static, and finished rows keep computing until the batch ends (generate() on a batch)",
+        admit_while_running=False,
+        pad_finished=True,
     ),
     "sequential": Policy("one request at a time", admit_while_running=False, max_running=1),
 }
@@ -74,6 +83,7 @@ class SchedulerConfig:
     policy: str = "continuous"  # a name in POLICIES
     max_loras: int = 0  # most distinct LoRA adapters running at once (lora/); 0: no LoRA
     num_lookahead_slots: int = 0  # extra slots a decode reserves for speculative tokens (spec/)
+    max_model_len: int | None = None  # a padding row stops here (static-padded); None: no bound
 
     def __post_init__(self) -> None:
         get_policy(self.policy)
@@ -100,7 +110,8 @@ class ScheduledBatch:
     def add(self, seq: Sequence, n: int, copies: list[tuple[int, int]]) -> None:
         self.seqs.append(seq)
         self.num_tokens.append(n)
-        self.sample.append(seq.num_computed + n >= len(seq))  # > : lookahead slots (spec/)
+        # a padding row (static-padded) is computed but never sampled
+        self.sample.append(not seq.padding and seq.num_computed + n >= len(seq))  # > : lookahead
         self.copies += copies
 
     @property
@@ -119,6 +130,7 @@ class Scheduler:
         self.policy = get_policy(config.policy)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.padding: list[Sequence] = []  # static-padded: finished requests' rows (see _pad)
         self.num_preemptions = 0
 
     # --- queue ----------------------------------------------------------------------------------
@@ -150,7 +162,7 @@ class Scheduler:
         seq.finish("abort")
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running)  # padding rows live only while others run
 
     @property
     def max_running(self) -> int:
@@ -159,7 +171,9 @@ class Scheduler:
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
+        self._reclaim_padding()
         budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
+        budget = self._schedule_padding(batch, budget)
         # never admit when we just had to preempt: the pool is already too small
         if not batch.preempted and self.policy.may_admit(len(self.running)):
             self._admit_waiting(batch, budget)
@@ -228,6 +242,54 @@ class Scheduler:
             budget -= n
         # LAB:scheduler end
 
+    def _schedule_padding(self, batch: ScheduledBatch, budget: int) -> int:
+        """static-padded: each padding row computes one token, after the real sequences got
+        theirs; a row that finds no budget or no free slot is dropped (never a real request)."""
+        for pad in list(self.padding):
+            if budget > 0 and self.bm.can_allocate_slots(pad, 1):
+                batch.add(pad, 1, self.bm.allocate_slots(pad, 1))
+                budget -= 1
+            else:
+                self._drop_padding(pad)
+        return budget
+
+    def _reclaim_padding(self) -> None:
+        """Padding rows give their blocks back before a real request would be preempted."""
+        budget, need = self.config.max_num_batched_tokens, 0
+        for seq in self.running:
+            n = min(seq.num_uncomputed, budget)
+            need += max(0, self.bm.blocks_needed(seq.num_computed + n) - len(seq.block_table))
+            budget -= n
+        while self.padding and self.bm.num_free_blocks < need:
+            self._drop_padding(self.padding[-1])
+
+    def _pad(self, seq: Sequence) -> None:
+        """Keep a finished sequence's row in the batch: a stand-in sequence takes over its blocks
+        and repeats its last token, so the forward pass does the work a padded row does. The
+        finished request itself is done (its tokens never change again)."""
+        pad = Sequence(list(seq.tokens), seq.params, request_id=f"{seq.request_id}/padding")
+        pad.padding = True
+        pad.num_computed, pad.lora_name, pad.cache_salt = (
+            seq.num_computed,
+            seq.lora_name,
+            seq.cache_salt,
+        )
+        pad.block_table, pad.block_hashes = seq.block_table, seq.block_hashes
+        seq.block_table, seq.block_hashes = [], []  # the blocks are the padding row's now
+        pad.status = Status.RUNNING
+        self.padding.append(pad)
+
+    def _advance_padding(self, pad: Sequence) -> None:
+        """After a padding row's step: one more (thrown-away) token, up to max_model_len."""
+        if len(pad) >= (self.config.max_model_len or len(pad) + 1):
+            self._drop_padding(pad)
+        else:
+            pad.tokens.append(pad.tokens[-1])
+
+    def _drop_padding(self, pad: Sequence) -> None:
+        self.padding.remove(pad)
+        self.bm.free_seq(pad)
+
     def lora_fits(self, seq: Sequence) -> bool:
         """May `seq` run now: its adapter is in use already or a weight slot is left for it?"""
         if seq.lora_name is None or not self.config.max_loras:
@@ -261,6 +323,10 @@ class Scheduler:
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n
             self.bm.register_full_blocks(seq)
+            if seq.padding:
+                if seq in self.padding:  # (not dropped while scheduling)
+                    self._advance_padding(seq)
+                continue
             if seq.seq_id in sampled:
                 try:
                     seq.append_token(sampled[seq.seq_id])
@@ -269,8 +335,13 @@ class Scheduler:
                     fail(seq, e)
             if seq.is_finished:
                 self.running.remove(seq)
-                self.bm.free_seq(seq)
+                if self.policy.pad_finished and seq.finish_reason in ("stop", "length"):
+                    self._pad(seq)
+                self.bm.free_seq(seq)  # (nothing left to free when _pad took the blocks)
                 finished.append(seq)
+        if not self.running:  # the batch's last real request is done: its padding goes too
+            for pad in list(self.padding):
+                self._drop_padding(pad)
         return finished
 
 

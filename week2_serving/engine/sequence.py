@@ -71,6 +71,7 @@ class Sequence:
         self.output_logprobs: list[TokenLogprobs] = []  # one per output token, if asked
         self.grammar = None  # structured.GrammarState: the tokens allowed next (structured output)
         self.spec_tokens: list[int] = []  # this step's proposed tokens, verified after it (spec/)
+        self.padding = False  # a static-padded batch's stand-in for a finished request's row
 
     # --- views ----------------------------------------------------------------------------------
     def __len__(self) -> int:
