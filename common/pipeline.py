@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.cli import build_parser, config_from_args
+from common.cpu import CpuCaps, cpu_caps
 from common.results import REPO_ROOT, get_logger, read_json, runs_root
 
 log = get_logger("pipeline")
@@ -76,7 +77,25 @@ def _weeks01(preset: str, device: str) -> list[Step]:
     ]
 
 
-def cpu_steps() -> list[Step]:
+def bf16_steps(caps: CpuCaps | None = None) -> list[Step]:
+    """Our engine vs vLLM CPU in bfloat16: only on a CPU with native BF16 instructions (AVX-512
+    BF16 or AMX; `caps`: this machine's when None), where `--dtype auto` serves in bf16. Elsewhere
+    bf16 is emulated and the comparison would measure the emulation, so the step is left out."""
+    caps = caps or cpu_caps()
+    if not (caps.avx512_bf16 or caps.amx):
+        return []
+    return [
+        _s(
+            "week2/engine-bench-bf16",
+            "week2_serving.engine.bench --config "
+            "week2_serving/harness/configs/engine-cpu-bf16.yaml --no-memory-trace",
+            ("week1/export",),
+            "week2-engine",
+        )
+    ]
+
+
+def cpu_steps(caps: CpuCaps | None = None) -> list[Step]:
     return [
         *_weeks01("cpu", ""),
         _s("week2/quantize", "week2_serving.quant.quantize", ("week1/export",)),
@@ -98,6 +117,7 @@ def cpu_steps() -> list[Step]:
             ("week1/export", "week1/export-draft"),
             "week2-engine",
         ),
+        *bf16_steps(caps),
         _s(
             "week2/engine-report",
             "week2_serving.report runs/week2/sweep-engine-cpu",

@@ -96,3 +96,19 @@ def test_dry_run_prints_every_step_and_runs_nothing(monkeypatch, capsys):
     assert pipeline.main(["--profile", "gpu", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "week3/serve" in out and "serve --preset gpu" in out and "--task sst2" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "has_bf16_step"),
+    [({"avx512f", "avx512_bf16"}, True), ({"amx_tile", "amx_bf16"}, True), ({"avx2"}, False)],
+)
+def test_the_bf16_engine_bench_runs_only_on_native_bf16_cpus(flags, has_bf16_step):
+    from common.cpu import CpuCaps
+
+    caps = CpuCaps(model="test cpu", flags=frozenset(flags))
+    names = [s.name for s in pipeline.cpu_steps(caps)]
+    assert ("week2/engine-bench-bf16" in names) is has_bf16_step
+    if has_bf16_step:  # after the float32 bench, in week2-engine, on its own config
+        step = next(s for s in pipeline.cpu_steps(caps) if s.name == "week2/engine-bench-bf16")
+        assert step.group == "week2-engine" and "engine-cpu-bf16.yaml" in " ".join(step.args)
+        assert names.index("week2/engine-bench-bf16") > names.index("week2/engine-bench")

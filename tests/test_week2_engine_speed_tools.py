@@ -77,3 +77,23 @@ def test_profile_config_refuses_hostile_numbers(bad):
 
     with pytest.raises(ValueError, match=next(iter(bad))):
         ProfileConfig(**bad)
+
+
+def test_each_engine_sweep_has_its_own_results_and_the_bf16_one_has_no_static_bar():
+    from week2_serving.harness.sweep_config import SweepConfig
+    from week2_serving.tables_engine import bf16_numbers, bf16_table
+
+    assert engine_bench.results_name("engine-cpu") == "engine"
+    bf16 = SweepConfig.from_yaml(engine_bench.CONFIG_BF16)
+    assert engine_bench.results_name(bf16.name) == "engine-bf16"
+    assert all("bfloat16" in s["args"] for s in bf16.servers)  # both engines in bf16
+    cells = {
+        (s, load): {"output_throughput": t, "failed": 0}
+        for (s, load), t in {("vllm", "c8"): 400.0, ("continuous", "c8"): 500.0}.items()
+    }
+    summary = engine_bench.summarize(cells)
+    assert "continuous_vs_static_mixed_1_5x_every_run" not in summary["targets"]
+    assert summary["targets"]["ours_vs_vllm_at_least_1"]["c8"] is True
+    results = {"summary": summary, "cells": {f"{s}/{ld}": c for (s, ld), c in cells.items()}}
+    table = bf16_table(bf16_numbers(results))
+    assert "**1.25x**" in table and "| c1 | – | – | – |" in table

@@ -1,6 +1,7 @@
 """Generated README tables of the engine's extensions (see common/docs.py and tables.py):
 speculative decoding (`engine.spec_bench`), the 8-bit KV cache (`engine.kv_bench`), multi-LoRA
-(`engine.lora_bench`) and structured output (`engine.structured_bench`)."""
+(`engine.lora_bench`), structured output (`engine.structured_bench`), and the bf16 comparison
+with vLLM (`engine.bench --config .../engine-cpu-bf16.yaml`)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,35 @@ def lora_table(n: dict) -> str:
     return md_table(head, rows) + note
 
 
+def bf16_numbers(r: dict) -> dict:
+    cells = r["cells"]
+    return {
+        "ours_vs_vllm": r["summary"]["ours_vs_vllm"],
+        "tok_s": {k: round(c["output_throughput"], 1) for k, c in cells.items()},
+        "failed": sum(c["failed"] for c in cells.values()),
+    }
+
+
+def bf16_table(n: dict) -> str:
+    """ours / vLLM in bfloat16 at each concurrency, with both engines' tok/s."""
+    rows = []
+    for load in ("c1", "c8", "c32"):
+        ours, vllm = n["tok_s"].get(f"continuous/{load}"), n["tok_s"].get(f"vllm/{load}")
+        ratio = n["ours_vs_vllm"].get(load)
+        rows.append([
+            load,
+            "–" if ours is None else f"{ours:,.0f}",
+            "–" if vllm is None else f"{vllm:,.0f}",
+            "–" if ratio is None else f"**{ratio:.2f}x**",
+            "≥ 1.0x",
+        ])  # fmt: skip
+    head = ["load", "ours bf16, output tok/s", "vLLM CPU bf16, output tok/s", "ours / vLLM",
+            "target"]  # fmt: skip
+    return md_table(head, rows) + f"\n\nOne run per cell; failed requests: {n['failed']}."
+
+
+BF16_TABLE = Table("week2-engine-bf16", "week2", "week2/engine-bf16/results.json", bf16_numbers,
+                   bf16_table)  # fmt: skip  (registered once its reference results exist)
 register(Table("week2-spec", "week2", "week2/spec/results.json", spec_numbers, spec_table))
 register(Table("week2-kv-quant", "week2", "week2/kv-quant/results.json", kv_numbers, kv_table))
 register(Table("week2-lora", "week2", "week2/lora/results.json", lora_numbers, lora_table))

@@ -28,6 +28,13 @@ from week2_serving.harness import report, sweep
 
 log = get_logger("week2.engine_bench")
 CONFIG = REPO_ROOT / "week2_serving" / "harness" / "configs" / "engine-cpu.yaml"
+CONFIG_BF16 = CONFIG.with_name("engine-cpu-bf16.yaml")  # the same comparison in bfloat16
+
+
+def results_name(sweep_name: str) -> str:
+    """Where a sweep's analysis goes under runs/week2: engine-cpu -> engine, engine-cpu-bf16 ->
+    engine-bf16 (one results file per sweep, so the bf16 run never overwrites the float32 one)."""
+    return "engine" + sweep_name.removeprefix("engine-cpu")
 
 
 def load_cells(sweep_dir: Path) -> dict[tuple[str, str], dict]:
@@ -194,6 +201,7 @@ class EngineBenchConfig:
 
     config: str = str(CONFIG)  # the sweep config (servers x loads)
     skip_sweep: bool = False  # only analyse the results of a sweep that already ran
+    memory_trace: bool = True  # also trace KV memory offline (the float32 sweep's lesson)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -202,19 +210,25 @@ def main(argv: list[str] | None = None) -> dict:
     sweep_dir = sweep.sweep_dir(cfg) if a.skip_sweep else sweep.run_sweep(cfg)
     cells = load_cells(sweep_dir)
     summary = summarize(cells)
-    out = runs_root() / "week2" / "engine"
-    trace, memory = memory_trace(sweep.resolve_model(cfg.model))
+    name = results_name(cfg.name)
+    out = runs_root() / "week2" / name
     results = {
         "summary": summary,
-        "memory": memory,
-        "memory_trace": trace,
         "cells": {f"{s}/{load}": c for (s, load), c in cells.items()},
         "sweep": str(sweep_dir),
         "environment": environment(),
     }
-    save_results("week2", "engine", results)
+    if a.memory_trace:
+        trace, memory = memory_trace(sweep.resolve_model(cfg.model))
+        results |= {"memory": memory, "memory_trace": trace}
+        plot_memory(trace, memory, out / "kv_memory.png")
+    save_results("week2", name, results)
     plot_throughput(cells, out / "throughput.png")
-    plot_memory(trace, memory, out / "kv_memory.png")
+    if not a.memory_trace:
+        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"
+        vs = summary["ours_vs_vllm"]
+        log.info("ours/vLLM c1 %s c8 %s c32 %s", *(fmt(vs[k]) for k in ("c1", "c8", "c32")))
+        return results
     fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"
     log.info(
         "continuous vs static (mixed), run by run: padded %s, finished rows dropped %s; "
