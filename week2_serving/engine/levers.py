@@ -1,6 +1,6 @@
 """Each speed lever alone, offline: output tokens/s at concurrency 1, 8 and 32.
 
-    python -m week2_serving.engine.levers                    # ~2 min on 2 busy cores
+    python -m week2_serving.engine.levers                    # ~2 min
     python -m week2_serving.engine.levers --repeats 1 --output-len 16    # a quick look
 
 One row per lever (EngineConfig's speed flags, plus torch's thread count), each measured
