@@ -161,7 +161,7 @@ def _cuda_engine(folder, dtype: str, eager: bool) -> LLMEngine:
 
 def _ids_prompts() -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 255, (n,), generator=g).tolist() for n in (3, 7, 1, 12, 5, 9)]
+    return [torch.randint(0, 255, (n,), generator=g).tolist() for n in (3, 7, 1, 12, 5, 9, 4)]
 
 
 @CUDA

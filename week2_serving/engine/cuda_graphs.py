@@ -84,19 +84,20 @@ class CudaGraph:
     """`fn` recorded into a `torch.cuda.CUDAGraph`; all graphs share one memory pool (they
     never run at once, and each one's output stays referenced, so none overwrites another's)."""
 
-    def __init__(self, pool: tuple) -> None:
-        self.pool = pool
+    def __init__(self, pool: tuple, device: torch.device) -> None:
+        self.pool, self.device = pool, device
 
     def capture(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        side = torch.cuda.Stream()  # warm-up off the main stream, as torch's recipe does:
-        side.wait_stream(torch.cuda.current_stream())  # lazy inits (cuBLAS handles, workspaces)
-        with torch.cuda.stream(side):  # happen before capture, not inside it
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=self.pool):
-            self.out = fn()
+        with torch.cuda.device(self.device):  # the engine's GPU (cuda:N), not the current one
+            side = torch.cuda.Stream()  # warm-up off the main stream, as torch's recipe does:
+            side.wait_stream(torch.cuda.current_stream())  # lazy inits (cuBLAS handles) happen
+            with torch.cuda.stream(side):  # before capture, not inside it
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=self.pool):
+                self.out = fn()
         return self.out
 
     def replay(self) -> torch.Tensor:
@@ -229,7 +230,8 @@ def make_decode_graphs(runner: ModelRunner, cfg) -> DecodeGraphs | None:
     off = cfg.enforce_eager or runner.device.type != "cuda" or runner.kv.quantized
     if off or cfg.lora is not None or cfg.speculative is not None:
         return None
-    pool = torch.cuda.graph_pool_handle()
+    with torch.cuda.device(runner.device):
+        pool = torch.cuda.graph_pool_handle()
     return DecodeGraphs(
-        runner, cfg.max_num_seqs, cfg.max_seq_len_to_capture, lambda: CudaGraph(pool)
+        runner, cfg.max_num_seqs, cfg.max_seq_len_to_capture, lambda: CudaGraph(pool, runner.device)
     )
