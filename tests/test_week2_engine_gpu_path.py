@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from week2_serving.engine import gpu_bench
+from week2_serving.engine.attention import gather_slots
 from week2_serving.engine.cuda_graphs import (
     CudaGraph,
     DecodeGraphs,
@@ -21,6 +22,7 @@ from week2_serving.engine.cuda_graphs import (
     pick_bucket,
 )
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
+from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.sequence import SamplingParams
 from week2_serving.engine.server import engine_config, parse_args
 
@@ -103,6 +105,18 @@ def test_padding_rows_write_only_the_scratch_block(tiny_gpt):
     torch.testing.assert_close(k_graph, run.kv.k[:, real])
 
 
+def test_graph_forward_reads_no_values_on_the_host(tiny_gpt):
+    """What a CUDA graph needs: fixed shapes and no host read of a tensor's value (a sync).
+    On the meta device tensors have shapes but no values, so any such read raises: the
+    captured forward runs there; the eager path's attention planning does not."""
+    run = ModelRunner(tiny_gpt["hf_dir"], 16, 4, device="meta")
+    with torch.inference_mode():
+        entry = DecodeGraphs(run, 8, 64).capture(8, 4)
+    assert entry.out.is_meta and entry.out.shape == (8, run.cfg.vocab_size)
+    with pytest.raises(RuntimeError, match="meta"):  # int(ctx_lens.max()): a host read
+        gather_slots(entry.tables, entry.per_row[3], 4)
+
+
 def test_graphs_are_off_on_cpu_and_with_enforce_eager(tiny_gpt):
     d = tiny_gpt["hf_dir"]
     eng = LLMEngine(EngineConfig(model=d, device="cpu", num_blocks=16))
@@ -173,7 +187,8 @@ def test_cuda_graphs_equal_eager_and_hf_fp32(tmp_path):
     outs = {}
     for eager in (True, False):
         eng = _cuda_engine(tmp_path, "float32", eager)
-        params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+        # min_tokens: the stop token is banned, as HF's min_new_tokens bans it
+        params = [SamplingParams(max_tokens=m, min_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
         outs[eager] = [o.token_ids for o in eng.generate(prompts, params, use_tqdm=False)]
         g = eng.runner.graphs
         assert (g is None) == eager
