@@ -52,6 +52,7 @@ ENTRY_POINTS = [
     "week2_serving.engine.levers",
     "week2_serving.engine.spec_bench",
     "week2_serving.engine.kv_bench",
+    "week2_serving.engine.gpu_bench",
     "week2_serving.harness.soak",
     "common.pipeline",
     "week3_finetune_lora.data",

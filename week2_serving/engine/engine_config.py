@@ -46,6 +46,8 @@ class EngineConfig:
     batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
     one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
     speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
+    enforce_eager: bool = False  # no CUDA graphs for decode steps (cuda_graphs.py); CPU: never
+    max_seq_len_to_capture: int = 8192  # decode steps with a longer context run eager (vLLM)
     torch_device: torch.device = field(init=False, repr=False)  # device and dtype, resolved
     torch_dtype: torch.dtype = field(init=False, repr=False)
 
@@ -63,6 +65,8 @@ class EngineConfig:
         check_kv_cache_dtype(self.kv_cache_dtype, self.torch_device)
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
+        if type(self.max_seq_len_to_capture) is not int or self.max_seq_len_to_capture < 1:
+            raise ValueError(f"max_seq_len_to_capture={self.max_seq_len_to_capture!r}: use >= 1")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from common.hub import is_offline, resolve_model
 from common.results import get_logger
 from week2_serving.engine.block_manager import BlockManager
+from week2_serving.engine.cuda_graphs import make_decode_graphs
 from week2_serving.engine.engine_config import EngineConfig, RequestOutput, StepOutput
 from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.lora.manager import attach_lora, bind_lora
@@ -56,6 +57,7 @@ class LLMEngine:
             model_dir, num_blocks, cfg.block_size, device, dtype, self.max_model_len, info.config,
             kv_cache_dtype=kv,
         )  # fmt: skip
+        self.runner.graphs = make_decode_graphs(self.runner, cfg)  # None: every step eager
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         k_spec = cfg.speculative.num_speculative_tokens if cfg.speculative else 0
         self.scheduler = Scheduler(

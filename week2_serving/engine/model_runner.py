@@ -94,7 +94,11 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Run one step; return the logits (S, V) of the last token of each sampled sequence."""
         self.kv.copy_blocks(batch.copies)
+        if self.graphs is not None and (logits := self.graphs.run(batch)) is not None:
+            return logits  # a plain decode step, replayed from a CUDA graph (cuda_graphs.py)
         return self.forward(self.prepare(batch))
+
+    graphs = None  # cuda_graphs.DecodeGraphs when decode steps replay CUDA graphs
 
     # --- 1. inputs ------------------------------------------------------------------------------
     fast_prepare = True  # build inputs with tensor ops (step_plan.py); False: the loop below

@@ -116,6 +116,7 @@ class ServerConfig:
     max_num_batched_tokens: int = engine_default("max_num_batched_tokens")  # tokens per step
     max_model_len: int | None = None  # context length; None: the model's
     enable_prefix_caching: bool = engine_default("enable_prefix_caching")  # reuse shared prefixes
+    enforce_eager: bool = engine_default("enforce_eager")  # no CUDA graphs (off on CPU anyway)
     # continuous (requests join and leave every step), static (a batch at a time), sequential
     scheduling: PolicyName = engine_default("scheduling")
     # torch threads for the forward pass; default: all cores but one, which the event loop and,
@@ -248,6 +249,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             max_num_batched_tokens=a.max_num_batched_tokens,
             max_model_len=a.max_model_len,
             enable_prefix_caching=a.enable_prefix_caching,
+            enforce_eager=a.enforce_eager,
             scheduling=a.scheduling,
             max_num_waiting=a.max_num_waiting or 0,  # the engine's bound: 0 means none
             served_model_name=a.served_model_name or str(a.model),
