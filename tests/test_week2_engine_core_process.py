@@ -64,7 +64,7 @@ def core_of(proc: subprocess.Popen) -> psutil.Process:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(url + "/metrics", timeout=30).text
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
@@ -87,7 +87,9 @@ def complete(url: str, prompt: str, stream: bool, **kw) -> str:
         assert r.status_code == 200, r.text
         return r.json()["choices"][0]["text"]
     text = []
-    with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+    with httpx.stream(
+        "POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 text += [c["text"] for c in json.loads(line[6:])["choices"]]
@@ -115,8 +117,13 @@ def test_greedy_tokens_are_the_in_thread_servers_and_the_offline_engines(lora_se
     served = concurrently(url)
     engine = tiny_engine(base)
     offline = engine.generate(PROMPTS, SamplingParams(max_tokens=12), use_tqdm=False)
+    choice = {"structured_outputs": {"choice": ["serves", "the adapter"]}}  # compiled in the core
     with running_server(engine) as (thread_url, _):
         in_thread = concurrently(thread_url)
+        for stream in (False, True):
+            want = complete(thread_url, "a", stream, **choice)
+            assert want and any(c.startswith(want) for c in ("serves", "the adapter")), want
+            assert complete(url, "a", stream, **choice) == want
     assert served == in_thread
     for p, o in zip(PROMPTS, offline):
         assert len(o.token_ids) == 12
@@ -185,7 +192,9 @@ def test_a_killed_core_fails_open_requests_and_stops_the_server(tiny_gpt, tmp_pa
             got["plain"] = httpx.post(url + "/v1/completions", json=body, timeout=60).text
 
         def streamed() -> None:
-            with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+            with httpx.stream(
+                "POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60
+            ) as r:
                 lines = []
                 for line in r.iter_lines():
                     lines.append(line)
@@ -205,3 +214,19 @@ def test_a_killed_core_fails_open_requests_and_stops_the_server(tiny_gpt, tmp_pa
         assert "the engine loop died" in (tmp_path / "server.err").read_text()
     finally:
         proc.kill()
+
+
+def test_a_core_that_cannot_start_is_the_servers_usual_error_and_leaves_no_process(tmp_path):
+    import torch
+
+    from week2_serving.engine import server
+
+    argv = ["--model", str(tmp_path / "missing"), "--threads", str(torch.get_num_threads())]
+    errors = []
+    for extra in ([], ["--engine-process"]):
+        with pytest.raises(SystemExit) as e:
+            server.main(server.parse_args(argv + extra))
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and errors[0].startswith("--model ")  # the same message
+    spawned = [k for k in psutil.Process().children() if "spawn_main" in " ".join(k.cmdline())]
+    assert not spawned  # the core that failed was joined
