@@ -11,6 +11,7 @@ one on the tiny GPT whose core the death test kills.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -37,7 +38,9 @@ def start_server(model: Path, err: Path, *extra: str) -> tuple[subprocess.Popen,
     cmd = [sys.executable, "-m", "week2_serving.engine.server", "--model", str(model)]
     cmd += ["--port", str(port), "--served-model-name", "tiny", *FLAGS, *extra]
     with open(err, "w") as err_file:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err_file)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True
+        )  # its own process group, as a launcher starts it (and signals it)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(url + "/health") or proc.poll() is not None, 120, "start")
@@ -166,11 +169,12 @@ def test_prefix_cache_reset_and_lora_load_unload_reach_the_core(lora_server):
 
 
 def test_sigterm_stops_the_server_and_joins_its_core(lora_server):
-    """Last of the shared server's tests: it stops it."""
+    """Last of the shared server's tests: it stops it. SIGTERM to the whole group reaches the
+    core too, which must not die of it: the server stops it (exit code 0) after its shutdown."""
     proc = lora_server["proc"]
     core = core_of(proc)
     kids = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a launcher stops it: the core gets it too
     # uvicorn shuts down gracefully, then raises the signal again: the status says SIGTERM
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM), lora_server["err"].read_text()
     assert f"engine core process {core.pid} stopped (exit code 0)" in lora_server["err"].read_text()

@@ -12,7 +12,8 @@ LLMEngine's own methods, so a request is validated by the same code either way.
 
 Lifecycle: `launch()` starts the core and waits until its engine is built (its start-up error,
 a bad model path say, is raised here as in-thread); `shutdown()` stops and joins it, and kills
-it if it does not stop. The core dying (an exception in step(), or killed) fails every open
+it if it does not stop (the core ignores SIGINT and SIGTERM, which reach the whole process
+group: it serves the requests in flight until the server's graceful shutdown says stop). The core dying (an exception in step(), or killed) fails every open
 stream and pending command with one error and calls `on_death` (the server exits with 1).
 """
 
@@ -40,7 +41,7 @@ from week2_serving.engine.sequence import Sequence
 from week2_serving.engine.step_stats import StepStats
 
 log = get_logger("week2.engine.server")
-STOP_SECONDS = 10  # a core that has not stopped by then is terminated, then killed
+STOP_SECONDS = 10  # a core that has not stopped by then is killed
 
 
 class _Fits:
@@ -141,16 +142,13 @@ class CoreClient:
         self.reader.start()
 
     def shutdown(self) -> None:
-        """Stop the core (a message, then SIGTERM, then SIGKILL) and join it; idempotent."""
+        """Stop the core (a message; SIGKILL if it has not stopped in time), join it; idempotent."""
         self.closing = True
         self._send(("stop",))
         if self.proc.pid is not None:
             self.proc.join(STOP_SECONDS)
-            if self.proc.is_alive():
-                log.warning("the engine core did not stop; terminating it")
-                self.proc.terminate()
-                self.proc.join(5)
-            if self.proc.is_alive():
+            if self.proc.is_alive():  # it ignores SIGTERM (engine_core.run_core): SIGKILL
+                log.warning("the engine core did not stop in %d s; killing it", STOP_SECONDS)
                 self.proc.kill()
                 self.proc.join()
             log.info(

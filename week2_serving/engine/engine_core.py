@@ -113,7 +113,11 @@ def run_core(
     """The core process's body: build the engine, say ready (or why not), serve until told."""
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the API stops us
+    # Ctrl-C (SIGINT) and a launcher's SIGTERM reach the whole process group: the core goes on
+    # serving the requests in flight through the server's graceful shutdown, and stops when
+    # the API process says so (or, should that process die, at the end of its pipe)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     if cpus:
         os.sched_setaffinity(0, cpus)  # the engine's cores (--engine-cpus); torch threads too
     torch.set_num_threads(threads)
