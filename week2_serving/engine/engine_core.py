@@ -148,11 +148,12 @@ class EngineCore:
     def run(self) -> None:
         try:
             while self.running:
-                self.drain(block=not self.engine.has_unfinished())
+                idle = not self.engine.has_unfinished()
+                if idle and (ended := self.stats.idle()) is not None and self.log_periods:
+                    log.info(ended.summary())  # before sleeping: http_profile.py reads it now
+                self.drain(block=idle)
                 if self.running and self.engine.has_unfinished():
                     self.step()
-                elif (ended := self.stats.idle()) is not None and self.log_periods:
-                    log.info(ended.summary())
         except BaseException as e:  # step() raised: the API process fails every request
             log.exception("the engine core died")
             self.send(("dead", portable(e)))
