@@ -108,10 +108,10 @@ def thread_cpu(pid: int) -> dict[int, float]:
     engine core process, --engine-process), by thread id (Linux)."""
     tick, out = os.sysconf("SC_CLK_TCK"), {}
     kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    tasks = [Path(f"/proc/{p}/task") for p in [pid, *kids]]
-    for tid in [t for task in tasks if task.exists() for t in os.listdir(task)]:
+    dirs = [Path(f"/proc/{p}/task") for p in [pid, *kids]]  # not /proc/P/stat: all its threads
+    for task, tid in [(d, t) for d in dirs if d.exists() for t in os.listdir(d)]:
         try:
-            fields = Path(f"/proc/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = (task / tid / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
         out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
