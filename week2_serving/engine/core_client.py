@@ -128,27 +128,26 @@ class CoreClient:
                         "before its engine was built"
                     )
             kind, payload = self.from_core.recv()
-        except BaseException:
-            self.shutdown()
+            if kind != "ready":
+                raise payload  # the core's own exception (a bad model path: FileNotFoundError)
+            self.view = EngineView(self.config, payload)
+        except BaseException:  # that, or Ctrl-C while the weights load: no long wait for a stop
+            self.shutdown(grace=2)
             raise
-        if kind != "ready":
-            self.shutdown()
-            raise payload
-        self.view = EngineView(self.config, payload)
         return self.view
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.reader.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace: float = STOP_SECONDS) -> None:
         """Stop the core (a message; SIGKILL if it has not stopped in time), join it; idempotent."""
         self.closing = True
         self._send(("stop",))
         if self.proc.pid is not None:
-            self.proc.join(STOP_SECONDS)
+            self.proc.join(grace)
             if self.proc.is_alive():  # it ignores SIGTERM (engine_core.run_core): SIGKILL
-                log.warning("the engine core did not stop in %d s; killing it", STOP_SECONDS)
+                log.warning("the engine core did not stop in %g s; killing it", grace)
                 self.proc.kill()
                 self.proc.join()
             log.info(
