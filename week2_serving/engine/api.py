@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from week2_serving.engine.async_engine import AsyncEngine
+from week2_serving.engine.bridge import EngineBridge
 from week2_serving.engine.cache_admin import add_cache_routes
 from week2_serving.engine.guards import ServingLimits, add_guards
 from week2_serving.engine.llm_engine import LLMEngine
@@ -59,7 +60,7 @@ class OpenAIServing(GenerationRoutes):
         """vLLM-named Prometheus metrics. The engine thread records them (queue lengths and KV
         usage after every step), so rendering here reads no engine state and needs no lock."""
         self.check_engine()
-        return Response(self.engine.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+        return Response(await self.aeng.metrics_text(), media_type=METRICS_CONTENT_TYPE)
 
 
 def create_app(
@@ -68,10 +69,11 @@ def create_app(
     api_key: str | None = None,
     cpus: set[int] | None = None,
     limits: ServingLimits | None = None,
+    bridge: EngineBridge | None = None,  # None: an AsyncEngine (the engine in a thread)
 ) -> FastAPI:
     """The FastAPI app serving `engine` as `served_name`; the engine thread runs while it does."""
     limits = limits or ServingLimits()
-    aeng = AsyncEngine(engine, cpus, limits.max_num_waiting)
+    aeng = bridge or AsyncEngine(engine, cpus, limits.max_num_waiting)
     serving = OpenAIServing(engine, aeng, served_name, limits)
 
     async def lifespan(app: FastAPI):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.results import get_logger
+from week2_serving.engine.engine_commands import run_command
 from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.llm_engine import LLMEngine, StepOutput
 from week2_serving.engine.sequence import Sequence
@@ -98,6 +99,13 @@ class AsyncEngine:
         self.inbox.put(("call", (fn, fut)))
         self.wake.set()
         return await fut
+
+    async def command(self, name: str, *args: Any) -> Any:
+        """engine_commands.COMMANDS[name](engine, *args) on the engine thread (bridge.py)."""
+        return await self.call(lambda: run_command(self.engine, name, args))
+
+    async def metrics_text(self) -> str:  # recorded by the engine thread: read without a hop
+        return self.engine.metrics.exposition()
 
     # --- the engine thread -----------------------------------------------------------------
     def _run(self) -> None:

@@ -14,9 +14,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from week2_serving.engine.async_engine import AsyncEngine
 from week2_serving.engine.block_manager import BlockManager
-from week2_serving.engine.llm_engine import LLMEngine
+from week2_serving.engine.bridge import EngineBridge
 from week2_serving.engine.protocol import error_body
 
 
@@ -30,12 +29,13 @@ def reset_prefix_cache(bm: BlockManager) -> bool:
     return True
 
 
-def add_cache_routes(app: FastAPI, aeng: AsyncEngine, engine: LLMEngine) -> None:
+def add_cache_routes(app: FastAPI, aeng: EngineBridge, engine: object = None) -> None:
     """Add POST /reset_prefix_cache to `app`; the reset runs on the engine thread, between
-    two steps, so it never races the scheduler."""
+    two steps, so it never races the scheduler (`engine` is not needed any more: the reset is
+    a named command of the bridge, engine_commands.py)."""
 
     async def reset() -> JSONResponse:
-        done = await aeng.call(lambda: reset_prefix_cache(engine.block_manager))
+        done = await aeng.command("reset_prefix_cache")  # engine_commands.py
         if not done:
             message = "requests are running; reset the prefix cache when the server is idle"
             return JSONResponse(error_body(409, message, "conflict"), status_code=409)

@@ -104,11 +104,14 @@ def offline(cfg: HttpProfileConfig, concurrency: int) -> dict:
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of process `pid`, by thread id (Linux)."""
+    """CPU seconds (user + system) of each thread of process `pid` and of its children (an
+    engine core process, --engine-process), by thread id (Linux)."""
     tick, out = os.sysconf("SC_CLK_TCK"), {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    dirs = [Path(f"/proc/{p}/task") for p in [pid, *kids]]  # not /proc/P/stat: all its threads
+    for task, tid in [(d, t) for d in dirs if d.exists() for t in os.listdir(d)]:
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = (task / tid / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
         out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from pydantic import Field, StrictStr
 
-from week2_serving.engine.async_engine import AsyncEngine
+from week2_serving.engine.bridge import EngineBridge
 from week2_serving.engine.llm_engine import LLMEngine
 from week2_serving.engine.lora.manager import LoRAManager
 from week2_serving.engine.protocol import APIError, ClosedModel, ShortStr
@@ -79,7 +79,7 @@ def unload(engine: LLMEngine, name: str) -> None:
     manager.remove(name)
 
 
-def add_lora_routes(app: FastAPI, aeng: AsyncEngine, engine: LLMEngine, served_name: str) -> None:
+def add_lora_routes(app: FastAPI, aeng: EngineBridge, engine, served_name: str) -> None:
     """POST /v1/load_lora_adapter and /v1/unload_lora_adapter (400 when LoRA is off)."""
 
     def manager() -> LoRAManager:
@@ -88,13 +88,13 @@ def add_lora_routes(app: FastAPI, aeng: AsyncEngine, engine: LLMEngine, served_n
         return engine.lora
 
     async def load_adapter(body: LoadLoRARequest) -> PlainTextResponse:
-        m = manager()
-        await aeng.call(lambda: load(m, served_name, body))
+        manager()
+        await aeng.command("load_lora", served_name, body)  # engine_commands.py
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
     async def unload_adapter(body: UnloadLoRARequest) -> PlainTextResponse:
         manager()
-        await aeng.call(lambda: unload(engine, body.lora_name))
+        await aeng.command("unload_lora", body.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
     app.post("/v1/load_lora_adapter")(load_adapter)

@@ -33,11 +33,13 @@ from common.cli import build_parser, config_from_args
 from common.results import get_logger
 from week2_serving.engine import fast_detokenizer
 from week2_serving.engine.api import create_app
+from week2_serving.engine.core_client import CoreClient
 from week2_serving.engine.guards import ServingLimits
 from week2_serving.engine.kv_quant import KV_CACHE_DTYPES
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.lora.config import LoRAConfig, parse_modules
 from week2_serving.engine.scheduler import POLICIES
+from week2_serving.engine.server_run import run_until_engine_dies
 from week2_serving.engine.spec.config import SpecConfig
 
 __all__ = [
@@ -134,6 +136,9 @@ class ServerConfig:
     # streamed text from each token's bytes for byte-level BPE tokenizers (the same text, one
     # dict lookup per token instead of two tokenizer decodes); others decode as before
     fast_detokenize: bool = True
+    # run the engine core in its own process (as vLLM's EngineCore): the HTTP event loop no
+    # longer shares the GIL with step()
+    engine_process: bool = False
     # LoRA adapters served beside the base model, NAME=PEFT_FOLDER each; a request picks one
     # with "model": NAME (lora/)
     lora_modules: list[str] = field(default_factory=list)
@@ -295,14 +300,17 @@ def main(cfg: ServerConfig) -> None:
 
     api_key = load_api_key(cfg)
     torch.set_num_threads(cfg.threads)
+    cpus = engine_cpus(cfg.engine_cpus)
+    core = None  # --engine-process: the engine in a process of its own (core_client.py)
+    if cfg.engine_process:
+        core = CoreClient(engine_config(cfg), cpus, cfg.threads, cfg.max_num_waiting)
     try:
-        engine = LLMEngine(engine_config(cfg))
+        engine = core.launch() if core else LLMEngine(engine_config(cfg))
     except (FileNotFoundError, ValueError) as e:  # not found / not cached, unsupported model
         raise SystemExit(f"--model {cfg.model!r} / --lora-modules: {e}") from None
-    cpus = engine_cpus(cfg.engine_cpus)
     apply_loop_settings(cfg, cpus)
     name = cfg.served_model_name or cfg.model
-    app = create_app(engine, name, api_key, cpus, cfg.limits())
+    app = create_app(engine, name, api_key, cpus, cfg.limits(), bridge=core)
     # Everything alive now (torch, transformers, the weights' Python objects) lives as long as
     # the server: take it out of the garbage collector's reach, so a full collection does not
     # stall every stream for a few hundred ms under load (vLLM does the same).
@@ -327,24 +335,8 @@ def apply_loop_settings(cfg: ServerConfig, cpus: set[int] | None) -> None:
     if cfg.switch_interval is not None:
         sys.setswitchinterval(cfg.switch_interval)
     rest = set(os.sched_getaffinity(0)) - (cpus or set())
-    if cfg.loop_cpus == "rest" and rest:
+    if (cfg.loop_cpus == "rest" or cfg.engine_process) and rest:  # a core process: always
         os.sched_setaffinity(0, rest)
-
-
-def run_until_engine_dies(app, host: str, port: int) -> None:
-    """uvicorn until stopped (exit 0) or until the engine loop dies (exit 1, so a supervisor or
-    our launcher sees it): requests in flight get their error first."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    app.state.engine.on_death = lambda error: setattr(server, "should_exit", True)
-    server.run()
-    error = app.state.engine.error
-    if error is not None:
-        raise SystemExit(f"the engine loop died ({error!r}); the server stopped")
 
 
 if __name__ == "__main__":

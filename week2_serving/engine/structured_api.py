@@ -114,3 +114,4 @@ class StructuredOutputs:
             raise APIError(400, str(e), param=e.param) from e
         for seq in seqs:
             seq.grammar = self.grammars.matcher(compiled)
+            seq.grammar.spec = spec  # what an engine core process compiles again (core_client)
