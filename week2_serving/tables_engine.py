@@ -165,8 +165,9 @@ def bf16_table(n: dict) -> str:
     return md_table(head, rows) + f"\n\nOne run per cell; failed requests: {n['failed']}."
 
 
-BF16_TABLE = Table("week2-engine-bf16", "week2", "week2/engine-bf16/results.json", bf16_numbers,
-                   bf16_table)  # fmt: skip  (registered once its reference results exist)
+BF16_TABLE = Table(
+    "week2-engine-bf16", "week2", "week2/engine-bf16/results.json", bf16_numbers, bf16_table
+)  # fmt: skip  (registered once its reference results exist)
 register(Table("week2-spec", "week2", "week2/spec/results.json", spec_numbers, spec_table))
 register(Table("week2-kv-quant", "week2", "week2/kv-quant/results.json", kv_numbers, kv_table))
 register(Table("week2-lora", "week2", "week2/lora/results.json", lora_numbers, lora_table))
