@@ -318,3 +318,20 @@ def test_static_padded_drops_padding_rows_before_preempting_a_real_request():
         bm.check_invariants([long, *sched.padding] if not long.is_finished else sched.padding)
     assert had_padding and long.num_preemptions == 0 and sched.num_preemptions == 0
     assert sched.padding == [] and bm.num_used_blocks == 0
+
+
+def test_static_padded_rows_go_with_an_aborted_batch_and_never_enter_the_prefix_cache():
+    sched, bm = make("static-padded", block_size=2)
+    short, long = seq(4, max_tokens=1), seq(4, max_tokens=9, start=10)
+    for s in (short, long):
+        sched.add(s)
+    for _ in range(4):
+        run_step(sched)
+    (pad,) = sched.padding
+    assert pad.num_computed >= 7  # positions 4..6 were computed by the padding row
+    # the prompt's two full blocks are named; the block of positions 4-5 (filled while padding)
+    # is not, nor is anything after it
+    assert len(pad.block_hashes) == 2
+    assert all(bm.blocks[b].hash is None for b in pad.block_table[2:])
+    sched.abort(long)  # the batch's last real request: nothing may stay behind
+    assert sched.padding == [] and not sched.has_work() and bm.num_used_blocks == 0

@@ -208,6 +208,8 @@ class CoreClient:
             pass
         except RuntimeError:  # the event loop closed first (the server stopped)
             return
+        except Exception:  # a message that cannot be read: no later one can be trusted
+            log.exception("reading the engine core's messages failed")
         if not self.closing:
             self.proc.join(2)
             code = self.proc.exitcode

@@ -154,6 +154,8 @@ class EngineCore:
                 self.drain(block=idle)
                 if self.running and self.engine.has_unfinished():
                     self.step()
+                else:  # aborts or refusals changed the counts and no step will report them
+                    self.report_state([])
         except BaseException as e:  # step() raised: the API process fails every request
             log.exception("the engine core died")
             self.send(("dead", portable(e)))
@@ -166,6 +168,10 @@ class EngineCore:
         start = time.perf_counter()
         outs = self.engine.step()
         self.stats.step(start, sum(len(o.new_token_ids) for o in outs))
+        self.report_state(outs)
+
+    def report_state(self, outs: list) -> None:
+        """One "step" message: the step's outputs and the queue counts check_room reads."""
         state = (len(self.engine.scheduler.waiting), self.adds_seen)
         if outs or state != self.reported:
             self.reported = state
@@ -200,6 +206,10 @@ class EngineCore:
         """Add one request; if the engine refuses it, only that request fails."""
         self.adds_seen += 1
         try:
+            lora = self.engine.lora  # the API checked a copy: the adapter may be gone since
+            if seq.lora_name is not None and (lora is None or seq.lora_name not in lora.registry):
+                message = f"The model `{seq.lora_name}` does not exist."
+                raise APIError(404, message, "NotFoundError", "model")
             if isinstance(seq.grammar, StructuredSpec):
                 seq.grammar = self.matcher(seq.grammar)
             self.engine.add_sequence(seq)

@@ -76,6 +76,7 @@ def unload(engine: LLMEngine, name: str) -> None:
     if users:
         message = f"LoRA {name!r} is in use by {len(users)} request(s); unload it when they end"
         raise APIError(409, message, "ConflictError", "lora_name")
+    engine.scheduler.drop_padding(lora_name=name)  # static-padded rows of finished requests
     manager.remove(name)
 
 

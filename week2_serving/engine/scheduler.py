@@ -160,6 +160,8 @@ class Scheduler:
             self.waiting.remove(seq)
         self.bm.free_seq(seq)
         seq.finish("abort")
+        if not self.running:  # that was the batch's last real request: its padding goes too
+            self.drop_padding()
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)  # padding rows live only while others run
@@ -171,6 +173,8 @@ class Scheduler:
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
+        if not self.running:  # (the batch ended by a preemption: no padding without it)
+            self.drop_padding()
         self._reclaim_padding()
         budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
         budget = self._schedule_padding(batch, budget)
@@ -290,6 +294,12 @@ class Scheduler:
         self.padding.remove(pad)
         self.bm.free_seq(pad)
 
+    def drop_padding(self, lora_name: str | None = None) -> None:
+        """Drop every padding row (or those running `lora_name`, before it is unloaded)."""
+        for pad in list(self.padding):
+            if lora_name is None or pad.lora_name == lora_name:
+                self._drop_padding(pad)
+
     def lora_fits(self, seq: Sequence) -> bool:
         """May `seq` run now: its adapter is in use already or a weight slot is left for it?"""
         if seq.lora_name is None or not self.config.max_loras:
@@ -322,7 +332,8 @@ class Scheduler:
         finished = []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n
-            self.bm.register_full_blocks(seq)
+            if not seq.padding:  # a padding row's repeated tokens are no prefix worth keeping
+                self.bm.register_full_blocks(seq)
             if seq.padding:
                 if seq in self.padding:  # (not dropped while scheduling)
                     self._advance_padding(seq)
@@ -340,8 +351,7 @@ class Scheduler:
                 self.bm.free_seq(seq)  # (nothing left to free when _pad took the blocks)
                 finished.append(seq)
         if not self.running:  # the batch's last real request is done: its padding goes too
-            for pad in list(self.padding):
-                self._drop_padding(pad)
+            self.drop_padding()
         return finished
 
 

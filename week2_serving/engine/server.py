@@ -20,6 +20,7 @@ uvicorn.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import gc
 import ipaddress
@@ -304,6 +305,9 @@ def main(cfg: ServerConfig) -> None:
     core = None  # --engine-process: the engine in a process of its own (core_client.py)
     if cfg.engine_process:
         core = CoreClient(engine_config(cfg), cpus, cfg.threads, cfg.max_num_waiting)
+        # runs before multiprocessing's own exit handler (which would wait on the core forever):
+        # a second Ctrl-C or an error before uvicorn starts still stops and joins the core
+        atexit.register(core.shutdown)
     try:
         engine = core.launch() if core else LLMEngine(engine_config(cfg))
     except (FileNotFoundError, ValueError) as e:  # not found / not cached, unsupported model
