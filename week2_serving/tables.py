@@ -59,7 +59,9 @@ def sweep_table(n: dict) -> str:
                 f"{c['mean_tpot_ms']:.1f}" + (f" ({c['failed']} failed)" if c["failed"] else "")
             )
         rows.append(row)
-    note = "Each cell: output tok/s / mean TTFT ms / mean TPOT ms, one run; — = not in the sweep."
+    runs = {len(c.get("runs_output_throughput") or [0]) for c in n["cells"].values()}
+    how = "one run" if runs == {1} else "the median of its runs (3 where a load repeats)"
+    note = f"Each cell: output tok/s / mean TTFT ms / mean TPOT ms, {how}; — = not in the sweep."
     return md_table(["server", *n["loads"]], rows) + "\n\n" + note
 
 
@@ -173,7 +175,7 @@ def engine_table(n: dict) -> str:
     loads = in_order(ENGINE_LOADS, [k.split("/")[1] for k in cells])
     by_cell = {"cells": cells, "servers": servers, "loads": loads}
     return (
-        md_table(["ratio of output tok/s (one run)", "measured", "target"], rows)
+        md_table(["ratio of output tok/s (medians of repeated runs)", "measured", "target"], rows)
         + "\n\n"
         + sweep_table(by_cell)
     )
