@@ -161,7 +161,7 @@ def memory_trace(model: str, num_requests: int = 64, max_num_seqs: int = 32, see
 
 def plot_throughput(cells: dict, out: Path) -> Path:
     loads = ["c1", "c8", "c32", "mixed-c32"]
-    servers = ["vllm", "continuous", "static", "sequential"]
+    servers = ["vllm", "continuous", "static-padded", "static", "sequential"]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(servers)
     for i, server in enumerate(servers):
