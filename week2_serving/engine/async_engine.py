@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.results import get_logger
+from week2_serving.engine.bridge import dispatch, refuse_if_full, settle
 from week2_serving.engine.engine_commands import run_command
 from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.llm_engine import LLMEngine, StepOutput
@@ -71,13 +72,9 @@ class AsyncEngine:
         that a refused request costs no tokenization and no trip to the engine thread; the
         engine's own bound (LLMEngine.add_sequence raising EngineFull) backs it up.
         """
-        if self.max_num_waiting is None:
-            return
-        waiting = len(self.engine.scheduler.waiting) + self.inbox.qsize()
-        if waiting >= self.max_num_waiting:
-            raise EngineFull(
-                waiting, retry_after=1.0, limit=f"--max-num-waiting {self.max_num_waiting}"
-            )
+        if self.max_num_waiting is not None:
+            waiting = len(self.engine.scheduler.waiting) + self.inbox.qsize()
+            refuse_if_full(waiting, self.max_num_waiting)
 
     def submit(self, seq: Sequence) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
@@ -158,16 +155,11 @@ class AsyncEngine:
             result, error = fn(), None
         except Exception as e:
             result, error = None, e
-        self.loop.call_soon_threadsafe(_settle, fut, result, error)
+        self.loop.call_soon_threadsafe(settle, fut, result, error)
 
     # --- back on the event loop ------------------------------------------------------------
     def _dispatch(self, outs: list[StepOutput]) -> None:
-        for o in outs:
-            q = self.streams.get(o.request_id)
-            if q is not None:
-                q.put_nowait(o)
-                if o.finished:
-                    del self.streams[o.request_id]
+        dispatch(self.streams, outs)
 
     def _fail_one(self, request_id: str, error: BaseException) -> None:
         q = self.streams.pop(request_id, None)
@@ -190,13 +182,4 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if kind == "call":
-                _settle(item[1], None, RuntimeError(f"engine failed: {self.error!r}"))
-
-
-def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    if fut.done():  # the caller went away
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
+                settle(item[1], None, RuntimeError(f"engine failed: {self.error!r}"))

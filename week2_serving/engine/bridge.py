@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from week2_serving.engine.engine_config import StepOutput
+from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.sequence import Sequence
 
 
@@ -26,3 +28,30 @@ class EngineBridge(Protocol):
 
     async def command(self, name: str, *args: Any) -> Any: ...  # engine_commands.COMMANDS[name]
     async def metrics_text(self) -> str: ...  # the Prometheus exposition of the engine's metrics
+
+
+# --- what both bridges do the same way, on the event loop ------------------------------------
+def refuse_if_full(waiting: int, max_num_waiting: int | None) -> None:
+    """EngineFull (429) when `waiting` requests wait already and the bound is `max_num_waiting`."""
+    if max_num_waiting is not None and waiting >= max_num_waiting:
+        raise EngineFull(waiting, retry_after=1.0, limit=f"--max-num-waiting {max_num_waiting}")
+
+
+def dispatch(streams: dict[str, asyncio.Queue], outs: list[StepOutput]) -> None:
+    """Each step output to its request's queue; a finished request's queue is let go."""
+    for o in outs:
+        q = streams.get(o.request_id)
+        if q is not None:
+            q.put_nowait(o)
+            if o.finished:
+                del streams[o.request_id]
+
+
+def settle(fut: asyncio.Future | None, result: Any, error: BaseException | None) -> None:
+    """Answer a command's future, unless its caller went away."""
+    if fut is None or fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

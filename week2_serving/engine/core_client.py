@@ -31,8 +31,8 @@ from typing import Any
 
 from common.results import get_logger
 from week2_serving.engine.block_manager import BlockManager
+from week2_serving.engine.bridge import dispatch, refuse_if_full, settle
 from week2_serving.engine.engine_core import CoreFacts, run_core
-from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine, StepOutput
 from week2_serving.engine.lora.manager import LoRAManager, Registered
 from week2_serving.engine.models import load_tokenizer
@@ -161,13 +161,7 @@ class CoreClient:
     def check_room(self) -> None:
         """As AsyncEngine.check_room: the core's last count of waiting requests plus the adds
         it has not seen yet."""
-        if self.max_num_waiting is None:
-            return
-        waiting = self.waiting + self.adds_sent - self.adds_seen
-        if waiting >= self.max_num_waiting:
-            raise EngineFull(
-                waiting, retry_after=1.0, limit=f"--max-num-waiting {self.max_num_waiting}"
-            )
+        refuse_if_full(self.waiting + self.adds_sent - self.adds_seen, self.max_num_waiting)
 
     def submit(self, seq: Sequence) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
@@ -230,17 +224,12 @@ class CoreClient:
             _, call_id, result, error, registry = msg
             if registry is not None and self.view is not None and self.view.lora is not None:
                 self.view.lora.registry = registry
-            _settle(self.calls.pop(call_id, None), result, error)
+            settle(self.calls.pop(call_id, None), result, error)
         elif kind == "dead":
             self._die(msg[1])
 
     def _dispatch(self, outs: list[StepOutput]) -> None:
-        for o in outs:
-            q = self.streams.get(o.request_id)
-            if q is not None:
-                q.put_nowait(o)
-                if o.finished:
-                    del self.streams[o.request_id]
+        dispatch(self.streams, outs)
 
     def _die(self, error: BaseException) -> None:
         """Fail every stream and pending command with `error`, once; then `on_death`."""
@@ -252,16 +241,7 @@ class CoreClient:
             q.put_nowait(error)
         self.streams.clear()
         for fut in self.calls.values():
-            _settle(fut, None, RuntimeError(f"engine failed: {error!r}"))
+            settle(fut, None, RuntimeError(f"engine failed: {error!r}"))
         self.calls.clear()
         if self.on_death is not None:
             self.on_death(error)
-
-
-def _settle(fut: asyncio.Future | None, result: Any, error: BaseException | None) -> None:
-    if fut is None or fut.done():  # the caller went away
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
