@@ -136,6 +136,9 @@ class DecodeGraphs:
         self.max_ctx = max_seq_len_to_capture
         c, bs = runner.cfg, runner.block_size
         self.scratch = runner.num_blocks  # the block id past the block manager's last
+        runner.kv = None  # rebuilt one block larger: free the old pool first, never hold two
+        if torch.device(runner.device).type == "cuda":
+            torch.cuda.empty_cache()
         runner.kv = PagedKVCache(
             c.num_layers, runner.num_blocks + 1, bs, c.num_kv_heads, c.head_dim,
             runner.dtype, runner.device,
