@@ -115,36 +115,44 @@ class ManagedServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ManagedServer:
-        """Refuse a busy port, start the child, wait until it is ready. Whatever ends the wait
-        (not ready in time, the child died, Ctrl-C, SIGTERM) stops the whole group first."""
+        """Refuse a busy port, start the child (unless `spawn` did), wait until it is ready.
+        Whatever ends the wait (not ready in time, the child died, Ctrl-C, SIGTERM) stops the
+        whole group first."""
+        try:
+            if self.proc is None:
+                self.spawn()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def spawn(self) -> ManagedServer:
+        """Start the child and return at once (`start` then only waits for it): servers spawned
+        together start side by side. The child is stopped at exit if nobody stops it before."""
         check_port_free(self.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self._log.write("$ " + " ".join(self.cmd) + "\n")
         self._log.flush()
         log.info("starting: %s (log: %s)", " ".join(self.cmd[:4]) + " ...", self.log_path)
-        try:
-            with signals_held():  # a signal between fork and `self.proc = ...` would lose the child
-                self.proc = subprocess.Popen(
-                    self.cmd,
-                    stdout=self._log,
-                    stderr=subprocess.STDOUT,
-                    env=self.env,
-                    # Its own process group (stop() signals the whole group), but not its own
-                    # session: with the kernel's autogroup scheduling (sched_autogroup_enabled=1,
-                    # the default on desktop and many VM kernels) a new session is a new
-                    # scheduling group that gets an equal share of CPU against the client's. On 2
-                    # cores that stalled vLLM's streams for seconds at a time (TTFT outliers in most
-                    # runs, none with the server in the client's session).
-                    **_OWN_GROUP,
-                    stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
-                )
-                self.pgid = self.proc.pid  # it leads its own group: pgid == pid
-                _STARTED.add(self)
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        with signals_held():  # a signal between fork and `self.proc = ...` would lose the child
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                # Its own process group (stop() signals the whole group), but not its own
+                # session: with the kernel's autogroup scheduling (sched_autogroup_enabled=1,
+                # the default on desktop and many VM kernels) a new session is a new
+                # scheduling group that gets an equal share of CPU against the client's. On 2
+                # cores that stalled vLLM's streams for seconds at a time (TTFT outliers in most
+                # runs, none with the server in the client's session).
+                **_OWN_GROUP,
+                stdin=subprocess.DEVNULL,  # a background group reading the terminal would stop
+            )
+            self.pgid = self.proc.pid  # it leads its own group: pgid == pid
+            _STARTED.add(self)
         return self
 
     def wait_ready(self) -> None:
@@ -254,6 +262,35 @@ _STARTED: set[ManagedServer] = set()
 def _stop_started_servers() -> None:
     for server in list(_STARTED):
         server.stop(grace_s=5.0)
+
+
+def mem_available_gib(meminfo: str = "/proc/meminfo") -> float | None:
+    """The kernel's MemAvailable in GiB, or None where there is no /proc/meminfo."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# What a small-model vLLM CPU server holds: its 2 GiB KV cache (vllm_env) and three Python
+# processes (API server, engine core, model worker), with room to spare.
+SERVER_GIB = 4.0
+
+
+def servers_at_once(
+    available_gib: float | None, per_server_gib: float = SERVER_GIB, most: int = 3
+) -> int:
+    """How many servers a study starts side by side: as many as fit in the available memory
+    with one server's worth left for the rest of the machine, at most `most`; 1 when unknown.
+    Only the start-ups overlap (each mostly imports Python on one core); the servers are
+    measured one at a time, the others idle (vLLM's idle engine and worker sleep on their
+    queues)."""
+    if available_gib is None or not available_gib > 0:
+        return 1
+    return max(1, min(most, int(available_gib // per_server_gib) - 1))
 
 
 def vllm_dtype_args(

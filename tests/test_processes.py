@@ -279,3 +279,27 @@ def test_stop_after_the_leader_was_reaped_still_ends_its_children(tmp_path):
         assert_group_gone_and_port_free(facts["pgid"], port)
     finally:
         kill_group(facts["pgid"])
+
+
+def test_spawned_server_returns_at_once_and_start_only_waits(tmp_path):
+    """spawn() starts the child without waiting (servers spawned together start side by side);
+    start() on a spawned server waits for it and starts no second child."""
+    port = free_port()
+    srv = ManagedServer(
+        fake_server(tmp_path, port, delay=2.0),
+        port,
+        tmp_path / "s.log",
+        ready_path="/",
+        timeout_s=60,
+    )
+    try:
+        t0 = time.monotonic()
+        srv.spawn()
+        assert time.monotonic() - t0 < 1.5  # the fake waits 2.3 s before it answers
+        assert not srv.is_ready()
+        first = srv.proc
+        srv.start()
+        assert srv.proc is first and srv.is_ready()
+    finally:
+        srv.stop(grace_s=5)
+    assert not srv.alive()

@@ -84,14 +84,15 @@ def test_capacity_levers_are_the_sweeps_servers_and_our_engine(tmp_path, monkeyp
 
 
 def test_the_prefix_study_alternates_its_two_servers(tmp_path, monkeypatch):
-    import contextlib
-    from types import SimpleNamespace
-
+    from tests.test_week2_sweep import SpawnableServer
     from week2_serving.harness import prefix_study as ps
 
-    @contextlib.contextmanager
+    events: list[tuple] = []
+
     def fake_launch(engine, model, extra, **kwargs):
-        yield SimpleNamespace(url="http://off" if extra else "http://on")
+        server = SpawnableServer("off" if extra else "on", events)
+        server.url = f"http://{server.name}"
+        return server
 
     sent: list[str] = []
 
@@ -110,7 +111,11 @@ def test_the_prefix_study_alternates_its_two_servers(tmp_path, monkeypatch):
     monkeypatch.setattr(ps.server_metrics, "scrape", lambda url: {})
     counters = lambda before, after: {"prefix_cache_hit_rate": 0.5}  # noqa: E731
     monkeypatch.setattr(ps.server_metrics, "cell_counters", counters)
+    monkeypatch.setattr(ps, "servers_at_once", lambda _gib, most=3: 2)
     res = ps.main(ps.PrefixStudyConfig(model="/m", num_runs=2))
     assert sent == ["http://on", "http://off"] * 2  # alternating, not one server then the other
+    # both spawned before either is waited for (start-ups side by side), both stopped
+    assert events[:4] == [("spawn", "on"), ("spawn", "off"), ("wait", "on"), ("wait", "off")]
+    assert {("stop", "on"), ("stop", "off")} <= set(events)
     assert res["checks"] == {"hit_rate_on_positive": True, "later_turns_lower": True}
     assert res["last_turn_ttft_ms"] == {"on": 10.0, "off": 40.0}

@@ -66,3 +66,50 @@ def test_the_command_asks_for_constant_rates_on_the_completions_api(tmp_path):
 def test_guidellm_runs_one_worker_process_by_default():
     assert guidellm_env()["GUIDELLM__MAX_WORKER_PROCESSES"] == "1"
     assert guidellm_env(4)["GUIDELLM__MAX_WORKER_PROCESSES"] == "4"
+
+
+def test_rounds_alternate_the_tools_and_compare_medians(tmp_path, monkeypatch):
+    """Three rounds, who goes first alternating; per rate the median of each tool is compared,
+    so one slow run of either tool does not decide the verdict."""
+    import shutil
+    import subprocess
+
+    from week2_serving.harness import guidellm_check as gc
+
+    order: list[str] = []
+    monkeypatch.setattr(gc, "GUIDELLM", tmp_path / "guidellm")
+    (tmp_path / "guidellm").touch()
+
+    def fake_run(cmd, **kw):
+        order.append("guidellm")
+        shutil.copy(CANNED, cmd[cmd.index("--output") + 1].split("path=", 1)[1])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    theirs = {r["rate"]: r for r in parse_guidellm(CANNED)}
+    slow = iter([1.0, 1.0, 3.0, 3.0, 1.0, 1.0])  # ours' second round is three times slower
+
+    def fake_ours(url, model, model_dir, prompts, rate, count):
+        order.append("ours")
+        k = next(slow)
+        out = {m: theirs[rate][m] * k for m in METRIC_MAP}
+        return {**out, "mean_tpot_ms": out["mean_tpot_token_weighted_ms"]}
+
+    monkeypatch.setattr(gc.subprocess, "run", fake_run)
+    monkeypatch.setattr(gc, "run_ours", fake_ours)
+    res = gc.run_check("http://h:1", "m", "/tok", tmp_path / "p.jsonl", [2.0, 4.0], 20, tmp_path)
+    assert order == [
+        "guidellm",
+        "ours",
+        "ours",
+        "ours",
+        "ours",
+        "guidellm",
+        "guidellm",
+        "ours",
+        "ours",
+    ]
+    assert [r["first"] for r in res["rounds"]] == ["guidellm", "ours", "guidellm"]
+    out = verdict(res, tolerance=0.10)
+    assert out["all_within_tolerance"]  # the medians agree; the slow round is outvoted
+    assert [r["rate"] for r in out["rows"]] == [2.0, 4.0]
+    assert out["rows"][0]["mean_ttft_ms"]["relative_diff"] == pytest.approx(0.0)

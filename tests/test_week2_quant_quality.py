@@ -103,6 +103,49 @@ def test_quality_records_servers_that_fail_and_variants_never_made(tmp_path, mon
     assert (tmp_path / "runs" / "week2" / "quant-quality" / "results.json").is_file()
 
 
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_quality_starts_servers_in_groups_and_uses_them_one_at_a_time(
+    tmp_path, monkeypatch, at_once
+):
+    """Two at once: a pair's servers are spawned before either is used; each is evaluated
+    alone and every one is stopped, also the one whose evaluation failed."""
+    import numpy as np
+
+    from tests.test_week2_sweep import SpawnableServer
+
+    model = fake_model(tmp_path / "model")
+    np.arange(2000, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    events = []
+    monkeypatch.setattr(quality, "servers_at_once", lambda _gib, most=3: at_once)
+    monkeypatch.setattr(
+        quality,
+        "launch",
+        lambda engine, folder, served_name, **kw: SpawnableServer(served_name, events),
+    )
+
+    def evaluate(url, name, windows, prompts, max_tokens):
+        events.append(("eval", name))
+        if name == "bf16":
+            raise RuntimeError("HTTP 500")
+        return {"logprobs": [[-1.0, -2.0]], "top1": [[1]], "greedy": [[3]], "greedy_repeat": [[3]]}
+
+    monkeypatch.setattr(quality, "evaluate_server", evaluate)
+    cfg = quality.QualityConfig(variants=["fp32", "bf16"], model=str(model), data=str(tmp_path))
+    rows = quality.main(cfg)["variants"]
+    assert rows["fp32"]["status"] == "ok" and "HTTP 500" in rows["bf16"]["error"]
+    if at_once == 2:
+        assert events[:2] == [("spawn", "fp32"), ("spawn", "bf16")]
+        assert events[2:] == [
+            ("wait", "fp32"), ("eval", "fp32"), ("stop", "fp32"),
+            ("wait", "bf16"), ("eval", "bf16"), ("stop", "bf16"),
+        ]  # fmt: skip
+    else:
+        assert events == [
+            ("start", "fp32"), ("eval", "fp32"), ("stop", "fp32"),
+            ("start", "bf16"), ("eval", "bf16"), ("stop", "bf16"),
+        ]  # fmt: skip
+
+
 # ---- the report ----
 
 

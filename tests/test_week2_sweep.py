@@ -14,6 +14,7 @@ from common.server import ServerError
 from tests.conftest import REPO
 from week2_serving.harness import sweep
 from week2_serving.harness.sweep import SweepConfig
+from week2_serving.harness.sweep_config import ConfigError
 
 
 def config(**kw) -> SweepConfig:
@@ -291,3 +292,90 @@ def test_a_server_may_name_its_engine_and_its_loads(runs_dir):
 
 
 # --- dry runs -------------------------------------------------------------------------------
+
+
+class SpawnableServer(FakeServer):
+    """A fake with ManagedServer's spawn/start/stop, noting each event in `events`."""
+
+    def __init__(self, name, events):
+        super().__init__()
+        self.name, self.events, self.spawned = name, events, False
+
+    def spawn(self):
+        self.spawned = True
+        self.events.append(("spawn", self.name))
+        return self
+
+    def __enter__(self):
+        self.events.append(("wait" if self.spawned else "start", self.name))
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        if ("stop", self.name) not in self.events:
+            self.events.append(("stop", self.name))
+
+
+def spawnable_launcher(events):
+    def launch(engine, model, extra=None, **kw):
+        return SpawnableServer("b" if extra else "a", events)
+
+    return launch
+
+
+def bench_noting(events, crash_at=None):
+    def runner(cfg):
+        events.append(("cell", cfg.max_concurrency))
+        if crash_at is not None and len([e for e in events if e[0] == "cell"]) == crash_at:
+            raise KeyboardInterrupt("power cut")
+        return {"completed": cfg.num_prompts, "num_prompts": cfg.num_prompts}
+
+    return runner
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_servers_at_once_overlaps_start_ups_never_cells(runs_dir, at_once):
+    events = []
+    sweep.run_sweep(
+        config(servers_at_once=at_once), spawnable_launcher(events), bench_noting(events)
+    )
+    kinds = [e for e in events if e[0] != "cell"]
+    if at_once == 2:  # b spawned before a's first cell, waited for after a stopped
+        assert kinds == [
+            ("spawn", "b"),
+            ("start", "a"),
+            ("stop", "a"),
+            ("wait", "b"),
+            ("stop", "b"),
+        ]
+    else:
+        assert kinds == [("start", "a"), ("stop", "a"), ("start", "b"), ("stop", "b")]
+    # every cell ran while exactly one server was in use
+    in_use = None
+    for kind, who in events:
+        if kind in ("start", "wait"):
+            assert in_use is None
+            in_use = who
+        elif kind == "stop" and who == in_use:
+            in_use = None
+        elif kind == "cell":
+            assert in_use is not None
+    assert len(done_cells(runs_dir)) == 6
+
+
+def test_interrupted_sweep_stops_the_server_spawned_early(runs_dir):
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(
+            config(servers_at_once=2), spawnable_launcher(events), bench_noting(events, crash_at=2)
+        )
+    assert ("spawn", "b") in events and ("stop", "b") in events and ("stop", "a") in events
+    assert ("wait", "b") not in events
+
+
+@pytest.mark.parametrize("bad", [0, 9, 1.5, "2", True])
+def test_servers_at_once_must_be_a_small_integer(bad):
+    with pytest.raises(ConfigError, match="servers_at_once"):
+        config(servers_at_once=bad)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -103,38 +104,83 @@ def compare(ours: dict, theirs: dict, tolerance: float) -> dict:
     return out
 
 
+def run_ours(url: str, model: str, model_dir: str, prompts: Path, rate: float, count: int) -> dict:
+    """Our harness at `rate` on the same prompt file, arrivals spaced as guidellm's constant."""
+    cfg = bench.BenchConfig(
+        base_url=url,
+        model=model,
+        tokenizer=model_dir,
+        dataset_name="file",
+        dataset_path=str(prompts),
+        num_prompts=count,
+        request_rate=rate,
+        burstiness=CONSTANT_BURSTINESS,
+        num_warmups=1,
+        save=False,
+    )
+    return bench.main(cfg)
+
+
 def run_check(
-    url: str, model: str, model_dir: str, prompts: Path, rates: list[float], count: int, out: Path
+    url: str,
+    model: str,
+    model_dir: str,
+    prompts: Path,
+    rates: list[float],
+    count: int,
+    out: Path,
+    rounds: int = 3,
 ) -> dict:
-    """guidellm at `rates`, then ours at the same rates on the same prompts; compared."""
+    """`rounds` rounds, each guidellm at every rate (one run of it) and ours at the same rates,
+    who goes first alternating; per rate and metric the medians over rounds are compared. A
+    server's speed drifts over minutes on a small shared machine: one run of each, a minute
+    apart, differs by more than the tools do."""
     if not GUIDELLM.exists():
         return {"skipped": f"{GUIDELLM} not found: run `make setup-guidellm`"}
-    path = out / "guidellm-benchmarks.json"
-    cmd = guidellm_command(url, model, model_dir, prompts, rates, count, path)
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=1800, cwd=out, env=guidellm_env()
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    rows = []
-    for theirs in parse_guidellm(path):
-        cfg = bench.BenchConfig(
-            base_url=url,
-            model=model,
-            tokenizer=model_dir,
-            dataset_name="file",
-            dataset_path=str(prompts),
-            num_prompts=count,
-            request_rate=theirs["rate"],
-            burstiness=CONSTANT_BURSTINESS,
-            num_warmups=1,
-            save=False,
+    per_round = []
+    cmd: list[str] = []
+    for r in range(rounds):
+        path = out / f"guidellm-round{r}.json"
+        cmd = guidellm_command(url, model, model_dir, prompts, rates, count, path)
+
+        def theirs(cmd=cmd, path=path) -> list[dict]:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=1800, cwd=out, env=guidellm_env()
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+            return parse_guidellm(path)
+
+        def ours() -> list[dict]:
+            return [run_ours(url, model, model_dir, prompts, rate, count) for rate in rates]
+
+        if r % 2 == 0:
+            g, o = theirs(), ours()
+        else:
+            o, g = ours(), theirs()
+        per_round.append(
+            {
+                "round": r,
+                "first": "guidellm" if r % 2 == 0 else "ours",
+                "guidellm": g,
+                "ours": [{k: res[k] for k in (*METRIC_MAP, "mean_tpot_ms")} for res in o],
+            }
         )
-        ours = bench.main(cfg)
-        row = {"rate": theirs["rate"], **compare(ours, theirs, 1.0)}
-        row["ours_mean_tpot_request_weighted_ms"] = ours["mean_tpot_ms"]  # shown, not judged
+    return {"command": cmd, "rounds": per_round, "rows": combine_rounds(per_round, rates)}
+
+
+def combine_rounds(per_round: list[dict], rates: list[float]) -> list[dict]:
+    """Per rate: each metric's median over rounds for both tools, compared (the verdict's
+    tolerance is applied by `verdict`)."""
+    rows = []
+    for i, rate in enumerate(rates):
+        theirs = {k: statistics.median(r["guidellm"][i][k] for r in per_round) for k in METRIC_MAP}
+        ours = {k: statistics.median(r["ours"][i][k] for r in per_round) for k in METRIC_MAP}
+        row = {"rate": rate, "rounds": len(per_round), **compare(ours, theirs, 1.0)}
+        request_weighted = statistics.median(r["ours"][i]["mean_tpot_ms"] for r in per_round)
+        row["ours_mean_tpot_request_weighted_ms"] = request_weighted  # shown, not judged
         rows.append(row)
-    return {"command": cmd, "rows": rows}
+    return rows
 
 
 def verdict(result: dict, tolerance: float) -> dict:

@@ -26,6 +26,7 @@ from common.cli import parse
 from common.plots import plt, save
 from common.report import md_table
 from common.results import get_logger, read_json, run_dir, runs_root, save_results
+from common.server import mem_available_gib, servers_at_once
 from week2_serving.harness import bench, server_metrics
 from week2_serving.harness.launch import launch
 from week2_serving.harness.multiturn import ttft_by_turn
@@ -85,18 +86,26 @@ def measure(cfg: PrefixStudyConfig, out) -> tuple[dict, dict]:
     def start(extra: list[str]):
         return launch(cfg.engine, model, extra=extra, log_dir=out, served_name="m", env=env)
 
-    with start([]) as on_srv, start(OFF_FLAGS[cfg.engine]) as off_srv:
-        servers = {True: on_srv, False: off_srv}
-        before = {c: server_metrics.scrape(s.url) for c, s in servers.items()}
-        runs: dict[bool, list[dict]] = {True: [], False: []}
-        for k in range(cfg.num_runs):
-            for caching, srv in servers.items():
-                cfg_k = workload(cfg, srv.url, model, warmups=1 if k == 0 else 0)
-                runs[caching].append(bench.main(cfg_k))
-        counters = {
-            c: server_metrics.cell_counters(before[c], server_metrics.scrape(s.url))
-            for c, s in servers.items()
-        }
+    pair = [start([]), start(OFF_FLAGS[cfg.engine])]
+    try:
+        if servers_at_once(mem_available_gib()) > 1:  # their start-ups side by side
+            for server in pair:
+                server.spawn()
+        with pair[0] as on_srv, pair[1] as off_srv:
+            servers = {True: on_srv, False: off_srv}
+            before = {c: server_metrics.scrape(s.url) for c, s in servers.items()}
+            runs: dict[bool, list[dict]] = {True: [], False: []}
+            for k in range(cfg.num_runs):
+                for caching, srv in servers.items():
+                    cfg_k = workload(cfg, srv.url, model, warmups=1 if k == 0 else 0)
+                    runs[caching].append(bench.main(cfg_k))
+            counters = {
+                c: server_metrics.cell_counters(before[c], server_metrics.scrape(s.url))
+                for c, s in servers.items()
+            }
+    finally:
+        for server in pair:
+            server.stop()
     both = []
     for caching in (True, False):
         res = combine_runs(runs[caching])

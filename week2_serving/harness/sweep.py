@@ -32,7 +32,7 @@ from pathlib import Path
 from common.cli import build_parser, config_from_args
 from common.procs import Terminated, sigterm_as_interrupt
 from common.results import get_logger, write_json_atomic, write_results
-from common.server import log_tail
+from common.server import log_tail, mem_available_gib, servers_at_once
 from week2_serving.harness import bench, server_metrics
 from week2_serving.harness.cells import (
     Cell,
@@ -116,15 +116,10 @@ def bench_cell(
     return res, None
 
 
-def run_server(
-    cfg: SweepConfig,
-    cells: list[Cell],
-    launcher: Callable,
-    runner: Callable,
-    scraper: Callable[[str], dict] = server_metrics.scrape,
-) -> None:
-    """Start the cells' server once and run them in order; each ends done or failed."""
-    first, left, server = cells[0], list(cells), None
+def prepare_server(cfg: SweepConfig, cells: list[Cell], launcher: Callable) -> tuple:
+    """The cells' server, not started: (server, info, None), or (None, info, error) when it
+    cannot be made (a hub id that cannot be fetched, a launcher check that fails)."""
+    first = cells[0]
     info = {"engine": first.engine, "model": model_path(first.model), "args": first.args}
     try:
         info["model"] = resolve_model(first.model)  # a hub id: downloaded here, unless offline
@@ -136,6 +131,38 @@ def run_server(
             log_dir=first.folder.parent,
             served_name=cfg.served_model_name,
         )
+    except Exception as e:
+        return None, info, e
+    return server, info, None
+
+
+def spawn_early(prepared: tuple) -> tuple:
+    """Start a prepared server's process now, without waiting for it (its turn waits)."""
+    server, info, error = prepared
+    spawn = getattr(server, "spawn", None)
+    if error is None and spawn is not None:
+        try:
+            spawn()
+        except Exception as e:
+            return None, info, e
+    return prepared
+
+
+def run_server(
+    cfg: SweepConfig,
+    cells: list[Cell],
+    launcher: Callable,
+    runner: Callable,
+    scraper: Callable[[str], dict] = server_metrics.scrape,
+    prepared: tuple | None = None,
+) -> None:
+    """Start the cells' server once (or wait for it, if spawned early) and run them in order;
+    each ends done or failed."""
+    left = list(cells)
+    server, info, error = prepared or prepare_server(cfg, cells, launcher)
+    try:
+        if error is not None:
+            raise error
         with server as srv:
             info["command"] = srv.cmd
             run_cells(cfg, left, srv, info, runner, scraper)
@@ -181,12 +208,27 @@ def run_sweep(
     """Run every cell not done yet, server by server; return the sweep's folder."""
     out = sweep_dir(cfg)
     write_json_atomic(out / "sweep.json", {"config": cfg.__dict__})
+    groups = []
     for name, cells in by_server(plan(cfg)).items():
         todo = [c for c in cells if cell_status(c) != "done"]
-        if not todo:
+        if todo:
+            groups.append(todo)
+        else:
             log.info("server %s: all %d cells done, skipping", name, len(cells))
-            continue
-        run_server(cfg, todo, launcher, runner, scraper)
+    # Servers start in groups of `at_once`: the group's later servers are spawned with its first
+    # and wait, idle, until their turn; only their start-ups overlap, never a measured cell.
+    at_once = cfg.servers_at_once or servers_at_once(mem_available_gib())
+    early: dict[int, tuple] = {}
+    try:
+        for i, todo in enumerate(groups):
+            if i % at_once == 0:
+                for j in range(i + 1, min(i + at_once, len(groups))):
+                    early[j] = spawn_early(prepare_server(cfg, groups[j], launcher))
+            run_server(cfg, todo, launcher, runner, scraper, early.pop(i, None))
+    finally:  # interrupted: a server spawned early and never run is stopped too
+        for server, _info, _error in early.values():
+            if server is not None and hasattr(server, "stop"):
+                server.stop()
     log.info("sweep %s done: %s", cfg.name, out)
     return out
 

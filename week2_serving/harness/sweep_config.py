@@ -40,6 +40,9 @@ class SweepConfig:
     bench: dict = field(default_factory=dict)  # BenchConfig defaults for every load
     served_model_name: str | None = None
     max_model_len: int | None = None
+    # servers started side by side (each measured alone, the other idle); None: 2 when
+    # there is memory for two (common.server.servers_at_once), else 1
+    servers_at_once: int | None = None
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -79,6 +82,12 @@ def config_problems(cfg: SweepConfig) -> list[str]:
     problems = []
     if cfg.engine not in ENGINES:
         problems.append(f"engine {cfg.engine!r}: use one of {', '.join(ENGINES)}")
+    at_once = cfg.servers_at_once
+    if at_once is not None and (type(at_once) is not int or not 1 <= at_once <= 8):
+        problems.append(
+            f"servers_at_once={at_once!r}: use an integer from 1 to 8 (1: one server at a time), "
+            "or leave it out to decide from free memory"
+        )
     for kind, items in (("servers", cfg.servers), ("loads", cfg.loads)):
         if not isinstance(items, list) or not items:
             problems.append(f"the sweep needs at least one entry in {kind!r}")

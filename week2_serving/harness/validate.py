@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from common.cli import parse
@@ -57,7 +57,7 @@ class ValidateConfig:
     """Our harness against `vllm bench serve`: same vLLM server, same prompts, side by side."""
 
     model: str | None = None  # HF folder or hub id (none: runs/week1/hf-model)
-    num_prompts: int = 256  # requests per tool per round
+    num_prompts: int = 128  # requests per tool per round
     input_len: int = 256  # mean prompt tokens
     output_len: int = 128  # mean output tokens (ignore_eos: exactly these)
     max_concurrency: int = 32  # requests in flight, both tools
@@ -65,21 +65,35 @@ class ValidateConfig:
     # streams ends on the same step and the next wave's TTFT depends on how fast the client
     # turns finished streams into new requests (see the README)
     range_ratio: float = 0.5
-    rounds: int = 5  # each tool runs this many times, alternating; the medians are compared
+    rounds: int = 3  # each tool runs this many times, alternating; the medians are compared
     tolerance: float = 0.10  # relative difference of the medians counted as agreement
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
     # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped
-    guidellm_rate_shares: tuple[float, float] = (0.3, 0.6)
-    guidellm_prompts: int = 64  # requests per guidellm rate (and ours)
+    guidellm_rate_shares: tuple[float, float] = (0.25, 0.5)
+    guidellm_prompts: int = 48  # requests per guidellm rate (and ours), each round
+    guidellm_rounds: int = 3  # rounds of both tools at both rates, alternating; medians compared
+    # the clients' niceness: on the core they share with the server's API and engine processes
+    # they yield to the server, so what is measured is the server, not the clients' contention
+    client_nice: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("num_prompts", "input_len", "output_len", "max_concurrency", "rounds"):
+        for name in (
+            "num_prompts",
+            "input_len",
+            "output_len",
+            "max_concurrency",
+            "rounds",
+            "guidellm_prompts",
+            "guidellm_rounds",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.range_ratio < 1:
             raise ValueError(f"range_ratio={self.range_ratio} must be in [0, 1)")
         if not self.tolerance > 0:
             raise ValueError(f"tolerance={self.tolerance} must be > 0")
+        if type(self.client_nice) is not int or not 0 <= self.client_nice <= 19:
+            raise ValueError(f"client_nice={self.client_nice!r} must be an integer in 0..19")
 
 
 def model_folder(cfg: ValidateConfig) -> str:
@@ -120,9 +134,10 @@ def guidellm_part(url: str, model_dir: str, rows: list, cfg: ValidateConfig, out
     saturated = statistics.median(r["ours"]["request_throughput"] for r in rows)
     rates = [round(share * saturated, 3) for share in cfg.guidellm_rate_shares]
     tokenizer = bench.load_tokenizer(model_dir)
-    prompts = write_prompts(out / "prompts-guidellm.jsonl", tokenizer, cfg, seed=1000)
+    rows_cfg = replace(cfg, num_prompts=cfg.guidellm_prompts)
+    prompts = write_prompts(out / "prompts-guidellm.jsonl", tokenizer, rows_cfg, seed=1000)
     result = guidellm_check.run_check(
-        url, "week1", model_dir, prompts, rates, min(cfg.guidellm_prompts, cfg.num_prompts), out
+        url, "week1", model_dir, prompts, rates, cfg.guidellm_prompts, out, cfg.guidellm_rounds
     )
     return guidellm_check.verdict(result, cfg.tolerance)
 
@@ -277,6 +292,7 @@ def main(cfg: ValidateConfig) -> dict:
         os.sched_setaffinity(0, {cores[-1]})
     try:
         with server:
+            os.nice(cfg.client_nice)  # after the server started: it keeps its priority
             rows = run_rounds(server.url, "week1", folder, cfg, out)
             second_tool = guidellm_part(server.url, folder, rows, cfg, out)
     finally:

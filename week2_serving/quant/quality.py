@@ -42,7 +42,7 @@ from tqdm import tqdm
 from common.cli import parse
 from common.hub import hub_env, is_offline, resolve_model
 from common.results import get_logger, read_json, runs_root, save_results
-from common.server import ServerError
+from common.server import ManagedServer, ServerError, mem_available_gib, servers_at_once
 from common.timing import environment
 from week2_serving.harness.launch import launch
 from week2_serving.quant.metrics import (
@@ -154,27 +154,44 @@ def variant_dirs(cfg: QualityConfig) -> dict[str, Path]:
     return {v: qdir / v if VARIANTS[v].quantized else model for v in cfg.variants}
 
 
-def measure_variant(
-    name: str, folder: Path, texts: tuple[list, list], cfg: QualityConfig, cuda: bool
-) -> tuple[dict, dict | None]:
-    """Serve one variant and ask it the eval windows and prompts: (its row, what it answered)."""
+def variant_server(
+    name: str, folder: Path, cfg: QualityConfig, cuda: bool
+) -> tuple[dict, ManagedServer | None]:
+    """One variant's row and its server, not started (None, with the row's error, when the
+    variant was never made or its server cannot be made)."""
     serve = serve_args(name, cuda=cuda)
     row = {"model": str(folder), "dtype": serve_dtype(name, cuda=cuda), "serve_args": serve}
     if not (folder / "config.json").is_file():
         row.update(status="error", error=_missing_error(name, folder, cfg))
         log.error("%s: %s", name, row["error"])
         return row, None
-    t0 = time.perf_counter()
-    got = None
     try:
-        with launch(
+        server = launch(
             "vllm",
             folder,
             extra=serve + EAGER,
             log_dir=runs_root() / "week2" / cfg.name,
             served_name=name,
             env=hub_env(is_offline(cfg.offline)),
-        ) as srv:
+        )
+    except (ServerError, ValueError) as e:
+        row.update(status="error", error=f"{type(e).__name__}: {e}")
+        log.error("%s failed: %s", name, str(e).splitlines()[0])
+        return row, None
+    return row, server
+
+
+def measure_variant(
+    name: str, row: dict, server: ManagedServer | None, texts: tuple[list, list], cfg: QualityConfig
+) -> tuple[dict, dict | None]:
+    """Start (or wait for) the variant's server and ask it the eval windows and prompts: (its
+    row, what it answered)."""
+    if server is None:
+        return row, None
+    t0 = time.perf_counter()
+    got = None
+    try:
+        with server as srv:
             got = evaluate_server(srv.url, name, *texts, cfg.max_tokens)
         row.update(status="ok", **perplexity(got["logprobs"]))
     except (ServerError, RuntimeError, httpx.HTTPError, ValueError, KeyError) as e:
@@ -182,6 +199,38 @@ def measure_variant(
         log.error("%s failed: %s", name, str(e).splitlines()[0])
     row["seconds"] = time.perf_counter() - t0
     return row, got
+
+
+def measure_all(
+    dirs: dict[str, Path], texts: tuple[list, list], cfg: QualityConfig, cuda: bool
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every variant's row and answers. Servers start in groups (`servers_at_once`: two where
+    memory allows): a group's servers are spawned together, then used one at a time."""
+    rows: dict[str, dict] = {}
+    raw: dict[str, dict] = {}
+    at_once = servers_at_once(mem_available_gib(), most=2)  # 4 variants: two pairs
+    names = list(cfg.variants)
+    with tqdm(total=len(names), desc="quality", unit="variant") as bar:
+        for k in range(0, len(names), at_once):
+            made = {n: variant_server(n, dirs[n], cfg, cuda) for n in names[k : k + at_once]}
+            try:
+                for n, (row, server) in made.items():
+                    if server is not None and len(made) > 1:
+                        try:
+                            server.spawn()
+                        except ServerError as e:
+                            row.update(status="error", error=f"ServerError: {e}")
+                            made[n] = (row, None)
+                for n, (row, server) in made.items():
+                    rows[n], got = measure_variant(n, row, server, texts, cfg)
+                    if got is not None:
+                        raw[n] = got
+                    bar.update()
+            finally:  # stopped on every exit, the group's unused ones too
+                for _row, server in made.values():
+                    if server is not None:
+                        server.stop()
+    return rows, raw
 
 
 def compare_variants(rows: dict[str, dict], raw: dict[str, dict]) -> None:
@@ -216,12 +265,7 @@ def main(cfg: QualityConfig) -> dict:
     windows = token_windows(data, "val", cfg.num_prompts, cfg.eval_len)
     prompts = [w[: cfg.prompt_len] for w in windows]
     cuda = shutil.which("nvidia-smi") is not None
-    rows: dict[str, dict] = {}
-    raw: dict[str, dict] = {}
-    for name in tqdm(cfg.variants, desc="quality", unit="variant"):
-        rows[name], got = measure_variant(name, dirs[name], (eval_windows, prompts), cfg, cuda)
-        if got is not None:
-            raw[name] = got
+    rows, raw = measure_all(dirs, (eval_windows, prompts), cfg, cuda)
     compare_variants(rows, raw)
     sizes = _sizes(dirs, quantized_dir(cfg))
     for name, row in rows.items():
