@@ -333,13 +333,17 @@ def vllm_command(
 
 
 def vllm_env(kv_cache_gib: int = 2, offline: bool | None = None) -> dict[str, str]:
-    """The variables vLLM's server gets: its CPU KV-cache size, no usage reports, and the hub's
-    offline switches only when offline (True, HF_HUB_OFFLINE, or None and the hub unreachable)."""
+    """The variables vLLM's server gets: its CPU KV-cache size, no usage reports, its dev routes
+    (the prefix-cache reset), and the hub's offline switches only when offline (True,
+    HF_HUB_OFFLINE, or None and the hub unreachable)."""
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         **hub_env(is_offline(offline, probe=hub_reachable)),
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        # its dev routes, /reset_prefix_cache among them: a benchmark resets the prefix cache
+        # between runs (the server listens on 127.0.0.1 only)
+        "VLLM_SERVER_DEV_MODE": "1",
     }
 
 

@@ -37,3 +37,15 @@ def test_mem_available_unreadable_is_none(tmp_path, text):
 def test_servers_at_once_leave_one_servers_worth_of_memory(available, expected):
     assert servers_at_once(available) == expected
     assert servers_at_once(available, most=1) == 1
+
+
+def test_vllm_servers_open_the_prefix_cache_reset_route(monkeypatch):
+    """Benchmarks reset the prefix cache between runs (POST /reset_prefix_cache): vLLM serves
+    that route only with VLLM_SERVER_DEV_MODE=1, so every vLLM server we start sets it."""
+    from common.server import vllm_env
+    from week2_serving.harness.launch import server_spec
+
+    assert vllm_env(offline=True)["VLLM_SERVER_DEV_MODE"] == "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub probe
+    spec = server_spec("vllm", "/nowhere/model", 8000, ["--dtype", "float32"], 1024, "m")
+    assert spec.env["VLLM_SERVER_DEV_MODE"] == "1"

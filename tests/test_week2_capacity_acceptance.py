@@ -90,7 +90,8 @@ def test_the_prefix_study_alternates_its_two_servers(tmp_path, monkeypatch):
     events: list[tuple] = []
 
     def fake_launch(engine, model, extra, **kwargs):
-        server = SpawnableServer("off" if extra else "on", events)
+        assert extra[0] == "--enforce-eager"  # vLLM serves the study eager: faster start-ups
+        server = SpawnableServer("off" if "--no-enable-prefix-caching" in extra else "on", events)
         server.url = f"http://{server.name}"
         return server
 

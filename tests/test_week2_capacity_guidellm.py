@@ -113,3 +113,23 @@ def test_rounds_alternate_the_tools_and_compare_medians(tmp_path, monkeypatch):
     assert out["all_within_tolerance"]  # the medians agree; the slow round is outvoted
     assert [r["rate"] for r in out["rows"]] == [2.0, 4.0]
     assert out["rows"][0]["mean_ttft_ms"]["relative_diff"] == pytest.approx(0.0)
+
+
+def test_the_readme_table_shows_each_rate_and_marks_misses():
+    from week2_serving.tables import guidellm_numbers, guidellm_table
+
+    within = {"guidellm": 10.0, "ours": 10.5, "relative_diff": 0.05, "within": True}
+    miss = {"guidellm": 10.0, "ours": 12.0, "relative_diff": 0.2, "within": False}
+    row = {"rate": 2.5, "rounds": 3, "mean_ttft_ms": within, "mean_tpot_token_weighted_ms": miss}
+    results = {
+        "guidellm": {"rows": [row], "tolerance": 0.1},
+        "config": {"guidellm_rate_shares": [0.25, 0.5]},
+    }
+    table = guidellm_table(guidellm_numbers(results))
+    ttft = next(line for line in table.splitlines() if "TTFT" in line)
+    tpot = next(line for line in table.splitlines() if "TPOT" in line)
+    assert "+5.0%" in ttft and ttft.endswith("| yes |")
+    assert "+20.0%" in tpot and "**NO**" in tpot
+    assert "medians over 3 rounds" in table and "25% and 50%" in table
+    skipped = {"guidellm": {"skipped": "no venv"}, "config": {}}
+    assert guidellm_table(guidellm_numbers(skipped)) == "guidellm not run: no venv"

@@ -12,8 +12,10 @@ import pytest
 from common.results import write_json_atomic
 from week2_serving.harness.capacity_search import (
     crossing,
+    interleave,
     monotone_fit,
     search_capacity,
+    search_steps,
     slo_ratio,
 )
 from week2_serving.harness.prefix_study import checks, prefix_section
@@ -177,3 +179,49 @@ def test_the_study_wires_searches_checks_and_cost_together(tmp_path, monkeypatch
         2.0 / (11 * res["capacity"] * 3600) * 1e6
     )
     assert (tmp_path / "week2" / "capacity-default" / "report.md").is_file()
+
+
+def drifting_machine(clock: list[int], slowdown: float = 0.01):
+    """A server that gets slower with every probe it serves (the machine drifts): its
+    saturated rate falls by `slowdown` per probe, shared by every search that probes it."""
+
+    def probe(rate: float) -> Probe:
+        clock[0] += 1
+        saturated = SATURATED * (1 - slowdown) ** clock[0]
+        p99 = 100 / (1 - rate / saturated) if rate < saturated else math.inf
+        return Probe(rate, p99 <= 500, {"slo_ratio": p99 / 500})
+
+    return probe
+
+
+def test_interleaved_searches_take_turns_and_share_the_drift():
+    """Three searches in turn on a drifting machine find nearly the same capacity; one after
+    the other, each meets a slower machine and they spread apart."""
+    clock = [0]
+    order: list[int] = []
+
+    def tagged(i: int, probe):
+        def run(rate: float) -> Probe:
+            order.append(i)
+            return probe(rate)
+
+        return run
+
+    machine = drifting_machine(clock)
+    turns = [(search_steps(1.0, SATURATED, 0.02, 8, 0.05), tagged(i, machine)) for i in range(3)]
+    together = [r["capacity"] for r in interleave(turns)]
+    assert order[:6] == [0, 1, 2, 0, 1, 2]  # one probe each, in turn
+    clock[0] = 0
+    apart = [
+        search_capacity(drifting_machine(clock), 1.0, SATURATED, 0.02, 8, 0.05)["capacity"]
+        for _ in range(3)
+    ]
+
+    def spread(caps):
+        return (max(caps) - min(caps)) / statistics.median(caps)
+
+    assert spread(together) < 0.05 < 0.10 < spread(apart)
+    assert (
+        search_capacity(noisy_server(0.0, 0), 1.0, SATURATED, 0.02, 12, 0.05)
+        == interleave([(search_steps(1.0, SATURATED, 0.02, 12, 0.05), noisy_server(0.0, 0))])[0]
+    )  # one search alone: the same answer either way

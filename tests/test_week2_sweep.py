@@ -336,7 +336,8 @@ def bench_noting(events, crash_at=None):
 
 
 @pytest.mark.parametrize("at_once", [1, 2])
-def test_servers_at_once_overlaps_start_ups_never_cells(runs_dir, at_once):
+def test_servers_at_once_overlaps_start_ups_never_cells(runs_dir, at_once, monkeypatch):
+    monkeypatch.setattr(sweep, "mem_available_gib", lambda: 64.0)  # room for any number
     events = []
     sweep.run_sweep(
         config(servers_at_once=at_once), spawnable_launcher(events), bench_noting(events)
@@ -365,7 +366,8 @@ def test_servers_at_once_overlaps_start_ups_never_cells(runs_dir, at_once):
     assert len(done_cells(runs_dir)) == 6
 
 
-def test_interrupted_sweep_stops_the_server_spawned_early(runs_dir):
+def test_interrupted_sweep_stops_the_server_spawned_early(runs_dir, monkeypatch):
+    monkeypatch.setattr(sweep, "mem_available_gib", lambda: 64.0)
     events = []
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(
@@ -379,3 +381,10 @@ def test_interrupted_sweep_stops_the_server_spawned_early(runs_dir):
 def test_servers_at_once_must_be_a_small_integer(bad):
     with pytest.raises(ConfigError, match="servers_at_once"):
         config(servers_at_once=bad)
+
+
+def test_short_memory_starts_one_server_at_a_time(runs_dir, monkeypatch):
+    monkeypatch.setattr(sweep, "mem_available_gib", lambda: 6.0)  # one server's worth free
+    events = []
+    sweep.run_sweep(config(servers_at_once=2), spawnable_launcher(events), bench_noting(events))
+    assert [e for e in events if e[0] == "spawn"] == []

@@ -128,6 +128,47 @@ def validate_table(n: dict) -> str:
     return md_table(headers + ["per-round difference", "within tolerance"], rows) + "\n\n" + note
 
 
+GUIDELLM_NAMES = {
+    "request_throughput": "requests/s",
+    "output_throughput": "output tok/s",
+    "mean_ttft_ms": "mean TTFT (ms)",
+    "mean_tpot_token_weighted_ms": "mean TPOT, token-weighted (ms)",
+}
+
+
+def guidellm_numbers(r: dict) -> dict:
+    g = r.get("guidellm") or {"skipped": "not run"}
+    if "rows" not in g:
+        return {"skipped": g.get("skipped", "not run")}
+    rows = []
+    for row in g["rows"]:
+        metrics = {k: row[k] for k in GUIDELLM_NAMES if k in row}
+        rows.append({"rate": row["rate"], "metrics": metrics, "rounds": row.get("rounds", 1)})
+    shares = r["config"].get("guidellm_rate_shares")
+    return {"rows": rows, "tolerance": g["tolerance"], "shares": shares}
+
+
+def guidellm_table(n: dict) -> str:
+    if "rows" not in n:
+        return f"guidellm not run: {n['skipped']}"
+    rows = []
+    for row in n["rows"]:
+        for k, m in row["metrics"].items():
+            rows.append([
+                f"{row['rate']:.2f}", GUIDELLM_NAMES[k], f"{m['guidellm']:.2f}", f"{m['ours']:.2f}",
+                f"**{100 * m['relative_diff']:+.1f}%**", "yes" if m["within"] else "**NO**",
+            ])  # fmt: skip
+    shares = " and ".join(f"{100 * s:.0f}%" for s in n["shares"] or [])
+    k = n["rows"][0]["rounds"]
+    how = f"medians over {k} rounds (the tools take turns going first)" if k > 1 else "one run each"
+    note = (
+        f"Constant rates at {shares} of our saturated rate; {how}; tolerance "
+        f"±{100 * n['tolerance']:.0f}%."
+    )
+    headers = ["rate (req/s)", "metric", "guidellm", "ours", "difference", "within tolerance"]
+    return md_table(headers, rows) + "\n\n" + note
+
+
 ENGINE_SERVERS = (
     "vllm",
     "continuous",
@@ -226,6 +267,8 @@ register(Table("week2-quality", "week2", "week2/quant-quality/results.json", qua
                quality_table))  # fmt: skip
 register(Table("week2-validate", "week2", "week2/validate/results.json", validate_numbers,
                validate_table))  # fmt: skip
+register(Table("week2-guidellm", "week2", "week2/validate/results.json", guidellm_numbers,
+               guidellm_table))  # fmt: skip
 register(Table("week2-engine", "week2", "week2/engine/results.json", engine_numbers,
                engine_table))  # fmt: skip
 register(Table("week2-kv-memory", "week2", "week2/engine/results.json", memory_numbers,

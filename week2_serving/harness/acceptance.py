@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.cli import parse
+from common.procs import sigterm_as_interrupt
 from common.results import get_logger, read_json, runs_root, save_results
 from week2_serving.harness import capacity, prefix_study, validate
 
@@ -134,4 +135,7 @@ def main(cfg: AcceptanceConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse(AcceptanceConfig, description=__doc__)))
+    cfg = parse(AcceptanceConfig, description=__doc__)
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started is stopped
+        code = main(cfg)
+    sys.exit(code)

@@ -11,7 +11,8 @@ saturated rate (everything at once: the most the server completes per second) br
 search, measured anew for each; (2) capacity_search.py locates the SLO boundary from the *SLO ratio* of each probe
 (the worst term's value at its share over its bound), fitted monotone over every probe and
 interpolated, not from met / missed verdicts; the capacity is that boundary less `--headroom`;
-(3) `--searches` repeats the search (its spread is the reproducibility); (4) a separate check
+(3) `--searches` repeats the search (its spread is the reproducibility; the searches take
+turns probe by probe, `--no-interleave` runs them one after the other); (4) a separate check
 runs `--verify-runs` times at the capacity and at `--verify-factor` x it, every run's requests
 pooled: the first should meet the SLO, the second miss it. The cost per 1M tokens at
 capacity prices the machine-hour at `--usd-per-hour`.
@@ -43,7 +44,7 @@ from common.procs import sigterm_as_interrupt
 from common.results import get_logger, run_dir, runs_root, save_results
 from week2_serving.harness import bench
 from week2_serving.harness.capacity_page import plot_search, write_page
-from week2_serving.harness.capacity_search import search_capacity, slo_ratio
+from week2_serving.harness.capacity_search import interleave, search_steps, slo_ratio
 from week2_serving.harness.launch import ENGINES, launch
 from week2_serving.harness.slo import Probe, attainment, parse_term
 
@@ -77,6 +78,9 @@ class CapacityConfig:
     # each search with its own arrival seed (adds the workload's sampling noise to the spread);
     # off: the same arrival times every search (the measurement's noise only)
     new_arrivals: bool = False
+    # searches take turns probe by probe (s1, s2, s3, s1, ...), so that the machine's drift
+    # over minutes weighs on all alike; off: one search after the other
+    interleave: bool = True
     verify_runs: int = 1  # runs at the capacity and at verify_factor x it (0: no check)
     verify_factor: float = 1.25
     usd_per_hour: float = 2.0  # price of one machine-hour, for $ per 1M tokens
@@ -154,25 +158,32 @@ def bracket(base: bench.BenchConfig) -> dict:
 
 def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms) -> list:
     """`cfg.searches` searches, each from its own bracket measurement (so the spread holds
-    the ends' noise too), on one arrival seed (or one each with `new_arrivals`)."""
-    out = []
+    the ends' noise too), on one arrival seed (or one each with `new_arrivals`). With
+    `interleave` the searches take turns probe by probe (brackets first, one after another):
+    the speed of a small shared machine drifts over minutes, and three searches run one after
+    the other would measure three machines."""
+    edges, steps = [], []
     for s in range(cfg.searches):
-        edges = bracket(base)
+        edges.append(bracket(base))
         seed = cfg.seed + 1 + (s if cfg.new_arrivals else 0)
 
         def probe(rate: float, seed: int = seed) -> Probe:
             return measure(base, terms, rate, cfg.probe_runs, seed)
 
-        found = search_capacity(
-            probe,
-            edges["sync_rate"],
-            edges["saturated_rate"],
+        gen = search_steps(
+            edges[s]["sync_rate"],
+            edges[s]["saturated_rate"],
             cfg.tolerance,
             cfg.max_probes,
             cfg.headroom,
         )
+        steps.append((gen, probe))
+    one_by_one = [[one] for one in steps]  # --no-interleave: one search after the other
+    found_all = interleave(steps) if cfg.interleave else [interleave(o)[0] for o in one_by_one]
+    out = []
+    for s, found in enumerate(found_all):
         found["probes"] = [asdict(p) for p in found["probes"]]
-        found["ends"] = edges
+        found["ends"] = edges[s]
         log.info("search %d: capacity %s (%s)", s + 1, found["capacity"], found["why"])
         out.append(found)
     return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.cli import parse
+from common.procs import sigterm_as_interrupt
 from common.results import get_logger
 from week2_serving.harness import capacity
 from week2_serving.harness.cells import model_path
@@ -81,4 +82,6 @@ def main(cfg: LeversConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(LeversConfig, description=__doc__))
+    cfg = parse(LeversConfig, description=__doc__)
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started is stopped
+        main(cfg)

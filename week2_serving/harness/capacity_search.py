@@ -30,7 +30,7 @@ one rate to the next moved because of the rate, not because the burst pattern ch
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from week2_serving.harness.slo import Probe, SLOTerm, request_value_ms
 
@@ -108,24 +108,49 @@ def search_capacity(
     rate) from probes whose summary holds `slo_ratio`. Returns capacity (boundary less
     headroom; `high` when even it meets; None when `low`, and then half of it, miss), the
     boundary, the final bracket, every probe in the order measured, and why it stopped."""
+    return interleave([(search_steps(low, high, tolerance, max_probes, headroom), probe)])[0]
+
+
+def interleave(searches: list[tuple[Generator, Callable[[float], Probe]]]) -> list[dict]:
+    """Run searches (`search_steps` generators, each with its probe) one probe at a time in
+    turn: s1, s2, s3, s1, ... A machine whose speed drifts over minutes then weighs on every
+    search alike, and the spread of their results is the search's own noise."""
+    results: list[dict | None] = [None] * len(searches)
+    pending = {i: next(gen) for i, (gen, _probe) in enumerate(searches)}
+    while pending:
+        for i in list(pending):
+            gen, probe = searches[i]
+            try:
+                pending[i] = gen.send(probe(pending[i]))
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+    return results
+
+
+def search_steps(
+    low: float, high: float, tolerance: float = 0.05, max_probes: int = 6, headroom: float = 0.05
+) -> Generator[float, Probe, dict]:
+    """The search as a generator: it yields each rate to measure, is sent that rate's Probe,
+    and returns `search_capacity`'s result."""
     if not 0 < low < high:
         raise ValueError(f"need 0 < low < high, got low={low}, high={high}")
     if not 0 < tolerance < 1 or not 0 <= headroom < 1 or max_probes < 2:
         raise ValueError("tolerance in (0, 1), headroom in [0, 1) and max_probes >= 2, please")
     probes: list[Probe] = []
-
-    def run(rate: float) -> Probe:
-        probes.append(probe(rate))
-        return probes[-1]
-
-    while not run(low).meets:  # the bottom must meet (halved once); a miss becomes the top
+    while True:  # the bottom must meet (halved once); a miss becomes the top
+        probes.append((yield low))
+        if probes[-1].meets:
+            break
         if len(probes) > 1:
             return {"capacity": None, "boundary": None, "probes": probes,
                     "why": f"missed even at {low:.3g} req/s"}  # fmt: skip
         high, low = low, low / 2
-    if high not in {p.rate for p in probes} and run(high).meets:
-        why = "met at the saturated rate: throughput, not latency, bounds it"
-        return {"capacity": high, "boundary": None, "probes": probes, "why": why}
+    if high not in {p.rate for p in probes}:
+        probes.append((yield high))
+        if probes[-1].meets:
+            why = "met at the saturated rate: throughput, not latency, bounds it"
+            return {"capacity": high, "boundary": None, "probes": probes, "why": why}
     kept: list[str] = []  # which end of the bracket each new probe replaced
     while len(probes) < max_probes:
         rates, fit = fitted(probes)
@@ -140,7 +165,8 @@ def search_capacity(
             guess = (r_lo + r_hi) / 2
         width = r_hi - r_lo
         guess = min(max(guess, r_lo + 0.1 * width), r_hi - 0.1 * width)
-        kept.append("low" if run(guess).meets else "high")
+        probes.append((yield guess))
+        kept.append("low" if probes[-1].meets else "high")
     rates, fit = fitted(probes)
     lo, hi = bracket_of(rates, fit)
     boundary = crossing(rates, fit)

@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from common.cli import parse
+from common.procs import sigterm_as_interrupt
 from common.results import get_logger, runs_root, write_results
 from week2_serving.harness.hostile import hostile_bodies
 from week2_serving.harness.launch import launch
@@ -245,4 +246,7 @@ def main(cfg: SoakConfig) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main(parse(SoakConfig, description=__doc__))["passed"] else 1)
+    cfg = parse(SoakConfig, description=__doc__)
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the server started is stopped
+        passed = main(cfg)["passed"]
+    sys.exit(0 if passed else 1)

@@ -217,7 +217,7 @@ def run_sweep(
             log.info("server %s: all %d cells done, skipping", name, len(cells))
     # Servers start in groups of `at_once`: the group's later servers are spawned with its first
     # and wait, idle, until their turn; only their start-ups overlap, never a measured cell.
-    at_once = cfg.servers_at_once or servers_at_once(mem_available_gib())
+    at_once = servers_at_once(mem_available_gib(), most=cfg.servers_at_once or 3)
     early: dict[int, tuple] = {}
     try:
         for i, todo in enumerate(groups):

@@ -40,8 +40,8 @@ class SweepConfig:
     bench: dict = field(default_factory=dict)  # BenchConfig defaults for every load
     served_model_name: str | None = None
     max_model_len: int | None = None
-    # servers started side by side (each measured alone, the other idle); None: 2 when
-    # there is memory for two (common.server.servers_at_once), else 1
+    # at most this many servers started side by side (each measured alone, the others idle),
+    # fewer when free memory is short (common.server.servers_at_once); None: up to 3
     servers_at_once: int | None = None
 
     def __post_init__(self) -> None:

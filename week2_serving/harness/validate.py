@@ -32,6 +32,7 @@ from pathlib import Path
 
 from common.cli import parse
 from common.hub import hub_env, is_offline, resolve_model
+from common.procs import sigterm_as_interrupt
 from common.results import get_logger, run_dir, runs_root, save_results
 from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
@@ -70,7 +71,7 @@ class ValidateConfig:
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
     # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped
     guidellm_rate_shares: tuple[float, float] = (0.25, 0.5)
-    guidellm_prompts: int = 48  # requests per guidellm rate (and ours), each round
+    guidellm_prompts: int = 40  # requests per guidellm rate (and ours), each round
     guidellm_rounds: int = 3  # rounds of both tools at both rates, alternating; medians compared
     # the clients' niceness: on the core they share with the server's API and engine processes
     # they yield to the server, so what is measured is the server, not the clients' contention
@@ -327,4 +328,6 @@ def parse_args(argv: list[str] | None = None) -> ValidateConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cfg = parse_args()
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the server started is stopped
+        main(cfg)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from common.cli import parse
 from common.hub import hub_env, is_offline, resolve_model
+from common.procs import sigterm_as_interrupt
 from common.results import get_logger, read_json, runs_root, save_results
 from common.server import ManagedServer, ServerError, mem_available_gib, servers_at_once
 from common.timing import environment
@@ -309,4 +310,6 @@ def parse_args(argv: list[str] | None = None) -> QualityConfig:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cfg = parse_args()
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: the servers started are stopped
+        main(cfg)
