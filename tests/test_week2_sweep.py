@@ -303,8 +303,12 @@ class SpawnableServer(FakeServer):
 
     def spawn(self):
         self.spawned = True
+        self.proc = object()  # a child runs
         self.events.append(("spawn", self.name))
         return self
+
+    def wait_ready(self):
+        self.events.append(("ready", self.name))
 
     def __enter__(self):
         self.events.append(("wait" if self.spawned else "start", self.name))
@@ -343,20 +347,19 @@ def test_servers_at_once_overlaps_start_ups_never_cells(runs_dir, at_once, monke
         config(servers_at_once=at_once), spawnable_launcher(events), bench_noting(events)
     )
     kinds = [e for e in events if e[0] != "cell"]
-    if at_once == 2:  # b spawned before a's first cell, waited for after a stopped
+    if at_once == 2:  # both spawned and ready before a's first cell; b used after a stopped
         assert kinds == [
-            ("spawn", "b"),
-            ("start", "a"),
-            ("stop", "a"),
-            ("wait", "b"),
-            ("stop", "b"),
-        ]
+            ("spawn", "a"), ("spawn", "b"), ("ready", "a"), ("ready", "b"),
+            ("wait", "a"), ("stop", "a"), ("wait", "b"), ("stop", "b"),
+        ]  # fmt: skip
     else:
         assert kinds == [("start", "a"), ("stop", "a"), ("start", "b"), ("stop", "b")]
     # every cell ran while exactly one server was in use
     in_use = None
     for kind, who in events:
-        if kind in ("start", "wait"):
+        if kind in ("spawn", "ready"):
+            assert in_use is None  # no start-up while a cell runs
+        elif kind in ("start", "wait"):
             assert in_use is None
             in_use = who
         elif kind == "stop" and who == in_use:

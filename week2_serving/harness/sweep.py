@@ -148,6 +148,18 @@ def spawn_early(prepared: tuple) -> tuple:
     return prepared
 
 
+def settle(prepared: tuple) -> tuple:
+    """Wait until a server spawned early is ready (a failure is its cells' error, at its turn)."""
+    server, info, error = prepared
+    if error is None and getattr(server, "proc", None) is not None:
+        try:
+            server.wait_ready()
+        except Exception as e:
+            server.stop()
+            return None, info, e
+    return prepared
+
+
 def run_server(
     cfg: SweepConfig,
     cells: list[Cell],
@@ -215,15 +227,19 @@ def run_sweep(
             groups.append(todo)
         else:
             log.info("server %s: all %d cells done, skipping", name, len(cells))
-    # Servers start in groups of `at_once`: the group's later servers are spawned with its first
-    # and wait, idle, until their turn; only their start-ups overlap, never a measured cell.
+    # Servers start in groups of `at_once`: a group's servers are spawned together, and its
+    # cells run only once every one of them is ready, one server after the other (the others
+    # idle): start-ups overlap each other, never a measured cell.
     at_once = servers_at_once(mem_available_gib(), most=cfg.servers_at_once or 3)
     early: dict[int, tuple] = {}
     try:
         for i, todo in enumerate(groups):
-            if i % at_once == 0:
-                for j in range(i + 1, min(i + at_once, len(groups))):
+            together = range(i, min(i + at_once, len(groups)))
+            if i % at_once == 0 and len(together) > 1:
+                for j in together:
                     early[j] = spawn_early(prepare_server(cfg, groups[j], launcher))
+                for j in together:
+                    early[j] = settle(early[j])
             run_server(cfg, todo, launcher, runner, scraper, early.pop(i, None))
     finally:  # interrupted: a server spawned early and never run is stopped too
         for server, _info, _error in early.values():
