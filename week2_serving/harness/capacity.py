@@ -60,7 +60,7 @@ METHOD = (
 class CapacityConfig:
     """Find the highest request rate that meets an SLO, check it, and price it."""
 
-    slo: list[str] = field(default_factory=lambda: ["ttft_p99:500", "tpot_p99:20"])  # terms
+    slo: list[str] = field(default_factory=lambda: ["ttft_p99:500", "tpot_p99:50"])  # terms
     name: str = "default"  # results go to runs/week2/capacity-<name>
     base_url: str | None = None  # a running server (none: start `engine` serving `model`)
     engine: str = "vllm"  # vllm | sglang | engine, when the server is started here
