@@ -95,8 +95,9 @@ def test_under_noise_the_search_reproduces_within_ten_percent():
 
 
 def test_the_edges_top_met_bottom_missed_and_bad_arguments():
-    fast = search_capacity(noisy_server(0.0, 0), 1.0, 5.0)  # the top meets: it is the answer
-    assert fast["capacity"] == 5.0 and "throughput, not latency" in fast["why"]
+    fast = search_capacity(noisy_server(0.0, 0), 1.0, 5.0)  # the top meets: it bounds it
+    assert fast["boundary"] == 5.0 and "throughput, not latency" in fast["why"]
+    assert fast["capacity"] == pytest.approx(5.0 * 0.95)  # the same headroom below it
     calls: list[float] = []
     low_missed = search_capacity(noisy_server(0.0, 0, calls), 9.0, SATURATED, 0.05, 8)
     assert calls[:2] == [9.0, 4.5] and SATURATED not in calls  # halved; 9 became the top

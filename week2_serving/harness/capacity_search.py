@@ -106,7 +106,8 @@ def search_capacity(
 ) -> dict:
     """Locate the SLO boundary between `low` (the synchronous rate) and `high` (the saturated
     rate) from probes whose summary holds `slo_ratio`. Returns capacity (boundary less
-    headroom; `high` when even it meets; None when `low`, and then half of it, miss), the
+    headroom; the boundary is `high` when even it meets; None when `low`, and then half of it,
+    miss), the
     boundary, the final bracket, every probe in the order measured, and why it stopped."""
     return interleave([(search_steps(low, high, tolerance, max_probes, headroom), probe)])[0]
 
@@ -148,9 +149,11 @@ def search_steps(
         high, low = low, low / 2
     if high not in {p.rate for p in probes}:
         probes.append((yield high))
-        if probes[-1].meets:
+        if probes[-1].meets:  # the boundary is the most the server completes: the same
+            # headroom below it, or a check at the capacity is a coin toss there too
             why = "met at the saturated rate: throughput, not latency, bounds it"
-            return {"capacity": high, "boundary": None, "probes": probes, "why": why}
+            return {"capacity": high * (1 - headroom), "boundary": high, "probes": probes,
+                    "why": why}  # fmt: skip
     kept: list[str] = []  # which end of the bracket each new probe replaced
     while len(probes) < max_probes:
         rates, fit = fitted(probes)
