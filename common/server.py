@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import math
 import os
 import shutil
 import signal
@@ -288,8 +289,10 @@ def servers_at_once(
     Only the start-ups overlap (each mostly imports Python on one core); the servers are
     measured one at a time, the others idle (vLLM's idle engine and worker sleep on their
     queues)."""
-    if available_gib is None or not available_gib > 0:
+    if available_gib is None or not available_gib > 0:  # unknown, NaN, none free
         return 1
+    if math.isinf(available_gib):
+        return max(1, most)
     return max(1, min(most, int(available_gib // per_server_gib) - 1))
 
 

@@ -32,6 +32,7 @@ def test_mem_available_unreadable_is_none(tmp_path, text):
         (3 * SERVER_GIB, 2),
         (4 * SERVER_GIB, 3),
         (500.0, 3),
+        (float("inf"), 3),
     ],
 )
 def test_servers_at_once_leave_one_servers_worth_of_memory(available, expected):
