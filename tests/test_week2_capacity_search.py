@@ -226,3 +226,37 @@ def test_interleaved_searches_take_turns_and_share_the_drift():
         search_capacity(noisy_server(0.0, 0), 1.0, SATURATED, 0.02, 12, 0.05)
         == interleave([(search_steps(1.0, SATURATED, 0.02, 12, 0.05), noisy_server(0.0, 0))])[0]
     )  # one search alone: the same answer either way
+
+
+def test_duration_sizes_each_open_loop_run_by_time_and_checks_take_turns(tmp_path, monkeypatch):
+    """With --duration every open-loop run sends rate x duration requests (the saturated
+    bracket still sends --num-prompts at once), and the check's runs alternate at / above."""
+    from week2_serving.harness import capacity
+
+    calls = []
+
+    def recording(cfg):
+        calls.append((cfg.request_rate, cfg.num_prompts, cfg.max_concurrency, cfg.num_runs))
+        return fake_bench(cfg)
+
+    monkeypatch.setenv("IE_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(capacity.bench, "main", recording)
+    cfg = capacity.CapacityConfig(
+        slo=["ttft_p99:500"], base_url="http://fake", tokenizer="tok", verify_runs=3,
+        duration=10.0, num_prompts=100,
+    )  # fmt: skip
+    res = capacity.main(cfg)
+    sat = [c for c in calls if math.isinf(c[0]) and c[2] is None]
+    assert sat and all(n == 100 for _, n, _, _ in sat)  # the bracket: --num-prompts at once
+    open_loop = [c for c in calls if math.isfinite(c[0])]
+    for rate, n, _, _ in open_loop:
+        assert n == max(capacity.MIN_PROMPTS, round(rate * 10.0))
+    assert any(n == capacity.MIN_PROMPTS for _, n, _, _ in open_loop)  # the slow bottom end
+    checks = open_loop[-6:]  # the check: at, above, at, above, at, above; one run each
+    cap = res["capacity"]
+    assert [c[0] for c in checks] == [cap, 1.25 * cap] * 3 and {c[3] for c in checks} == {1}
+    at = res["verification"]["at"]["summary"]
+    assert len(at["runs_meet"]) == 3 and res["verified"]  # each side's runs pooled
+    for bad in (-1.0, math.nan, math.inf, 1e9):
+        with pytest.raises(ValueError, match="duration"):
+            capacity.CapacityConfig(duration=bad)

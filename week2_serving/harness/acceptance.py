@@ -6,7 +6,8 @@
     python -m week2_serving.harness.acceptance --read-only     # judge the results already there
 
 Runs, on vLLM CPU with the week 1 model: (1) a capacity study with three searches and the
-3-run checks at the capacity and at 1.25x it (capacity.py; runs/week2/capacity-acceptance);
+3-run checks at the capacity and at 1.25x it, every open-loop run 40 s of arrivals
+(capacity.py --duration; runs/week2/capacity-acceptance);
 (2) the multi-turn prefix study, cache on vs off (prefix_study.py); (3) validate with one round
 of `vllm bench serve` and guidellm at two constant rates (validate.py, guidellm_check.py). Then
 prints one line per acceptance item, PASS / FAIL / NOT RUN, and writes
@@ -15,6 +16,7 @@ runs/week2/acceptance/results.json. The exit status is 0 only when every item pa
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +39,11 @@ class AcceptanceConfig:
     read_only: bool = False  # run nothing: judge the results files already written
     searches: int = 3  # capacity searches (their spread must be within `spread`)
     spread: float = 0.10  # (max - min) / median of the capacities found
-    # requests per capacity probe and check run: enough for an overload to build a queue
-    num_prompts: int = 200
+    # seconds of arrivals per capacity probe and check run (rate x this many requests): long
+    # enough for 1.25x the capacity to build a queue; shorter runs absorb the overload into a
+    # larger batch and can meet the SLO above the rate a long run sustains
+    duration: float = 40.0
+    num_prompts: int = 200  # the saturated bracket run: this many requests at once
     max_probes: int = 8  # per capacity search
 
     def __post_init__(self) -> None:
@@ -47,6 +52,8 @@ class AcceptanceConfig:
             raise ValueError(f"--only {bad}: choose from {', '.join(PARTS)}")
         if self.searches < 2 or not 0 < self.spread < 1 or self.num_prompts < 1:
             raise ValueError("searches >= 2, spread in (0, 1) and num_prompts >= 1, please")
+        if not (math.isfinite(self.duration) and 0 < self.duration <= 3600):
+            raise ValueError(f"duration={self.duration!r}: use seconds in (0, 3600]")
 
 
 def run_parts(cfg: AcceptanceConfig) -> None:
@@ -59,6 +66,7 @@ def run_parts(cfg: AcceptanceConfig) -> None:
                 searches=cfg.searches,
                 verify_runs=3,
                 num_prompts=cfg.num_prompts,
+                duration=cfg.duration,
                 max_probes=cfg.max_probes,
             )
         )

@@ -13,8 +13,8 @@ search, measured anew for each; (2) capacity_search.py locates the SLO boundary 
 interpolated, not from met / missed verdicts; the capacity is that boundary less `--headroom`;
 (3) `--searches` repeats the search (its spread is the reproducibility; the searches take
 turns probe by probe, `--no-interleave` runs them one after the other); (4) a separate check
-runs `--verify-runs` times at the capacity and at `--verify-factor` x it, every run's requests
-pooled: the first should meet the SLO, the second miss it. The cost per 1M tokens at
+runs `--verify-runs` times at the capacity and at `--verify-factor` x it, the two taking turns,
+each side's requests pooled: the first should meet the SLO, the second miss it. The cost per 1M tokens at
 capacity prices the machine-hour at `--usd-per-hour`.
 
 Noise kept out: every probe of every search sends the same prompts on the same arrival
@@ -27,13 +27,18 @@ runs/week2/capacity-<name>/results.json, capacity.png and report.md.
 
 A capacity belongs to its run length: `--num-prompts` requests offered at any rate are at
 worst one burst of that many, so if the saturated run (everything at once) meets the SLO no
-rate can miss it, and the search ends saying so. The default lengths and run size miss it on
-the week 1 model on 2 CPU cores.
+rate can miss it, and the search ends saying so. A short run also hides an overload: a rate
+the server cannot sustain only fills its batch for a while, and the queue (TTFT in the
+seconds) shows once arrivals have outrun completions for long enough. `--duration S` sizes
+every open-loop run by time instead, rate x S requests: the acceptance check uses it, so that
+the check at 1.25x the capacity meets a queue. The default lengths and run size miss it on the
+week 1 model on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -46,9 +51,11 @@ from week2_serving.harness import bench
 from week2_serving.harness.capacity_page import plot_search, write_page
 from week2_serving.harness.capacity_search import interleave, search_steps, slo_ratio
 from week2_serving.harness.launch import ENGINES, launch
+from week2_serving.harness.repeats import combine_runs
 from week2_serving.harness.slo import Probe, attainment, parse_term
 
 log = get_logger("week2.capacity")
+MIN_PROMPTS = 16  # the fewest requests a --duration run sends (a p99 of fewer is one request)
 METHOD = (
     "the SLO ratio (worst term's value at its share / its bound) of open-loop probes between "
     "the synchronous and the saturated rate, fitted monotone in the rate and interpolated to "
@@ -69,7 +76,11 @@ class CapacityConfig:
     input_len: int = 256  # mean prompt tokens (random workload)
     output_len: int = 128  # mean output tokens
     range_ratio: float = 0.5  # lengths uniform in [len*(1-r), len*(1+r)]
-    num_prompts: int = 48  # requests per measured run
+    num_prompts: int = 48  # requests per measured run (and in the saturated bracket run)
+    # seconds of arrivals per open-loop run (0: every run sends --num-prompts): a run at r
+    # req/s then sends round(r x duration) requests (at least MIN_PROMPTS), so an overload has
+    # as long to build a queue at any rate, and a slow rate costs no more time than a fast one
+    duration: float = 0.0
     probe_runs: int = 1  # runs per probed rate (their requests pooled)
     tolerance: float = 0.05  # stop when the bracket's width is under this share of its bottom
     max_probes: int = 6  # measured rates per search, at most (the two ends included)
@@ -97,6 +108,8 @@ class CapacityConfig:
         for k in ("input_len", "output_len", "num_prompts", "probe_runs", "max_probes"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+        if not (math.isfinite(self.duration) and 0 <= self.duration <= 3600):
+            raise ValueError(f"duration={self.duration!r}: use seconds in [0, 3600] (0: off)")
         if self.searches < 1 or self.verify_runs < 0 or not self.verify_factor > 1:
             raise ValueError("searches >= 1, verify_runs >= 0 and verify_factor > 1, please")
         if not 0 < self.tolerance < 1 or not 0 <= self.headroom < 1 or self.max_probes < 2:
@@ -142,11 +155,31 @@ def runs_requests(res: dict) -> list[list[dict]]:
     return [by[k] for k in sorted(by)]
 
 
-def measure(base: bench.BenchConfig, terms, rate: float, runs: int, seed: int) -> Probe:
-    res = bench.main(replace(base, request_rate=rate, num_runs=runs, seed=seed, num_warmups=1))
+def prompts_at(cfg: CapacityConfig, rate: float) -> int:
+    """Requests in one open-loop run at `rate`: --num-prompts, or rate x --duration."""
+    if not cfg.duration:
+        return cfg.num_prompts
+    return max(MIN_PROMPTS, round(rate * cfg.duration))
+
+
+def open_loop(cfg: CapacityConfig, base: bench.BenchConfig, rate: float, runs: int, seed: int):
+    """One bench call: `runs` runs at `rate` (one warm-up request first), combined."""
+    n = prompts_at(cfg, rate)
+    return bench.main(
+        replace(base, num_prompts=n, request_rate=rate, num_runs=runs, seed=seed, num_warmups=1)
+    )
+
+
+def probe_of(res: dict, terms, rate: float) -> Probe:
     s = summary_of(res, terms)
     log.info("%.3g req/s: %s %s", rate, "meets" if s["meets"] else "misses", s["shares"])
     return Probe(rate, s["meets"], s)
+
+
+def measure(
+    cfg: CapacityConfig, base: bench.BenchConfig, terms, rate: float, runs: int, seed: int
+) -> Probe:
+    return probe_of(open_loop(cfg, base, rate, runs, seed), terms, rate)
 
 
 def bracket(base: bench.BenchConfig) -> dict:
@@ -168,7 +201,7 @@ def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms) -> list:
         seed = cfg.seed + 1 + (s if cfg.new_arrivals else 0)
 
         def probe(rate: float, seed: int = seed) -> Probe:
-            return measure(base, terms, rate, cfg.probe_runs, seed)
+            return measure(cfg, base, terms, rate, cfg.probe_runs, seed)
 
         gen = search_steps(
             edges[s]["sync_rate"],
@@ -190,11 +223,17 @@ def search_all(cfg: CapacityConfig, base: bench.BenchConfig, terms) -> list:
 
 
 def verify(cfg: CapacityConfig, base: bench.BenchConfig, terms, rate: float) -> dict:
-    """`verify_runs` runs at `rate` and at verify_factor × rate (new seeds)."""
-    seed = cfg.seed + 100
-    at = measure(base, terms, rate, cfg.verify_runs, seed)
-    above = measure(base, terms, rate * cfg.verify_factor, cfg.verify_runs, seed + 1)
-    return {"at": asdict(at), "above": asdict(above), "factor": cfg.verify_factor}
+    """`verify_runs` runs at `rate` and at verify_factor × rate (new seeds), taking turns
+    (at, above, at, above, ...) so that a drift of the machine's speed weighs on both alike;
+    each side's runs are pooled."""
+    rates = {"at": rate, "above": rate * cfg.verify_factor}
+    seeds = {"at": cfg.seed + 100, "above": cfg.seed + 101}
+    runs: dict[str, list[dict]] = {"at": [], "above": []}
+    for _ in range(cfg.verify_runs):
+        for side, r in rates.items():
+            runs[side].append(open_loop(cfg, base, r, 1, seeds[side]))
+    out = {side: asdict(probe_of(combine_runs(runs[side]), terms, rates[side])) for side in runs}
+    return {**out, "factor": cfg.verify_factor}
 
 
 def cost_per_million(usd_per_hour: float, tokens_per_s: float | None) -> float | None:
