@@ -260,3 +260,35 @@ def test_duration_sizes_each_open_loop_run_by_time_and_checks_take_turns(tmp_pat
     for bad in (-1.0, math.nan, math.inf, 1e9):
         with pytest.raises(ValueError, match="duration"):
             capacity.CapacityConfig(duration=bad)
+
+
+def test_the_vllm_worker_gets_its_own_cores_and_the_rest_shares_the_last(monkeypatch):
+    """Each machine branch of launch.worker_core_apart, with the cores passed in: several cores
+    (the worker binds to all but the last, this process and what it starts run on the last,
+    both put back on exit) and one core (nothing changes)."""
+    from week2_serving.harness import capacity, launch
+
+    calls = []
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(launch.os, "sched_setaffinity", lambda pid, c: calls.append(set(c)))
+    monkeypatch.setattr(launch.os, "getpriority", lambda which, who: 0)
+    monkeypatch.setattr(launch.os, "setpriority", lambda which, who, n: calls.append(("nice", n)))
+    with launch.worker_core_apart([0, 1, 2, 3]) as pin:
+        assert pin == {"VLLM_CPU_OMP_THREADS_BIND": "0,1,2"} and calls == [{3}]
+    assert calls == [{3}, {0, 1, 2, 3}, ("nice", 0)]  # affinity and niceness put back
+    calls.clear()
+    with launch.worker_core_apart([5]) as pin:
+        assert pin == {}
+    assert calls == []  # one core: nothing to pin
+    for bad in (-1, 20, True, 2.5):
+        with pytest.raises(ValueError, match="client_nice"):
+            launch.lower_client_priority(bad)
+        with pytest.raises(ValueError, match="client_nice"):
+            capacity.CapacityConfig(client_nice=bad)
+    # a server at --base-url is not ours to place; --no-pin-cores leaves it to the OS
+    for cfg in (
+        capacity.CapacityConfig(base_url="http://x"),
+        capacity.CapacityConfig(pin_cores=False),
+    ):
+        with capacity.placement(cfg) as pin:
+            assert pin == {}

@@ -50,7 +50,13 @@ from common.results import get_logger, run_dir, runs_root, save_results
 from week2_serving.harness import bench
 from week2_serving.harness.capacity_page import plot_search, write_page
 from week2_serving.harness.capacity_search import interleave, search_steps, slo_ratio
-from week2_serving.harness.launch import ENGINES, launch
+from week2_serving.harness.launch import (
+    ENGINES,
+    core_layout,
+    launch,
+    lower_client_priority,
+    worker_core_apart,
+)
 from week2_serving.harness.repeats import combine_runs
 from week2_serving.harness.slo import Probe, attainment, parse_term
 
@@ -95,6 +101,11 @@ class CapacityConfig:
     verify_runs: int = 1  # runs at the capacity and at verify_factor x it (0: no check)
     verify_factor: float = 1.25
     usd_per_hour: float = 2.0  # price of one machine-hour, for $ per 1M tokens
+    # a vLLM server started here: its model worker on every core but the last, its other
+    # processes and the load client on the last (launch.worker_core_apart), the client at this
+    # niceness; --no-pin-cores leaves placement to the OS scheduler
+    pin_cores: bool = True
+    client_nice: int = 10
     seed: int = 0
     server_args: list[str] = field(default_factory=list, metadata={"cli": False})  # after --
 
@@ -108,6 +119,8 @@ class CapacityConfig:
         for k in ("input_len", "output_len", "num_prompts", "probe_runs", "max_probes"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k}={getattr(self, k)} must be >= 1")
+        if type(self.client_nice) is not int or not 0 <= self.client_nice <= 19:
+            raise ValueError(f"client_nice={self.client_nice!r} must be an integer in 0..19")
         if not (math.isfinite(self.duration) and 0 <= self.duration <= 3600):
             raise ValueError(f"duration={self.duration!r}: use seconds in [0, 3600] (0: off)")
         if self.searches < 1 or self.verify_runs < 0 or not self.verify_factor > 1:
@@ -264,22 +277,32 @@ def model_of(cfg: CapacityConfig) -> str:
     return cfg.model or str(runs_root() / "week1" / "hf-model")
 
 
-def served(cfg: CapacityConfig, out: Path):
+def served(cfg: CapacityConfig, out: Path, env: dict | None = None):
     """The server to measure: the one at --base-url, or one started here (prefix-cache resets
     allowed: vLLM serves /reset_prefix_cache only in its dev mode)."""
     if cfg.base_url:
         return contextlib.nullcontext(None)
     model = model_of(cfg)
-    env = {"VLLM_SERVER_DEV_MODE": "1"} if cfg.engine == "vllm" else {}
+    env = {**(env or {}), "VLLM_SERVER_DEV_MODE": "1"} if cfg.engine == "vllm" else {}
     return launch(
         cfg.engine, model, extra=cfg.server_args, log_dir=out, served_name="capacity", env=env
     )
 
 
+def placement(cfg: CapacityConfig):
+    """`worker_core_apart` for a vLLM server started here with --pin-cores, else nothing."""
+    if cfg.pin_cores and cfg.engine == "vllm" and not cfg.base_url:
+        return worker_core_apart()
+    return contextlib.nullcontext({})
+
+
 def main(cfg: CapacityConfig) -> dict:
     out = run_dir("week2", f"capacity-{cfg.name}")
     terms = [parse_term(t) for t in cfg.slo]
-    with served(cfg, out) as srv:
+    with placement(cfg) as pin, served(cfg, out, pin) as srv:
+        layout = core_layout(pin)
+        if pin:
+            lower_client_priority(cfg.client_nice)  # after the server started
         url = srv.url if srv is not None else cfg.base_url
         base = base_bench(cfg, url, cfg.tokenizer or (None if cfg.base_url else model_of(cfg)))
         searches = search_all(cfg, base, terms)
@@ -296,6 +319,7 @@ def main(cfg: CapacityConfig) -> dict:
         "verification": check,
         "config": asdict(cfg),
         "server_command": command,
+        "cpu_layout": layout,
     }
     save_results("week2", f"capacity-{cfg.name}", results)
     plot_search(results, out / "capacity.png")

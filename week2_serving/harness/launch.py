@@ -20,10 +20,13 @@ the command line (it needs nothing installed), `preflight` lists what would stop
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,6 +288,49 @@ def launch(
         ready_path=spec.ready_path,
         timeout_s=timeout_s,
     )
+
+
+@contextlib.contextmanager
+def worker_core_apart(cores: list[int] | None = None) -> Iterator[dict]:
+    """vLLM CPU's model worker on every core but the last, everything else on the last one.
+
+    Yields the environment to start the vLLM server with (VLLM_CPU_OMP_THREADS_BIND); inside
+    the block this process runs on the last core only, so the server started there inherits
+    that (its worker then binds to the others) and so does the load client. Left to the
+    scheduler, the client or the server's API and engine-core processes land now and then on
+    the worker's core, and the server's speed swings between identical runs. Once the server
+    is up, `lower_client_priority` puts the client below it. On one core (`cores` defaults to
+    this process's affinity) it does nothing and yields {}. Restores the affinity (and the
+    niceness, where the OS allows) on exit."""
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
+    if len(cores) < 2:
+        yield {}
+        return
+    before = os.sched_getaffinity(0)
+    nice_before = os.getpriority(os.PRIO_PROCESS, 0)
+    os.sched_setaffinity(0, {cores[-1]})
+    try:
+        yield {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:-1]))}
+    finally:
+        os.sched_setaffinity(0, before)
+        with contextlib.suppress(PermissionError):  # lowering it back needs privileges
+            os.setpriority(os.PRIO_PROCESS, 0, nice_before)
+
+
+def core_layout(pin: dict) -> dict | None:
+    """What `worker_core_apart` set up, for a results file (None: nothing pinned)."""
+    if not pin:
+        return None
+    rest = sorted(os.sched_getaffinity(0))
+    return {"worker": pin["VLLM_CPU_OMP_THREADS_BIND"], "server_rest_and_clients": rest}
+
+
+def lower_client_priority(client_nice: int) -> None:
+    """The load client below the server it shares a core with (call after the server started:
+    the server keeps its priority); a heavier client otherwise slows the server it measures."""
+    if type(client_nice) is not int or not 0 <= client_nice <= 19:
+        raise ValueError(f"client_nice={client_nice!r} must be an integer in 0..19")
+    os.nice(client_nice)
 
 
 @dataclass

@@ -21,7 +21,6 @@ runs/week2/validate/results.json.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -37,7 +36,12 @@ from common.results import get_logger, run_dir, runs_root, save_results
 from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
 from week2_serving.harness import bench, guidellm_check
-from week2_serving.harness.launch import launch
+from week2_serving.harness.launch import (
+    core_layout,
+    launch,
+    lower_client_priority,
+    worker_core_apart,
+)
 from week2_serving.harness.workloads import random_requests
 
 log = get_logger("week2.validate")
@@ -270,34 +274,25 @@ def summarize(rows: list, tolerance: float) -> dict:
 def main(cfg: ValidateConfig) -> dict:
     folder = model_folder(cfg)
     out = run_dir("week2", "validate")
-    # All cores but the last for vLLM's model worker, the last one for everything else: its API
-    # server and engine process and both clients. Left to the scheduler, a client or the engine
-    # process now and then lands on the worker's core, and the server's speed swings between
-    # identical runs by more than any client difference we want to see (the README has numbers).
-    cores = sorted(os.sched_getaffinity(0))
-    pinned = len(cores) > 1
-    env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:-1]))} if pinned else {}
-    env.update(hub_env(is_offline(cfg.offline)))
-    # Prefix caching off: both tools send the same prompts, so with it on whichever tool runs
-    # second in a round finds the other's prompts cached and its TTFT looks better.
-    server = launch(
-        "vllm",
-        folder,
-        port=free_port(),
-        served_name="week1",
-        log_dir=out,
-        extra=["--no-enable-prefix-caching"],
-        env=env,
-    )
-    if pinned:  # the server's processes inherit this; its worker binds to the other cores
-        os.sched_setaffinity(0, {cores[-1]})
-    try:
+    # vLLM's model worker on its own core(s), its API and engine processes and both clients on
+    # the last one (launch.worker_core_apart: the README has the numbers behind it).
+    with worker_core_apart() as pin:
+        env, layout = {**pin, **hub_env(is_offline(cfg.offline))}, core_layout(pin)
+        # Prefix caching off: both tools send the same prompts, so with it on whichever tool
+        # runs second in a round finds the other's prompts cached and its TTFT looks better.
+        server = launch(
+            "vllm",
+            folder,
+            port=free_port(),
+            served_name="week1",
+            log_dir=out,
+            extra=["--no-enable-prefix-caching"],
+            env=env,
+        )
         with server:
-            os.nice(cfg.client_nice)  # after the server started: it keeps its priority
+            lower_client_priority(cfg.client_nice)  # after the server started
             rows = run_rounds(server.url, "week1", folder, cfg, out)
             second_tool = guidellm_part(server.url, folder, rows, cfg, out)
-    finally:
-        os.sched_setaffinity(0, set(cores))
     summary = summarize(rows, cfg.tolerance)
     results = {
         "summary": summary,
@@ -306,9 +301,7 @@ def main(cfg: ValidateConfig) -> dict:
         "guidellm": second_tool,
         "config": asdict(cfg),
         "model": folder,
-        "cpu_layout": {"worker": cores[:-1], "server_rest_and_clients": cores[-1:]}
-        if pinned
-        else None,
+        "cpu_layout": layout,
         "environment": environment(),
     }
     save_results("week2", "validate", results)
