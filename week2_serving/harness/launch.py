@@ -302,7 +302,9 @@ def worker_core_apart(cores: list[int] | None = None) -> Iterator[dict]:
     is up, `lower_client_priority` puts the client below it. On one core (`cores` defaults to
     this process's affinity) it does nothing and yields {}. Restores the affinity (and the
     niceness, where the OS allows) on exit."""
-    cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
+    if cores is None:  # macOS has no affinity calls: nothing to pin there
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = sorted(cores)
     if len(cores) < 2:
         yield {}
         return
