@@ -83,9 +83,15 @@ def test_full_queue_answers_429_with_retry_after(tiny_gpt):
     engine = tiny_engine(tiny_gpt["hf_dir"])
     body = {"model": "tiny", "prompt": "The", "max_tokens": 4}
     with running_server(engine, ServingLimits(max_num_waiting=1)) as (url, app):
-        aeng, gate = app.state.engine, threading.Event()
-        asyncio.run_coroutine_threadsafe(aeng.call(gate.wait), aeng.loop)  # hold the engine
-        wait_until(lambda: aeng.inbox.qsize() == 0, 5, "the engine thread to take the call")
+        aeng, gate, held = app.state.engine, threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            gate.wait()
+
+        asyncio.run_coroutine_threadsafe(aeng.call(hold), aeng.loop)  # hold the engine
+        # an empty inbox is no proof: the call may not have been put there yet
+        wait_until(held.is_set, 5, "the engine thread to take the call")
         first: list[httpx.Response] = []
         sender = threading.Thread(
             target=lambda: first.append(httpx.post(url + "/v1/completions", json=body, timeout=30))
