@@ -4,6 +4,7 @@ the fields read) and comparing them with ours."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,13 @@ def test_the_command_asks_for_constant_rates_on_the_completions_api(tmp_path):
     )
     profile = json.loads(cmd[cmd.index("--profile") + 1])
     assert profile == {"kind": "constant", "rate": [1.5, 3.0]}
-    assert "request_format=/v1/completions" in cmd[cmd.index("--backend") + 1]
+    backend = json.loads(cmd[cmd.index("--backend") + 1])
+    assert backend["kind"] == "openai_http" and backend["request_format"] == "/v1/completions"
+    assert backend["target"] == "http://h:1" and backend["model"] == "m"
+    # the same request body as ours: greedy, usage only at the end
+    body = backend["extras"]["body"]
+    assert body["temperature"] == 0.0
+    assert body["stream_options"] == {"continuous_usage_stats": False}
     assert cmd[cmd.index("--constraint") + 1] == "kind=max_requests,count=32"
 
 
@@ -113,6 +120,40 @@ def test_rounds_alternate_the_tools_and_compare_medians(tmp_path, monkeypatch):
     assert out["all_within_tolerance"]  # the medians agree; the slow round is outvoted
     assert [r["rate"] for r in out["rows"]] == [2.0, 4.0]
     assert out["rows"][0]["mean_ttft_ms"]["relative_diff"] == pytest.approx(0.0)
+    cpu = res["client_cpu_s_per_request"]
+    assert set(cpu) == {"guidellm", "ours"} and all(v >= 0 for v in cpu.values())
+    assert all(set(r["client_cpu_s_per_request"]) == set(cpu) for r in res["rounds"])
+
+
+def test_cpu_seconds_counts_this_process_and_finished_children():
+    import subprocess
+    import sys
+
+    from week2_serving.harness.guidellm_check import cpu_seconds
+
+    def burn() -> list[dict]:
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+        return [{"ok": True}]
+
+    def child() -> list[dict]:
+        code = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return []
+
+    into: dict[str, float] = {}
+    assert cpu_seconds(burn, into, "ours") == [{"ok": True}]
+    assert cpu_seconds(child, into, "guidellm") == []
+    assert 0.19 <= into["ours"] < 1.0  # its own 0.2 s, little else
+    assert into["guidellm"] >= 0.29  # the child's 0.3 s (plus its interpreter's start)
+
+    def fails() -> list[dict]:
+        raise RuntimeError("guidellm failed")
+
+    with pytest.raises(RuntimeError):
+        cpu_seconds(fails, into, "x")
+    assert "x" in into  # recorded on the way out too
 
 
 def test_the_readme_table_shows_each_rate_and_marks_misses():
@@ -131,5 +172,9 @@ def test_the_readme_table_shows_each_rate_and_marks_misses():
     assert "+5.0%" in ttft and ttft.endswith("| yes |")
     assert "+20.0%" in tpot and "**NO**" in tpot
     assert "medians over 3 rounds" in table and "25% and 50%" in table
+    assert "Client CPU" not in table  # not recorded in these results: not made up
+    results["guidellm"]["client_cpu_s_per_request"] = {"guidellm": 0.0123, "ours": 0.004}
+    table = guidellm_table(guidellm_numbers(results))
+    assert "guidellm 12.3 ms, ours 4.0 ms" in table
     skipped = {"guidellm": {"skipped": "no venv"}, "config": {}}
     assert guidellm_table(guidellm_numbers(skipped)) == "guidellm not run: no venv"

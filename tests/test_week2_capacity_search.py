@@ -292,3 +292,20 @@ def test_the_vllm_worker_gets_its_own_cores_and_the_rest_shares_the_last(monkeyp
     ):
         with capacity.placement(cfg) as pin:
             assert pin == {}
+
+
+def test_clients_go_back_to_every_core_only_when_there_are_cores_to_go_back_to(monkeypatch):
+    """launch.clients_anywhere: the affinity from before the pinning is restored for the
+    clients; None (no affinity calls, as on macOS) or no cores changes nothing."""
+    from week2_serving.harness import launch
+
+    calls = []
+    monkeypatch.setattr(launch.os, "sched_setaffinity", lambda pid, c: calls.append(set(c)))
+    launch.clients_anywhere({0, 1})
+    assert calls == [{0, 1}]
+    launch.clients_anywhere(None)
+    launch.clients_anywhere(set())
+    assert calls == [{0, 1}]
+    monkeypatch.delattr(launch.os, "sched_setaffinity")
+    launch.clients_anywhere({0, 1})  # a system without affinity calls: nothing, no error
+    assert calls == [{0, 1}]

@@ -145,7 +145,12 @@ def guidellm_numbers(r: dict) -> dict:
         metrics = {k: row[k] for k in GUIDELLM_NAMES if k in row}
         rows.append({"rate": row["rate"], "metrics": metrics, "rounds": row.get("rounds", 1)})
     shares = r["config"].get("guidellm_rate_shares")
-    return {"rows": rows, "tolerance": g["tolerance"], "shares": shares}
+    out = {"rows": rows, "tolerance": g["tolerance"], "shares": shares}
+    if "client_cpu_s_per_request" in g:  # results from before it was recorded lack it
+        out["client_cpu_ms_per_request"] = {
+            k: 1000 * v for k, v in g["client_cpu_s_per_request"].items()
+        }
+    return out
 
 
 def guidellm_table(n: dict) -> str:
@@ -165,6 +170,11 @@ def guidellm_table(n: dict) -> str:
         f"Constant rates at {shares} of our saturated rate; {how}; tolerance "
         f"±{100 * n['tolerance']:.0f}%."
     )
+    if cpu := n.get("client_cpu_ms_per_request"):
+        note += (
+            f" Client CPU per request (median over rounds): guidellm {cpu['guidellm']:.1f} ms,"
+            f" ours {cpu['ours']:.1f} ms."
+        )
     headers = ["rate (req/s)", "metric", "guidellm", "ours", "difference", "within tolerance"]
     return md_table(headers, rows) + "\n\n" + note
 

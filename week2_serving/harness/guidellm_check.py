@@ -6,7 +6,9 @@ evenly; ours is asked for the same with a gamma shape so large (`CONSTANT_BURSTI
 gaps vary by about 1%. Compared per rate: request throughput, output tokens/s, mean TTFT and
 mean TPOT, within a relative tolerance.
 
-Like with like (guidellm 0.8's metrics module): a request's `inter_token_latency_ms` is
+Same requests: guidellm's bodies get our greedy temperature and no per-chunk usage
+(`SAME_BODY`), else the server does other work for each tool. Like with like (guidellm 0.8's
+metrics module): a request's `inter_token_latency_ms` is
 (last token − first token) / (n − 1), vLLM's TPOT (ours ends at the stream's end, a few
 microseconds later); but guidellm's *mean* of it weighs each request by its n − 1 decode
 tokens, so it is total decode time / total decode tokens: our token-weighted TPOT
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from common.results import REPO_ROOT, get_logger
@@ -39,6 +43,11 @@ GUIDELLM = REPO_ROOT / ".venvs" / "guidellm" / "bin" / "guidellm"
 # measures. One worker process (asyncio inside, as our client) loads the machine as ours does.
 GUIDELLM_WORKERS = 1
 CONSTANT_BURSTINESS = 1e4  # gamma shape: gaps of CV 1/sqrt(1e4) = 1%, i.e. constant
+# Merged into each of guidellm's request bodies so that both tools ask for the same work: by
+# default it sends no temperature (the server then samples at its default instead of our
+# greedy 0) and asks for usage in every streamed chunk (continuous_usage_stats: more work per
+# chunk in the server's API process, which ours does not ask for).
+SAME_BODY = {"temperature": 0.0, "stream_options": {"continuous_usage_stats": False}}
 # ours -> guidellm's metric (its mean over successful requests)
 METRIC_MAP = {
     "request_throughput": "requests_per_second",
@@ -57,7 +66,15 @@ def guidellm_command(
         str(GUIDELLM),
         "run",
         "--backend",
-        f"kind=openai_http,target={url},model={model},request_format=/v1/completions",
+        json.dumps(
+            {
+                "kind": "openai_http",
+                "target": url,
+                "model": model,
+                "request_format": "/v1/completions",
+                "extras": {"body": SAME_BODY},
+            }
+        ),
         "--profile",
         profile,
         "--constraint",
@@ -154,19 +171,50 @@ def run_check(
         def ours() -> list[dict]:
             return [run_ours(url, model, model_dir, prompts, rate, count) for rate in rates]
 
+        cpu: dict[str, float] = {}
         if r % 2 == 0:
-            g, o = theirs(), ours()
+            g, o = cpu_seconds(theirs, cpu, "guidellm"), cpu_seconds(ours, cpu, "ours")
         else:
-            o, g = ours(), theirs()
+            o, g = cpu_seconds(ours, cpu, "ours"), cpu_seconds(theirs, cpu, "guidellm")
         per_round.append(
             {
                 "round": r,
                 "first": "guidellm" if r % 2 == 0 else "ours",
                 "guidellm": g,
                 "ours": [{k: res[k] for k in (*METRIC_MAP, "mean_tpot_ms")} for res in o],
+                # CPU seconds per request of each client (all rates): the load each puts on
+                # the machine beside the server it measures
+                "client_cpu_s_per_request": {k: v / (count * len(rates)) for k, v in cpu.items()},
             }
         )
-    return {"command": cmd, "rounds": per_round, "rows": combine_rounds(per_round, rates)}
+    cpu = {
+        tool: statistics.median(r["client_cpu_s_per_request"][tool] for r in per_round)
+        for tool in ("guidellm", "ours")
+    }
+    return {
+        "command": cmd,
+        "rounds": per_round,
+        "rows": combine_rounds(per_round, rates),
+        "client_cpu_s_per_request": cpu,  # median over rounds
+    }
+
+
+def cpu_seconds(run: Callable[[], list[dict]], into: dict[str, float], name: str) -> list[dict]:
+    """run(), adding the CPU seconds it took to into[name]: this process's own (our client
+    runs in it) plus those of the child processes that ended meanwhile (guidellm)."""
+
+    def now() -> float:
+        own, kids = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    start = now()
+    try:
+        return run()
+    finally:
+        into[name] = now() - start
 
 
 def combine_rounds(per_round: list[dict], rates: list[float]) -> list[dict]:

@@ -319,6 +319,17 @@ def worker_core_apart(cores: list[int] | None = None) -> Iterator[dict]:
             os.setpriority(os.PRIO_PROCESS, 0, nice_before)
 
 
+def clients_anywhere(cores: set[int] | None) -> None:
+    """Inside `worker_core_apart`'s block, after the server started: this process (the load
+    clients, niced below the server by `lower_client_priority`) may run on `cores` again (the
+    affinity it had before the block). A client with much Python per streamed chunk (guidellm)
+    then takes the idle time of every core instead of queueing behind the server's API process
+    on the last one, which delays its own timestamps and slows the server it measures. None:
+    nothing to do (no affinity calls, or nothing was pinned)."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
+
 def core_layout(pin: dict) -> dict | None:
     """What `worker_core_apart` set up, for a results file (None: nothing pinned)."""
     if not pin:
