@@ -294,18 +294,26 @@ def test_the_vllm_worker_gets_its_own_cores_and_the_rest_shares_the_last(monkeyp
             assert pin == {}
 
 
-def test_clients_go_back_to_every_core_only_when_there_are_cores_to_go_back_to(monkeypatch):
-    """launch.clients_anywhere: the affinity from before the pinning is restored for the
-    clients; None (no affinity calls, as on macOS) or no cores changes nothing."""
+def test_validate_binds_the_worker_and_the_clients_but_leaves_the_server_free(monkeypatch):
+    """launch.clients_apart, each machine branch with the cores passed in: several cores (the
+    worker's binding for the server, the clients moved to the last core only when asked, after
+    the server started; affinity and niceness put back on exit) and one core (nothing)."""
     from week2_serving.harness import launch
 
     calls = []
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     monkeypatch.setattr(launch.os, "sched_setaffinity", lambda pid, c: calls.append(set(c)))
-    launch.clients_anywhere({0, 1})
-    assert calls == [{0, 1}]
-    launch.clients_anywhere(None)
-    launch.clients_anywhere(set())
-    assert calls == [{0, 1}]
-    monkeypatch.delattr(launch.os, "sched_setaffinity")
-    launch.clients_anywhere({0, 1})  # a system without affinity calls: nothing, no error
-    assert calls == [{0, 1}]
+    monkeypatch.setattr(launch.os, "getpriority", lambda which, who: 0)
+    monkeypatch.setattr(launch.os, "setpriority", lambda which, who, n: calls.append(("nice", n)))
+    with launch.clients_apart([0, 1, 2]) as place:
+        assert place["env"] == {"VLLM_CPU_OMP_THREADS_BIND": "0,1"}
+        assert calls == []  # the server starts from here with every core
+        place["pin_clients"]()
+        assert calls == [{2}]
+        assert place["layout"] == {"worker": "0,1", "server_rest": [0, 1, 2], "clients": [2]}
+    assert calls == [{2}, {0, 1, 2}, ("nice", 0)]
+    calls.clear()
+    with launch.clients_apart([3]) as place:
+        assert place["env"] == {} and place["layout"] is None
+        place["pin_clients"]()
+    assert calls == []  # one core: nothing to pin

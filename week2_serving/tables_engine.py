@@ -1,7 +1,8 @@
 """Generated README tables of the engine's extensions (see common/docs.py and tables.py):
 speculative decoding (`engine.spec_bench`), the 8-bit KV cache (`engine.kv_bench`), multi-LoRA
-(`engine.lora_bench`), structured output (`engine.structured_bench`), and the bf16 comparison
-with vLLM (`engine.bench --config .../engine-cpu-bf16.yaml`)."""
+(`engine.lora_bench`), structured output (`engine.structured_bench`), the bf16 comparison
+with vLLM (`engine.bench --config .../engine-cpu-bf16.yaml`), the speed levers (`engine.levers`)
+and the step breakdown (`engine.profile`)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,62 @@ def bf16_table(n: dict) -> str:
     )
 
 
+def levers_numbers(r: dict) -> dict:
+    return {"levers": r["levers"], "kept": r.get("kept", {}), "repeats": r["config"]["repeats"],
+            "output_len": r["config"]["output_len"]}  # fmt: skip
+
+
+def levers_table(n: dict) -> str:
+    """One row per lever: tok/s at each concurrency, its ratio to all off, kept or not."""
+    loads = list(next(iter(n["levers"].values())))
+    rows = []
+    for row, cols in n["levers"].items():
+        cells = [
+            f"{c['tokens_per_s']:,.0f} [{c['range'][0]:,.0f}–{c['range'][1]:,.0f}] "
+            f"({c['vs_all_off']:.2f}x)"
+            for c in cols.values()
+        ]
+        rows.append([row, *cells, n["kept"].get(row, "")])
+    head = ["lever", *(f"{c}: output tok/s [min–max] (vs all off)" for c in loads), "kept?"]
+    return md_table(head, rows) + (
+        f"\n\nOffline, {n['output_len']} greedy tokens per request; median of {n['repeats']} "
+        "runs per cell, the rows taking turns."
+    )
+
+
+def profile_numbers(r: dict) -> dict:
+    keep = ("tokens_per_s", "us_per_token", "us_per_token_untimed")
+    return {
+        "before": {k: r["before"][k] for k in keep},
+        "after": {k: r["after"][k] for k in keep},
+        "speedup": r["speedup"],
+        "bridge_us": r["async_bridge"]["overhead_us_per_token"],
+        "num_requests": r["config"]["num_requests"],
+        "output_len": r["config"]["output_len"],
+    }
+
+
+def profile_table(n: dict) -> str:
+    """µs per output token of each phase of a step, levers off (before) and on (after)."""
+    b, a = n["before"]["us_per_token"], n["after"]["us_per_token"]
+    rows = [[phase, f"{b[phase]:.1f}", f"{a[phase]:.1f}"] for phase in b]
+    rows.append(["(not timed)", f"{n['before']['us_per_token_untimed']:.1f}",
+                 f"{n['after']['us_per_token_untimed']:.1f}"])  # fmt: skip
+    rows.append(["**output tok/s**", f"**{n['before']['tokens_per_s']:,.0f}**",
+                 f"**{n['after']['tokens_per_s']:,.0f}**"])  # fmt: skip
+    head = ["phase", "before (levers off): µs per output token", "after (levers on)"]
+    return md_table(head, rows) + (
+        f"\n\n{n['num_requests']} requests at once, {n['output_len']} tokens each, offline; "
+        f"after / before {n['speedup']:.2f}x. Through the in-process async bridge (engine "
+        f"thread, asyncio queues, one coroutine per request) each token costs "
+        f"{n['bridge_us']:.0f} µs more."
+    )
+
+
+register(Table("week2-levers", "week2", "week2/engine-levers/results.json", levers_numbers,
+               levers_table))  # fmt: skip
+register(Table("week2-step-breakdown", "week2", "week2/engine-profile/results.json",
+               profile_numbers, profile_table))  # fmt: skip
 register(
     Table("week2-engine-bf16", "week2", "week2/engine-bf16/results.json", bf16_numbers, bf16_table)
 )

@@ -37,6 +37,15 @@ ROWS = {
     "all on (defaults)": ({}, None),
     "(b') defaults + all decodes in one attention group": ({"one_decode_group": True}, None),
 }
+# which rows are the engine's defaults (kept) and which were measured and left off
+KEPT = {
+    "all off (reference paths)": "reference",
+    "(a) fast_prepare: inputs by tensor ops": "kept (on)",
+    "(d) batched_sampling": "kept (on)",
+    "all on (defaults)": "the defaults",
+    "(b') defaults + all decodes in one attention group": "not kept (off)",
+    "(f) all on + one more torch thread": "not kept (--threads)",
+}
 # opt-in (--thread-row): on a machine whose cores are busy, a second torch thread spin-waits
 # for a core and the row can take many times longer than all the others together
 THREAD_ROW = {"(f) all on + one more torch thread": ({}, "more")}
@@ -53,6 +62,7 @@ class LeversConfig:
     repeats: int = 3  # runs per (row, concurrency); the median is reported
     threads: int = 1  # torch threads (the server's default on 2 cores)
     thread_row: bool = False  # also measure one more torch thread than --threads
+    dtype: str = "float32"  # the engine's --dtype (float32: as the comparison with vLLM)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,7 +100,9 @@ def measure(cfg: LeversConfig) -> dict:
     for c in cfg.concurrency:
         n = 4 if c == 1 else 2 * c
         for row, (overrides, _) in rows.items():
-            ecfg = EngineConfig(model=cfg.model, max_num_seqs=c, num_blocks=1024, **overrides)
+            ecfg = EngineConfig(
+                model=cfg.model, max_num_seqs=c, num_blocks=1024, dtype=cfg.dtype, **overrides
+            )
             engines[row, c] = eng = LLMEngine(ecfg)
         vocab = eng.runner.cfg.vocab_size
         prompts[c] = [[rng.randrange(1, vocab) for _ in range(cfg.input_len)] for _ in range(n)]
@@ -113,7 +125,8 @@ def measure(cfg: LeversConfig) -> dict:
                 "range": [min(runs[row, c]), max(runs[row, c])],
                 "vs_all_off": med / ref,
             }
-    results = {"config": vars(cfg), "levers": table, "environment": environment()}
+    kept = {row: KEPT.get(row, "") for row in rows}
+    results = {"config": vars(cfg), "levers": table, "kept": kept, "environment": environment()}
     save_results("week2", "engine-levers", results)
     for row, cols in table.items():
         parts = "  ".join(

@@ -52,6 +52,7 @@ class ProfileConfig:
     output_len: int = 128  # tokens generated per request (ignore_eos)
     max_num_seqs: int = 32
     threads: int = 1  # torch threads (the server's default on a 2-core machine)
+    dtype: str = "float32"  # the engine's --dtype (float32: as the comparison with vLLM)
     seed: int = 0
     run_name: str = "engine-profile"  # runs/week2/<run_name>/
 
@@ -71,7 +72,12 @@ def workload(cfg: ProfileConfig, vocab: int) -> list[list[int]]:
 
 def build(cfg: ProfileConfig, **levers) -> LLMEngine:
     ecfg = EngineConfig(
-        model=cfg.model, max_num_seqs=cfg.max_num_seqs, num_blocks=4096, device="cpu", **levers
+        model=cfg.model,
+        max_num_seqs=cfg.max_num_seqs,
+        num_blocks=4096,
+        device="cpu",
+        dtype=cfg.dtype,
+        **levers,
     )
     return LLMEngine(ecfg)
 

@@ -319,15 +319,37 @@ def worker_core_apart(cores: list[int] | None = None) -> Iterator[dict]:
             os.setpriority(os.PRIO_PROCESS, 0, nice_before)
 
 
-def clients_anywhere(cores: set[int] | None) -> None:
-    """Inside `worker_core_apart`'s block, after the server started: this process (the load
-    clients, niced below the server by `lower_client_priority`) may run on `cores` again (the
-    affinity it had before the block). A client with much Python per streamed chunk (guidellm)
-    then takes the idle time of every core instead of queueing behind the server's API process
-    on the last one, which delays its own timestamps and slows the server it measures. None:
-    nothing to do (no affinity calls, or nothing was pinned)."""
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
+@contextlib.contextmanager
+def clients_apart(cores: list[int] | None = None) -> Iterator[dict]:
+    """`validate`'s layout: vLLM CPU's model worker bound to every core but the last, its API
+    and engine-core processes free on every core, the load clients on the last one.
+
+    Yields the environment to start the server with (VLLM_CPU_OMP_THREADS_BIND) and a function
+    to call once the server has started: it moves this process (the clients) to the last core.
+    Unlike `worker_core_apart` (capacity's layout) the server's other processes are not put
+    on the clients' core, where a client heavier than ours (vllm bench, guidellm) would slow the
+    server it measures. On one core, or without affinity calls, it pins nothing. Restores the
+    affinity and the niceness on exit."""
+    if cores is None:
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores = sorted(cores)
+    if len(cores) < 2:
+        yield {"env": {}, "pin_clients": lambda: None, "layout": None}
+        return
+    before = os.sched_getaffinity(0)
+    nice_before = os.getpriority(os.PRIO_PROCESS, 0)
+    worker = ",".join(map(str, cores[:-1]))
+    layout = {"worker": worker, "server_rest": sorted(before), "clients": [cores[-1]]}
+    try:
+        yield {
+            "env": {"VLLM_CPU_OMP_THREADS_BIND": worker},
+            "pin_clients": lambda: os.sched_setaffinity(0, {cores[-1]}),
+            "layout": layout,
+        }
+    finally:
+        os.sched_setaffinity(0, before)
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, 0, nice_before)
 
 
 def core_layout(pin: dict) -> dict | None:

@@ -9,19 +9,17 @@ template, no shuffle) and our harness (its `file` workload). Both send the same 
 output lengths with ignore_eos, and the same sampling (greedy: without `--temperature 0` vllm
 bench sends no temperature and the server samples at its default, which is another workload).
 The server runs without prefix caching (the second tool would hit the first's prompts), its
-model worker on its own core(s) and everything else, both clients included, on the last one.
+model worker on its own core(s), its other processes free, and both clients on the last core.
 Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
 median over rounds, and every round is kept, with each client's own CPU seconds. Then a second
-independent tool, guidellm (guidellm_check.py), runs at two constant rates (20% and 40% of our
-saturated rate) on one more prompt file, and ours at the same rates, both clients now free to
-use every core (still niced); its mean inter-token latency is token-weighted, so ours is
-compared in the same weighting (guidellm_check.py). Writes runs/week2/validate/results.json.
+independent tool, guidellm (guidellm_check.py), runs at two constant rates (25% and 50% of our
+saturated rate) on one more prompt file, and ours at the same rates; its mean inter-token
+latency is token-weighted, so ours is compared in the same weighting (guidellm_check.py). Writes runs/week2/validate/results.json.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -38,11 +36,9 @@ from common.server import VLLM_PYTHON, free_port
 from common.timing import environment
 from week2_serving.harness import bench, guidellm_check
 from week2_serving.harness.launch import (
-    clients_anywhere,
-    core_layout,
+    clients_apart,
     launch,
     lower_client_priority,
-    worker_core_apart,
 )
 from week2_serving.harness.workloads import random_requests
 
@@ -75,10 +71,8 @@ class ValidateConfig:
     rounds: int = 3  # each tool runs this many times, alternating; the medians are compared
     tolerance: float = 0.10  # relative difference of the medians counted as agreement
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
-    # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped.
-    # Well below saturation: guidellm spends several times our client's CPU per request, and
-    # near saturation that CPU comes out of the 2-core server it measures (guidellm_check.py)
-    guidellm_rate_shares: tuple[float, float] = (0.2, 0.4)
+    # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped
+    guidellm_rate_shares: tuple[float, float] = (0.25, 0.5)
     guidellm_prompts: int = 40  # requests per guidellm rate (and ours), each round
     guidellm_rounds: int = 3  # rounds of both tools at both rates, alternating; medians compared
     # the clients' niceness: on the core they share with the server's API and engine processes
@@ -278,11 +272,10 @@ def summarize(rows: list, tolerance: float) -> dict:
 def main(cfg: ValidateConfig) -> dict:
     folder = model_folder(cfg)
     out = run_dir("week2", "validate")
-    all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    # vLLM's model worker on its own core(s), its API and engine processes and both clients on
-    # the last one (launch.worker_core_apart: the README has the numbers behind it).
-    with worker_core_apart() as pin:
-        env, layout = {**pin, **hub_env(is_offline(cfg.offline))}, core_layout(pin)
+    # vLLM's model worker on its own core(s), its API and engine processes free, both clients
+    # on the last core (launch.clients_apart: the README has the numbers behind it).
+    with clients_apart() as place:
+        env, layout = {**place["env"], **hub_env(is_offline(cfg.offline))}, place["layout"]
         # Prefix caching off: both tools send the same prompts, so with it on whichever tool
         # runs second in a round finds the other's prompts cached and its TTFT looks better.
         server = launch(
@@ -295,9 +288,9 @@ def main(cfg: ValidateConfig) -> dict:
             env=env,
         )
         with server:
-            lower_client_priority(cfg.client_nice)  # after the server started
+            place["pin_clients"]()  # after the server started: it keeps its cores
+            lower_client_priority(cfg.client_nice)  # and its priority
             rows = run_rounds(server.url, "week1", folder, cfg, out)
-            clients_anywhere(all_cores)  # guidellm's client needs more CPU than ours
             second_tool = guidellm_part(server.url, folder, rows, cfg, out)
     summary = summarize(rows, cfg.tolerance)
     results = {
