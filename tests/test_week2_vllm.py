@@ -78,3 +78,23 @@ def test_validation_runs_both_tools_on_the_same_prompts(vllm_tiny, tiny_gpt, tmp
     assert len(prompts) == 8 and all('"output_tokens": 8' in p for p in prompts)
     summary = validate.summarize(rows, 0.10)
     assert set(summary) == set(validate.COMPARED)
+
+
+def test_validation_paces_both_tools_alike(vllm_tiny, tiny_gpt, tmp_path):
+    """With a request rate both tools space their arrivals by it: 8 requests at 4/s take at
+    least 7/4 s in each tool, where sent at once the tiny model answers them in a fraction of
+    that; the saturated rate measured first is a positive number of requests/s."""
+    from week2_serving.harness import validate
+
+    cfg = validate.ValidateConfig(
+        num_prompts=8, input_len=8, output_len=8, max_concurrency=4, range_ratio=0.0
+    )
+    cfg.rounds = 1
+    folder = str(tiny_gpt["hf_dir"])
+    saturated = validate.saturated_rate(vllm_tiny.url, "tiny", folder, cfg, tmp_path)
+    assert saturated > 4
+    (row,) = validate.run_rounds(vllm_tiny.url, "tiny", folder, cfg, tmp_path, rate=4.0)
+    slowest = 8 * 8 / (7 / 4)  # output tok/s if the run lasted exactly the arrivals' span
+    for tool in ("vllm", "ours"):
+        assert row[tool]["completed"] == 8
+        assert 0 < row[tool]["output_throughput"] <= slowest * 1.02, (tool, row[tool])

@@ -102,7 +102,11 @@ def quality_table(n: dict) -> str:
 def validate_numbers(r: dict) -> dict:
     metrics = list(r["summary"])
     rounds = {m: {t: [row[t][m] for row in r["rounds"]] for t in ("vllm", "ours")} for m in metrics}
-    return {"summary": r["summary"], "rounds": rounds, "config": r["config"]}
+    out = {"summary": r["summary"], "rounds": rounds, "config": r["config"]}
+    for k in ("saturated_request_rate", "request_rate"):  # runs before the paced rounds lack them
+        if k in r:
+            out[k] = r[k]
+    return out
 
 
 def validate_table(n: dict) -> str:
@@ -122,10 +126,21 @@ def validate_table(n: dict) -> str:
     note = (
         f"{c['rounds']} rounds, {c['num_prompts']} prompts of {c['input_len']} in / "
         f"{c['output_len']} out tokens (±{100 * c['range_ratio']:.0f}%), concurrency "
-        f"{c['max_concurrency']}; median [min–max] over rounds; tolerance "
+        f"{c['max_concurrency']}{arrivals(n)}; median [min–max] over rounds; tolerance "
         f"±{100 * c['tolerance']:.0f}%."
     )
     return md_table(headers + ["per-round difference", "within tolerance"], rows) + "\n\n" + note
+
+
+def arrivals(n: dict) -> str:
+    """How the rounds' requests arrived, for the validation table's note."""
+    rate, sat = n.get("request_rate"), n.get("saturated_request_rate")
+    if rate is None or sat is None or rate == float("inf"):
+        return ", every request sent at once"
+    return (
+        f", arrivals evenly spaced at {rate:.2f} requests/s ({rate / sat:.2g}× the saturated "
+        f"{sat:.2f}/s measured first)"
+    )
 
 
 GUIDELLM_NAMES = {

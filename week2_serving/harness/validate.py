@@ -3,16 +3,21 @@
     python -m week2_serving.harness.validate                    # serves runs/week1/hf-model on vLLM CPU
     python -m week2_serving.harness.validate --model org/name --offline   # a hub id from the hub cache
 
-Starts vLLM on the model and, each round, writes one prompt file (random token ids decoded to
-text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom` dataset, no chat
-template, no shuffle) and our harness (its `file` workload). Both send the same texts, the same
-output lengths with ignore_eos, and the same sampling (greedy: without `--temperature 0` vllm
-bench sends no temperature and the server samples at its default, which is another workload).
+Starts vLLM on the model, measures its saturated request rate (one run of ours, every request
+sent at once under the concurrency cap), and, each round, writes one prompt file (random token
+ids decoded to text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom`
+dataset, no chat template, no shuffle) and our harness (its `file` workload). Both send the
+same texts, the same output lengths with ignore_eos, and the same sampling (greedy: without
+`--temperature 0` vllm bench sends no temperature and the server samples at its default, which
+is another workload), with arrivals evenly spaced at 1.5x the saturated rate under the same cap
+(`rate_share`): the server runs saturated, as with everything sent at once, but without the
+opening burst, whose 32 simultaneous prefills would make most of the mean TTFT and depend on
+how fast each client opens its connections.
 The server runs without prefix caching (the second tool would hit the first's prompts), its
 model worker on its own core(s), its other processes free, and both clients on the last core.
 Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
 median over rounds, and every round is kept, with each client's own CPU seconds. Then a second
-independent tool, guidellm (guidellm_check.py), runs at two constant rates (25% and 50% of our
+independent tool, guidellm (guidellm_check.py), runs at two constant rates (25% and 50% of the
 saturated rate) on one more prompt file, and ours at the same rates; its mean inter-token
 latency is token-weighted, so ours is compared in the same weighting (guidellm_check.py). Writes runs/week2/validate/results.json.
 """
@@ -20,6 +25,7 @@ latency is token-weighted, so ours is compared in the same weighting (guidellm_c
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -69,6 +75,10 @@ class ValidateConfig:
     # turns finished streams into new requests (see the README)
     range_ratio: float = 0.5
     rounds: int = 3  # each tool runs this many times, alternating; the medians are compared
+    # arrivals, evenly spaced, at this multiple of the saturated request rate (measured first by
+    # one run with every request sent at once); above 1 the concurrency cap still binds, so it
+    # is the saturated load without its opening burst. inf: all at once (the burst)
+    rate_share: float = 1.5
     tolerance: float = 0.10  # relative difference of the medians counted as agreement
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
     # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped
@@ -93,6 +103,8 @@ class ValidateConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.range_ratio < 1:
             raise ValueError(f"range_ratio={self.range_ratio} must be in [0, 1)")
+        if not (self.rate_share > 0 and not math.isnan(self.rate_share)):
+            raise ValueError(f"rate_share={self.rate_share} must be > 0 (inf: all at once)")
         if not self.tolerance > 0:
             raise ValueError(f"tolerance={self.tolerance} must be > 0")
         if type(self.client_nice) is not int or not 0 <= self.client_nice <= 19:
@@ -130,11 +142,12 @@ def write_prompts(path: Path, tokenizer, cfg: ValidateConfig, seed: int) -> Path
     return path
 
 
-def guidellm_part(url: str, model_dir: str, rows: list, cfg: ValidateConfig, out: Path) -> dict:
-    """guidellm at two constant rates (shares of our saturated rate) vs ours, same prompts."""
+def guidellm_part(
+    url: str, model_dir: str, saturated: float, cfg: ValidateConfig, out: Path
+) -> dict:
+    """guidellm at two constant rates (shares of the saturated rate) vs ours, same prompts."""
     if not cfg.guidellm_rate_shares:
         return {"skipped": "no rates asked"}
-    saturated = statistics.median(r["ours"]["request_throughput"] for r in rows)
     rates = [round(share * saturated, 3) for share in cfg.guidellm_rate_shares]
     tokenizer = bench.load_tokenizer(model_dir)
     rows_cfg = replace(cfg, num_prompts=cfg.guidellm_prompts)
@@ -146,9 +159,17 @@ def guidellm_part(url: str, model_dir: str, rows: list, cfg: ValidateConfig, out
 
 
 def run_vllm_bench(
-    url: str, model: str, tokenizer: str, prompts: Path, cfg: ValidateConfig, out_dir: Path
+    url: str,
+    model: str,
+    tokenizer: str,
+    prompts: Path,
+    cfg: ValidateConfig,
+    out_dir: Path,
+    rate: float = math.inf,
 ) -> dict:
     name = "vllm_bench.json"
+    # evenly spaced arrivals: a gamma shape so large that the gaps vary by about 1%, as ours
+    paced = [] if math.isinf(rate) else ["--request-rate", f"{rate:g}", "--burstiness", "10000"]
     cmd = [
         str(VLLM_PYTHON),
         "-c",
@@ -176,6 +197,7 @@ def run_vllm_bench(
         "--max-concurrency",
         str(cfg.max_concurrency),
         "--ignore-eos",
+        *paced,
         # the same sampling as our harness sends (greedy): without it vllm bench sends no
         # temperature and the server samples at its default, a different workload
         "--temperature",
@@ -200,8 +222,40 @@ def _children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_rounds(url: str, served: str, model_dir: str, cfg: ValidateConfig, out: Path) -> list:
-    """`cfg.rounds` rounds of both tools against the server at `url`; one row per round."""
+def ours_config(
+    url: str, served: str, model_dir: str, prompts: Path, cfg: ValidateConfig, rate: float
+):
+    """Our harness on `prompts` as vllm bench runs them: same cap, same arrivals."""
+    return bench.BenchConfig(
+        base_url=url,
+        model=served,
+        tokenizer=model_dir,
+        dataset_name="file",
+        dataset_path=str(prompts),
+        num_prompts=cfg.num_prompts,
+        random_output_len=cfg.output_len,
+        max_concurrency=cfg.max_concurrency,
+        request_rate=rate,
+        burstiness=guidellm_check.CONSTANT_BURSTINESS,
+        num_warmups=1,  # as vllm bench's one "initial test run"
+        save=False,
+    )
+
+
+def saturated_rate(url: str, served: str, model_dir: str, cfg: ValidateConfig, out: Path) -> float:
+    """Requests/s with every request sent at once under the cap (one run of ours, on prompts of
+    its own; it also warms the server up)."""
+    tokenizer = bench.load_tokenizer(model_dir)
+    prompts = write_prompts(out / "prompts-saturation.jsonl", tokenizer, cfg, seed=999)
+    res = bench.main(ours_config(url, served, model_dir, prompts, cfg, math.inf))
+    return res["request_throughput"]
+
+
+def run_rounds(
+    url: str, served: str, model_dir: str, cfg: ValidateConfig, out: Path, rate: float = math.inf
+) -> list:
+    """`cfg.rounds` rounds of both tools against the server at `url`, arrivals at `rate`
+    requests/s (inf: all at once) under the concurrency cap; one row per round."""
     tokenizer = bench.load_tokenizer(model_dir)
     rows = []
     for r in range(cfg.rounds):
@@ -209,24 +263,11 @@ def run_rounds(url: str, served: str, model_dir: str, cfg: ValidateConfig, out: 
 
         def theirs_run(prompts=prompts):
             with tempfile.TemporaryDirectory() as tmp:
-                return run_vllm_bench(url, served, model_dir, prompts, cfg, Path(tmp))
+                return run_vllm_bench(url, served, model_dir, prompts, cfg, Path(tmp), rate)
 
         def ours_run(prompts=prompts):
             before = time.process_time()
-            res = bench.main(
-                bench.BenchConfig(
-                    base_url=url,
-                    model=served,
-                    tokenizer=model_dir,
-                    dataset_name="file",
-                    dataset_path=str(prompts),
-                    num_prompts=cfg.num_prompts,
-                    random_output_len=cfg.output_len,
-                    max_concurrency=cfg.max_concurrency,
-                    num_warmups=1,  # as vllm bench's one "initial test run"
-                    save=False,
-                )
-            )
+            res = bench.main(ours_config(url, served, model_dir, prompts, cfg, rate))
             res["client_cpu_s"] = time.process_time() - before
             return res
 
@@ -290,13 +331,18 @@ def main(cfg: ValidateConfig) -> dict:
         with server:
             place["pin_clients"]()  # after the server started: it keeps its cores
             lower_client_priority(cfg.client_nice)  # and its priority
-            rows = run_rounds(server.url, "week1", folder, cfg, out)
-            second_tool = guidellm_part(server.url, folder, rows, cfg, out)
+            saturated = saturated_rate(server.url, "week1", folder, cfg, out)
+            rate = cfg.rate_share * saturated
+            log.info("saturated: %.2f requests/s; the rounds send %.2f/s", saturated, rate)
+            rows = run_rounds(server.url, "week1", folder, cfg, out, rate)
+            second_tool = guidellm_part(server.url, folder, saturated, cfg, out)
     summary = summarize(rows, cfg.tolerance)
     results = {
         "summary": summary,
         "rounds": rows,
         "all_within_tolerance": all(s["within_tolerance"] for s in summary.values()),
+        "saturated_request_rate": saturated,
+        "request_rate": rate,  # the rounds' arrivals (inf: all at once)
         "guidellm": second_tool,
         "config": asdict(cfg),
         "model": folder,
