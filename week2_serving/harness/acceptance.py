@@ -9,7 +9,8 @@ Runs, on vLLM CPU with the week 1 model: (1) a capacity study with three searche
 3-run checks at the capacity and at 1.25x it, every open-loop run 40 s of arrivals
 (capacity.py --duration; runs/week2/capacity-acceptance);
 (2) the multi-turn prefix study, cache on vs off (prefix_study.py); (3) validate with one round
-of `vllm bench serve` and guidellm at two constant rates (validate.py, guidellm_check.py). Then
+of `vllm bench serve` and guidellm at two constant rates, five rounds of 80 requests per rate
+(validate.py, guidellm_check.py). Then
 prints one line per acceptance item, PASS / FAIL / NOT RUN, and writes
 runs/week2/acceptance/results.json. The exit status is 0 only when every item passed.
 """
@@ -45,6 +46,10 @@ class AcceptanceConfig:
     duration: float = 40.0
     num_prompts: int = 200  # the saturated bracket run: this many requests at once
     max_probes: int = 8  # per capacity search
+    # guidellm vs ours: rounds and requests per rate (more than validate's defaults: a low-load
+    # run's mean TPOT moves from run to run by more than the 10% the tools must agree within)
+    guidellm_rounds: int = 5
+    guidellm_prompts: int = 80
 
     def __post_init__(self) -> None:
         bad = [p for p in self.only if p not in PARTS]
@@ -52,6 +57,11 @@ class AcceptanceConfig:
             raise ValueError(f"--only {bad}: choose from {', '.join(PARTS)}")
         if self.searches < 2 or not 0 < self.spread < 1 or self.num_prompts < 1:
             raise ValueError("searches >= 2, spread in (0, 1) and num_prompts >= 1, please")
+        if self.guidellm_rounds < 1 or self.guidellm_prompts < 1:
+            raise ValueError(
+                f"guidellm_rounds={self.guidellm_rounds} and guidellm_prompts="
+                f"{self.guidellm_prompts} must be >= 1"
+            )
         if not (math.isfinite(self.duration) and 0 < self.duration <= 3600):
             raise ValueError(f"duration={self.duration!r}: use seconds in (0, 3600]")
 
@@ -75,7 +85,14 @@ def run_parts(cfg: AcceptanceConfig) -> None:
             prefix_study.PrefixStudyConfig(model=cfg.model, conversations=16, num_runs=3)
         )
     if "guidellm" in cfg.only:
-        validate.main(validate.ValidateConfig(model=cfg.model, rounds=1))
+        validate.main(
+            validate.ValidateConfig(
+                model=cfg.model,
+                rounds=1,
+                guidellm_rounds=cfg.guidellm_rounds,
+                guidellm_prompts=cfg.guidellm_prompts,
+            )
+        )
 
 
 def _read(path: Path) -> dict | None:

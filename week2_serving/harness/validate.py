@@ -81,9 +81,11 @@ class ValidateConfig:
     rate_share: float = 1.5
     tolerance: float = 0.10  # relative difference of the medians counted as agreement
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
-    # guidellm (a second tool) at these shares of our saturated request rate; empty: skipped
+    # guidellm (a second tool) at these shares of the saturated request rate; empty: skipped
     guidellm_rate_shares: tuple[float, float] = (0.25, 0.5)
-    guidellm_prompts: int = 40  # requests per guidellm rate (and ours), each round
+    # requests per guidellm rate (and ours), each round: at low load a run's mean TPOT varies
+    # from run to run by far more than the tools differ, and more requests average it down
+    guidellm_prompts: int = 64
     guidellm_rounds: int = 3  # rounds of both tools at both rates, alternating; medians compared
     # the clients' niceness: on the core they share with the server's API and engine processes
     # they yield to the server, so what is measured is the server, not the clients' contention
