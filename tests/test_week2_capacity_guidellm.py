@@ -75,47 +75,70 @@ def test_guidellm_runs_one_worker_process_by_default():
     assert guidellm_env(4)["GUIDELLM__MAX_WORKER_PROCESSES"] == "4"
 
 
-def test_rounds_alternate_the_tools_and_compare_medians(tmp_path, monkeypatch):
-    """Three rounds, who goes first alternating; per rate the median of each tool is compared,
-    so one slow run of either tool does not decide the verdict."""
-    import shutil
-    import subprocess
+def test_check_runs_both_tools_at_once_and_compares_medians(monkeypatch, tmp_path):
+    """Each rate, each round: guidellm starts, ours starts only once the server holds one of
+    guidellm's requests, then both finish; per rate the medians over rounds are compared, so
+    one slow round of either tool does not decide the verdict."""
+    import json as _json
 
     from week2_serving.harness import guidellm_check as gc
 
-    order: list[str] = []
+    events: list[str] = []
     monkeypatch.setattr(gc, "GUIDELLM", tmp_path / "guidellm")
     (tmp_path / "guidellm").touch()
+    canned = _json.loads(CANNED.read_text())
 
-    def fake_run(cmd, **kw):
-        order.append("guidellm")
-        shutil.copy(CANNED, cmd[cmd.index("--output") + 1].split("path=", 1)[1])
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+    class FakeGuidellm:
+        def __init__(self, cmd, **kw):
+            self.returncode = None
+            rate = _json.loads(cmd[cmd.index("--profile") + 1])["rate"][0]
+            one = [b for b in canned["benchmarks"] if b["config"]["strategy"]["rate"] == rate]
+            out = cmd[cmd.index("--output") + 1].split("path=", 1)[1]
+            Path(out).write_text(_json.dumps({**canned, "benchmarks": one}))
+            events.append(f"guidellm {rate}")
+            self.busy = iter([0.0, 0.0, 2.0])  # the server sees its requests on the 3rd look
+
+        def poll(self):
+            return self.returncode
+
+        def communicate(self, timeout=None):
+            self.returncode = 0
+            events.append("guidellm done")
+            return "", ""
+
+    procs: list[FakeGuidellm] = []
+
+    def popen(cmd, **kw):
+        procs.append(FakeGuidellm(cmd))
+        return procs[-1]
+
+    def in_flight(url):
+        busy = next(procs[-1].busy, 2.0)
+        if busy:
+            events.append("server busy")
+        return busy
 
     theirs = {r["rate"]: r for r in parse_guidellm(CANNED)}
     slow = iter([1.0, 1.0, 3.0, 3.0, 1.0, 1.0])  # ours' second round is three times slower
 
-    def fake_ours(url, model, model_dir, prompts, rate, count):
-        order.append("ours")
+    def fake_ours(url, model, model_dir, prompts, rate, count, warmups=1):
+        assert events[-1] == "server busy" and warmups == 0
+        events.append(f"ours {rate}")
         k = next(slow)
         out = {m: theirs[rate][m] * k for m in METRIC_MAP}
         return {**out, "mean_tpot_ms": out["mean_tpot_token_weighted_ms"]}
 
-    monkeypatch.setattr(gc.subprocess, "run", fake_run)
+    monkeypatch.setattr(gc.subprocess, "Popen", popen)
+    monkeypatch.setattr(gc.server_metrics, "requests_in_flight", in_flight)
+    monkeypatch.setattr(gc.time, "sleep", lambda s: None)
     monkeypatch.setattr(gc, "run_ours", fake_ours)
     res = gc.run_check("http://h:1", "m", "/tok", tmp_path / "p.jsonl", [2.0, 4.0], 20, tmp_path)
-    assert order == [
-        "guidellm",
-        "ours",
-        "ours",
-        "ours",
-        "ours",
-        "guidellm",
-        "guidellm",
-        "ours",
-        "ours",
+    one_round = [
+        *("guidellm 2.0", "server busy", "ours 2.0", "guidellm done"),
+        *("guidellm 4.0", "server busy", "ours 4.0", "guidellm done"),
     ]
-    assert [r["first"] for r in res["rounds"]] == ["guidellm", "ours", "guidellm"]
+    assert events == one_round * 3
+    assert res["together"] is True
     out = verdict(res, tolerance=0.10)
     assert out["all_within_tolerance"]  # the medians agree; the slow round is outvoted
     assert [r["rate"] for r in out["rows"]] == [2.0, 4.0]
@@ -123,6 +146,46 @@ def test_rounds_alternate_the_tools_and_compare_medians(tmp_path, monkeypatch):
     cpu = res["client_cpu_s_per_request"]
     assert set(cpu) == {"guidellm", "ours"} and all(v >= 0 for v in cpu.values())
     assert all(set(r["client_cpu_s_per_request"]) == set(cpu) for r in res["rounds"])
+
+
+def test_aligning_the_tools_needs_the_servers_request_gauges(monkeypatch):
+    """A server whose /metrics has no request gauges cannot tell when guidellm started: the
+    check says so instead of starting ours blind; a guidellm that exits early ends the wait."""
+    from week2_serving.harness import guidellm_check as gc
+
+    class Running:
+        def poll(self):
+            return None
+
+    class Exited:
+        def poll(self):
+            return 2
+
+    monkeypatch.setattr(gc.server_metrics, "requests_in_flight", lambda url: None)
+    with pytest.raises(RuntimeError, match="no request gauges"):
+        gc.wait_until_sending("http://h:1", Running())
+    gc.wait_until_sending("http://h:1", Exited())  # returns: the caller reads its exit status
+
+
+def test_requests_in_flight_sums_running_and_waiting(monkeypatch):
+    from week2_serving.harness import server_metrics
+
+    text = (
+        '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 3.0\n'
+        '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 2.0\n'
+    )
+
+    class Resp:
+        def __init__(self, t):
+            self.text = t
+
+        def raise_for_status(self):
+            pass
+
+    monkeypatch.setattr(server_metrics.httpx, "get", lambda url, timeout: Resp(text))
+    assert server_metrics.requests_in_flight("http://h:1") == 5.0
+    monkeypatch.setattr(server_metrics.httpx, "get", lambda url, timeout: Resp("# nothing\n"))
+    assert server_metrics.requests_in_flight("http://h:1") is None
 
 
 def test_cpu_seconds_counts_this_process_and_finished_children():
@@ -178,3 +241,25 @@ def test_the_readme_table_shows_each_rate_and_marks_misses():
     assert "guidellm 12.3 ms, ours 4.0 ms" in table
     skipped = {"guidellm": {"skipped": "no venv"}, "config": {}}
     assert guidellm_table(guidellm_numbers(skipped)) == "guidellm not run: no venv"
+
+
+@pytest.mark.parametrize("share", [0.0, -1.0, float("nan")])
+def test_validate_refuses_a_rate_share_that_is_not_a_positive_number(share):
+    from week2_serving.harness import validate
+
+    with pytest.raises(ValueError, match="rate_share"):
+        validate.ValidateConfig(rate_share=share)
+
+
+def test_validate_table_says_how_the_requests_arrived():
+    """Paced rounds name their rate and its share of the saturated one; results from before
+    pacing (no rate recorded) or with every request at once say so."""
+    from week2_serving import tables
+
+    base = {"summary": {}, "rounds": {}, "config": {}}
+    paced = tables.arrivals({**base, "request_rate": 18.0, "saturated_request_rate": 12.0})
+    assert "18.00 requests/s" in paced and "1.5×" in paced and "12.00/s" in paced
+    assert "at once" in tables.arrivals(base)
+    assert "at once" in tables.arrivals(
+        {**base, "request_rate": None, "saturated_request_rate": 12}
+    )

@@ -161,6 +161,7 @@ def guidellm_numbers(r: dict) -> dict:
         rows.append({"rate": row["rate"], "metrics": metrics, "rounds": row.get("rounds", 1)})
     shares = r["config"].get("guidellm_rate_shares")
     out = {"rows": rows, "tolerance": g["tolerance"], "shares": shares}
+    out["together"] = bool(g.get("together"))  # both tools at once (else one after the other)
     if "client_cpu_s_per_request" in g:  # results from before it was recorded lack it
         out["client_cpu_ms_per_request"] = {
             k: 1000 * v for k, v in g["client_cpu_s_per_request"].items()
@@ -178,11 +179,17 @@ def guidellm_table(n: dict) -> str:
                 f"{row['rate']:.2f}", GUIDELLM_NAMES[k], f"{m['guidellm']:.2f}", f"{m['ours']:.2f}",
                 f"**{100 * m['relative_diff']:+.1f}%**", "yes" if m["within"] else "**NO**",
             ])  # fmt: skip
-    shares = " and ".join(f"{100 * s:.0f}%" for s in n["shares"] or [])
+    shares = " and ".join(f"{100 * s:.1f}".rstrip("0").rstrip(".") + "%" for s in n["shares"] or [])
     k = n["rows"][0]["rounds"]
-    how = f"medians over {k} rounds (the tools take turns going first)" if k > 1 else "one run each"
+    how = f"medians over {k} rounds" if k > 1 else "one run each"
+    if n.get("together"):
+        how += (
+            ", both tools sending at the same time (each at the rate: the server serves twice it)"
+        )
+    elif k > 1:
+        how += " (the tools take turns going first)"
     note = (
-        f"Constant rates at {shares} of our saturated rate; {how}; tolerance "
+        f"Constant rates at {shares} of the saturated rate; {how}; tolerance "
         f"±{100 * n['tolerance']:.0f}%."
     )
     if cpu := n.get("client_cpu_ms_per_request"):

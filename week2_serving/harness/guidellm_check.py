@@ -1,7 +1,10 @@
 """A second, independent tool: guidellm at two constant rates against our harness.
 
 Same server, same prompt file (JSONL rows with `prompt` and `output_tokens_count`, which
-guidellm's column mapper reads), the same rates. guidellm's constant profile spaces arrivals
+guidellm's column mapper reads), the same rates, at the same time: ours starts when guidellm's
+first request reaches the server (its /metrics request gauges), so both measure the same
+batches through the same moments (on a small shared machine the server's speed moves by tens
+of percent between runs a minute apart, more than the tools differ). guidellm's constant profile spaces arrivals
 evenly; ours is asked for the same with a gamma shape so large (`CONSTANT_BURSTINESS`) that the
 gaps vary by about 1%. Compared per rate: request throughput, output tokens/s, mean TTFT and
 mean TPOT, within a relative tolerance.
@@ -30,11 +33,12 @@ import os
 import resource
 import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from common.results import REPO_ROOT, get_logger
-from week2_serving.harness import bench
+from week2_serving.harness import bench, server_metrics
 
 log = get_logger("week2.guidellm")
 GUIDELLM = REPO_ROOT / ".venvs" / "guidellm" / "bin" / "guidellm"
@@ -121,7 +125,9 @@ def compare(ours: dict, theirs: dict, tolerance: float) -> dict:
     return out
 
 
-def run_ours(url: str, model: str, model_dir: str, prompts: Path, rate: float, count: int) -> dict:
+def run_ours(
+    url: str, model: str, model_dir: str, prompts: Path, rate: float, count: int, warmups: int = 1
+) -> dict:
     """Our harness at `rate` on the same prompt file, arrivals spaced as guidellm's constant."""
     cfg = bench.BenchConfig(
         base_url=url,
@@ -132,10 +138,56 @@ def run_ours(url: str, model: str, model_dir: str, prompts: Path, rate: float, c
         num_prompts=count,
         request_rate=rate,
         burstiness=CONSTANT_BURSTINESS,
-        num_warmups=1,
+        num_warmups=warmups,
         save=False,
     )
     return bench.main(cfg)
+
+
+def wait_until_sending(url: str, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    """Return once the server holds a request (guidellm has started sending: its start-up,
+    imports and tokenizer, takes seconds); RuntimeError if guidellm exits or times out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return  # it ended already (an error, read by the caller from its exit status)
+        busy = server_metrics.requests_in_flight(url)
+        if busy is None:
+            raise RuntimeError(f"{url}/metrics has no request gauges: cannot align the tools")
+        if busy > 0:
+            return
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"guidellm sent nothing to {url} in {timeout_s:g} s")
+
+
+def run_together(
+    url: str, model: str, model_dir: str, prompts: Path, rate: float, count: int, path: Path
+) -> tuple[dict, dict, dict[str, float]]:
+    """guidellm and ours at `rate` each, at the same time, on the same server: (guidellm's
+    row, ours, each client's CPU seconds). Ours starts when guidellm's first request reaches
+    the server, so both measure the same batches through the same moments of the machine."""
+    cmd = guidellm_command(url, model, model_dir, prompts, [rate], count, path)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=path.parent,
+        env=guidellm_env(),
+    )  # fmt: skip
+    try:
+        wait_until_sending(url, proc)
+        own = time.process_time()
+        ours = run_ours(url, model, model_dir, prompts, rate, count, warmups=0)
+        own = time.process_time() - own
+        _, err = proc.communicate(timeout=1800)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{(err or '')[-2000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    theirs_cpu = after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime
+    return parse_guidellm(path)[0], ours, {"guidellm": theirs_cpu, "ours": own}
 
 
 def run_check(
@@ -148,38 +200,28 @@ def run_check(
     out: Path,
     rounds: int = 3,
 ) -> dict:
-    """`rounds` rounds, each guidellm at every rate (one run of it) and ours at the same rates,
-    who goes first alternating; per rate and metric the medians over rounds are compared. A
-    server's speed drifts over minutes on a small shared machine: one run of each, a minute
-    apart, differs by more than the tools do."""
+    """`rounds` rounds; in each, at every rate, guidellm and ours run *at the same time* on
+    the same server (`run_together`), each at that rate: the server serves both (twice the
+    rate in all), and per rate and metric the medians over rounds are compared. On a small
+    shared machine the server's speed moves by tens of percent from one run to the next, a
+    minute apart; side by side, both tools see the same moments."""
     if not GUIDELLM.exists():
         return {"skipped": f"{GUIDELLM} not found: run `make setup-guidellm`"}
     per_round = []
     cmd: list[str] = []
     for r in range(rounds):
-        path = out / f"guidellm-round{r}.json"
-        cmd = guidellm_command(url, model, model_dir, prompts, rates, count, path)
-
-        def theirs(cmd=cmd, path=path) -> list[dict]:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=1800, cwd=out, env=guidellm_env()
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-            return parse_guidellm(path)
-
-        def ours() -> list[dict]:
-            return [run_ours(url, model, model_dir, prompts, rate, count) for rate in rates]
-
-        cpu: dict[str, float] = {}
-        if r % 2 == 0:
-            g, o = cpu_seconds(theirs, cpu, "guidellm"), cpu_seconds(ours, cpu, "ours")
-        else:
-            o, g = cpu_seconds(ours, cpu, "ours"), cpu_seconds(theirs, cpu, "guidellm")
+        g, o, cpu = [], [], {"guidellm": 0.0, "ours": 0.0}
+        for i, rate in enumerate(rates):
+            path = out / f"guidellm-round{r}-rate{i}.json"
+            cmd = guidellm_command(url, model, model_dir, prompts, [rate], count, path)
+            theirs, ours, used = run_together(url, model, model_dir, prompts, rate, count, path)
+            g.append(theirs)
+            o.append(ours)
+            for k, v in used.items():
+                cpu[k] += v
         per_round.append(
             {
                 "round": r,
-                "first": "guidellm" if r % 2 == 0 else "ours",
                 "guidellm": g,
                 "ours": [{k: res[k] for k in (*METRIC_MAP, "mean_tpot_ms")} for res in o],
                 # CPU seconds per request of each client (all rates): the load each puts on
@@ -193,6 +235,7 @@ def run_check(
     }
     return {
         "command": cmd,
+        "together": True,  # both tools at once, each at the rate
         "rounds": per_round,
         "rows": combine_rounds(per_round, rates),
         "client_cpu_s_per_request": cpu,  # median over rounds

@@ -81,3 +81,17 @@ def cell_counters(before: dict, after: dict) -> dict:
     if drafts and accepted is not None:  # tokens per verification round (vLLM's definition)
         out["spec_decode_mean_acceptance_length"] = 1 + accepted / drafts
     return out
+
+
+def requests_in_flight(base_url: str, timeout_s: float = 2.0) -> float | None:
+    """Requests the server holds now (`vllm:num_requests_running` + `..._waiting`, over every
+    label set); None when /metrics cannot be read or carries neither gauge."""
+    try:
+        resp = httpx.get(base_url.rstrip("/") + "/metrics", timeout=timeout_s)
+        resp.raise_for_status()
+        families = list(text_string_to_metric_families(resp.text))
+    except Exception:
+        return None
+    names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+    values = [s.value for f in families for s in f.samples if s.name in names]
+    return float(sum(values)) if values else None

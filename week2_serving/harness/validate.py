@@ -4,7 +4,8 @@
     python -m week2_serving.harness.validate --model org/name --offline   # a hub id from the hub cache
 
 Starts vLLM on the model, measures its saturated request rate (one run of ours, every request
-sent at once under the concurrency cap), and, each round, writes one prompt file (random token
+sent at once under the concurrency cap), warms it up with one untimed paced run (below), and,
+each round, writes one prompt file (random token
 ids decoded to text) that both tools read: `vllm bench serve` (from vLLM's venv, its `custom`
 dataset, no chat template, no shuffle) and our harness (its `file` workload). Both send the
 same texts, the same output lengths with ignore_eos, and the same sampling (greedy: without
@@ -17,8 +18,8 @@ The server runs without prefix caching (the second tool would hit the first's pr
 model worker on its own core(s), its other processes free, and both clients on the last core.
 Rounds alternate who goes first; mean TTFT, mean TPOT and output throughput are compared as the
 median over rounds, and every round is kept, with each client's own CPU seconds. Then a second
-independent tool, guidellm (guidellm_check.py), runs at two constant rates (25% and 50% of the
-saturated rate) on one more prompt file, and ours at the same rates; its mean inter-token
+independent tool, guidellm (guidellm_check.py), runs at two constant rates (12.5% and 25% of the
+saturated rate) on one more prompt file, and ours at the same rates at the same time; its mean inter-token
 latency is token-weighted, so ours is compared in the same weighting (guidellm_check.py). Writes runs/week2/validate/results.json.
 """
 
@@ -81,11 +82,10 @@ class ValidateConfig:
     rate_share: float = 1.5
     tolerance: float = 0.10  # relative difference of the medians counted as agreement
     offline: bool | None = None  # a hub id must be cached (none: HF_HUB_OFFLINE decides)
-    # guidellm (a second tool) at these shares of the saturated request rate; empty: skipped
-    guidellm_rate_shares: tuple[float, float] = (0.25, 0.5)
-    # requests per guidellm rate (and ours), each round: at low load a run's mean TPOT varies
-    # from run to run by far more than the tools differ, and more requests average it down
-    guidellm_prompts: int = 64
+    # guidellm (a second tool) and ours, both at once, each at these shares of the saturated
+    # request rate (the server serves both: twice the share); empty: skipped
+    guidellm_rate_shares: tuple[float, float] = (0.125, 0.25)
+    guidellm_prompts: int = 64  # requests per rate, each tool, each round
     guidellm_rounds: int = 3  # rounds of both tools at both rates, alternating; medians compared
     # the clients' niceness: on the core they share with the server's API and engine processes
     # they yield to the server, so what is measured is the server, not the clients' contention
@@ -105,7 +105,7 @@ class ValidateConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.range_ratio < 1:
             raise ValueError(f"range_ratio={self.range_ratio} must be in [0, 1)")
-        if not (self.rate_share > 0 and not math.isnan(self.rate_share)):
+        if not self.rate_share > 0:  # NaN fails this too
             raise ValueError(f"rate_share={self.rate_share} must be > 0 (inf: all at once)")
         if not self.tolerance > 0:
             raise ValueError(f"tolerance={self.tolerance} must be > 0")
@@ -171,7 +171,8 @@ def run_vllm_bench(
 ) -> dict:
     name = "vllm_bench.json"
     # evenly spaced arrivals: a gamma shape so large that the gaps vary by about 1%, as ours
-    paced = [] if math.isinf(rate) else ["--request-rate", f"{rate:g}", "--burstiness", "10000"]
+    shape = f"{guidellm_check.CONSTANT_BURSTINESS:g}"
+    paced = [] if math.isinf(rate) else ["--request-rate", f"{rate:g}", "--burstiness", shape]
     cmd = [
         str(VLLM_PYTHON),
         "-c",
@@ -333,9 +334,14 @@ def main(cfg: ValidateConfig) -> dict:
         with server:
             place["pin_clients"]()  # after the server started: it keeps its cores
             lower_client_priority(cfg.client_nice)  # and its priority
+            tokenizer = bench.load_tokenizer(folder)
             saturated = saturated_rate(server.url, "week1", folder, cfg, out)
             rate = cfg.rate_share * saturated
             log.info("saturated: %.2f requests/s; the rounds send %.2f/s", saturated, rate)
+            # one untimed run of ours as the rounds send: the paced load meets the server with
+            # batch sizes the burst did not (the first paced run, whichever tool, is slower)
+            warm = write_prompts(out / "prompts-warmup.jsonl", tokenizer, cfg, seed=998)
+            bench.main(ours_config(server.url, "week1", folder, warm, cfg, rate))
             rows = run_rounds(server.url, "week1", folder, cfg, out, rate)
             second_tool = guidellm_part(server.url, folder, saturated, cfg, out)
     summary = summarize(rows, cfg.tolerance)
