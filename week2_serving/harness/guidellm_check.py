@@ -186,7 +186,7 @@ def run_together(
     if proc.returncode != 0:
         raise RuntimeError(f"guidellm failed ({proc.returncode}):\n{(err or '')[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    theirs_cpu = after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime
+    theirs_cpu = (after.ru_utime - kids.ru_utime) + (after.ru_stime - kids.ru_stime)
     return parse_guidellm(path)[0], ours, {"guidellm": theirs_cpu, "ours": own}
 
 
