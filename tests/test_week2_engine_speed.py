@@ -37,7 +37,7 @@ def engine(tiny_gpt, **overrides) -> LLMEngine:
 
 
 def same_inputs(a, b) -> None:
-    for name in ("ids", "positions", "slot_mapping", "sample_rows"):
+    for name in ("ids", "positions", "slot_mapping", "sample_rows", "tables", "seq_of_row"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert len(a.groups) == len(b.groups)
     for ga, gb in zip(a.groups, b.groups):
@@ -116,3 +116,138 @@ def test_batched_sampling_off_leaves_plain_rows_to_their_own_generators(monkeypa
     logits = torch.zeros(2, 20)
     logits[:, 4] = 40.0
     assert s(logits, [seq(temperature=1.0), seq()]) == [4, 4]
+
+
+# --- the in-place paged attention op (paged_cpu.py) -------------------------------------------
+@pytest.fixture(scope="module")
+def paged_op():
+    """The op, built (about a minute the first time on a machine, cached after). Skipped only
+    where there is no C++ compiler at all; with one, the build must succeed."""
+    import os
+    import shutil
+
+    from week2_serving.engine import paged_cpu
+
+    if not shutil.which(os.environ.get("CXX", "c++")):
+        pytest.skip("no C++ compiler on this machine: the op cannot be built")
+    assert paged_cpu.unavailable_reason() is None
+
+
+needs_op = pytest.mark.usefixtures("paged_op")
+
+
+def random_step(dtype, H=4, Hkv=2, D=64, bs=4, seed=0):
+    """A pool with shuffled blocks and a step mixing decodes, prefill chunks after a cached
+    prefix and a speculating sequence's 3 rows: (q, k, v, decode, prefill, tables, seq_of_row,
+    positions)."""
+    import random
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    nb = 64
+    k, v = torch.randn(nb * bs, Hkv, D, dtype=dtype), torch.randn(nb * bs, Hkv, D, dtype=dtype)
+    free = list(range(nb))
+    rng.shuffle(free)
+    decode, prefill, tables, seq_of_row, positions, row = [], [], [], [], [], 0
+    for b, (q_len, ctx, spec) in enumerate(
+        [(1, 37, 0), (1, 5, 0), (7, 20, 0), (1, 100, 0), (3, 3, 0), (3, 30, 1), (1, 1, 0)]
+    ):
+        table = [free.pop() for _ in range(-(-ctx // bs))]
+        tables.append(table)
+        (decode if q_len == 1 or spec else prefill).append((table, ctx, q_len, row))
+        seq_of_row += [b] * q_len
+        positions += range(ctx - q_len, ctx)
+        row += q_len
+    q = torch.randn(row, H, D, dtype=dtype)
+    M = max(map(len, tables))
+    bt = torch.tensor([t + [0] * (M - len(t)) for t in tables])
+    return q, k, v, decode, prefill, bt, torch.tensor(seq_of_row), torch.tensor(positions), bs
+
+
+@needs_op
+@pytest.mark.parametrize(
+    "dtype,H,Hkv,D",
+    [
+        (torch.float32, 4, 2, 64),  # GQA
+        (torch.float32, 3, 3, 20),  # MHA, a head dim that is no multiple of the op's 16 lanes
+        (torch.bfloat16, 8, 2, 32),
+        (torch.float16, 4, 1, 64),  # MQA
+    ],
+)
+def test_paged_op_equals_sdpa_over_gathered_keys(dtype, H, Hkv, D):
+    """Every row of a mixed step (decodes of many context lengths, prefill chunks, a
+    speculating sequence): the op's attention equals the SDPA groups' (attention.attend)."""
+    from week2_serving.engine.attention import attend, plan_groups
+    from week2_serving.engine.paged_cpu import paged_attention
+
+    q, k, v, decode, prefill, bt, sor, pos, bs = random_step(dtype, H, Hkv, D)
+    ref = attend(q, k, v, plan_groups(decode, prefill, bs, "cpu", dtype))
+    out = paged_attention(q, k, v, bt, sor, pos, bs)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert out.dtype == dtype and out.shape == q.shape
+    assert torch.allclose(out.float(), ref.float(), atol=tol, rtol=tol)
+
+
+@needs_op
+def test_paged_op_refuses_indices_outside_the_pool_instead_of_reading_them():
+    from week2_serving.engine.paged_cpu import paged_attention
+
+    q, k, v, _, _, bt, sor, pos, bs = random_step(torch.float32)
+    bad = bt.clone()
+    bad[0, 0] = 10_000  # no such block
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        paged_attention(q, k, v, bad, sor, pos, bs)
+    far = pos.clone()
+    far[0] = bt.shape[1] * bs  # past the end of its table
+    with pytest.raises(RuntimeError, match="outside the tables"):
+        paged_attention(q, k, v, bt, sor, far, bs)
+
+
+@needs_op
+@pytest.mark.parametrize("overrides", [TIGHT, dict(num_blocks=256, max_num_seqs=8)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_paged_op_keeps_the_tokens_of_sdpa_attention(tiny_gpt, overrides, fast):
+    """Chunked prefills, prefix hits and preemption (TIGHT), greedy and seeded rows, on the
+    fast and the reference input path: the tokens of the SDPA path."""
+    params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+    params[2] = SamplingParams(max_tokens=17, temperature=0.9, seed=7, ignore_eos=True)
+    ref = engine(tiny_gpt, **overrides).generate(PROMPTS, params, use_tqdm=False)
+    eng = engine(tiny_gpt, **overrides, paged_kernel=True, fast_prepare=fast)
+    assert eng.runner.paged_kernel
+    out = eng.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.token_ids for o in out] == [r.token_ids for r in ref]
+    if fast:  # the SDPA groups are not built when the op does the attention
+        assert eng.runner.planner.build_groups is False
+
+
+def test_paged_op_that_cannot_be_built_is_an_error_at_start(tiny_gpt, monkeypatch):
+    """No compiler on this machine: asking for the op fails at start and says why."""
+    from week2_serving.engine import paged_cpu
+
+    monkeypatch.setattr(paged_cpu, "unavailable_reason", lambda: "CalledProcessError: no c++")
+    with pytest.raises(RuntimeError, match="could not be built.*no c\\+\\+"):
+        engine(tiny_gpt, paged_kernel=True)
+
+
+def test_paged_op_is_refused_where_it_does_not_apply(tiny_gpt):
+    for bad in (dict(kv_cache_dtype="int8"), dict(device="cuda")):
+        if bad.get("device") == "cuda" and not torch.cuda.is_available():
+            continue  # the device itself would be refused first
+        with pytest.raises(ValueError, match="paged_kernel"):
+            EngineConfig(model=tiny_gpt["hf_dir"], paged_kernel=True, **bad)
+
+
+def test_the_op_build_is_named_for_this_source_torch_and_cpu(monkeypatch):
+    """A build compiled for one CPU (-march=native) is never loaded on another."""
+    from week2_serving.engine import paged_cpu
+
+    names = []
+    monkeypatch.setattr(
+        "torch.utils.cpp_extension.load", lambda name, **kw: names.append(name) or name
+    )
+    for flags in ("flags: avx2", "flags: avx2 avx512f"):
+        paged_cpu.load.cache_clear()
+        monkeypatch.setattr(paged_cpu, "cpu_features", lambda f=flags: f)
+        paged_cpu.load()
+    paged_cpu.load.cache_clear()
+    assert len(set(names)) == 2 and all(n.startswith("ie_paged_attention_") for n in names)

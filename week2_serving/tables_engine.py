@@ -171,7 +171,9 @@ def bf16_table(n: dict) -> str:
 
 def levers_numbers(r: dict) -> dict:
     return {"levers": r["levers"], "kept": r.get("kept", {}), "repeats": r["config"]["repeats"],
-            "output_len": r["config"]["output_len"]}  # fmt: skip
+            "output_len": r["config"]["output_len"],
+            "output_spread": r["config"].get("output_spread", 0.0),
+            "left_out": r.get("left_out", {})}  # fmt: skip
 
 
 def levers_table(n: dict) -> str:
@@ -186,9 +188,13 @@ def levers_table(n: dict) -> str:
         ]
         rows.append([row, *cells, n["kept"].get(row, "")])
     head = ["lever", *(f"{c}: output tok/s [min–max] (vs all off)" for c in loads), "kept?"]
+    spread = n.get("output_spread", 0.0)
+    lengths = f"{n['output_len']} ± {spread:.0%}" if spread else f"{n['output_len']}"
+    left = "".join(f" Left out: {row} ({why})." for row, why in n.get("left_out", {}).items())
     return md_table(head, rows) + (
-        f"\n\nOffline, {n['output_len']} greedy tokens per request; median of {n['repeats']} "
-        "runs per cell, the rows taking turns."
+        f"\n\nOffline, {lengths} greedy tokens per request (requests finish at different "
+        f"steps and the next join a running batch); median of {n['repeats']} runs per cell, "
+        f"the rows taking turns.{left}"
     )
 
 

@@ -45,6 +45,8 @@ class EngineConfig:
     fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
     batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
     one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
+    # speed lever (CPU): attention by one C++ op per layer reading K/V in place (paged_cpu.py)
+    paged_kernel: bool = False
     speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
     enforce_eager: bool = False  # no CUDA graphs for decode steps (cuda_graphs.py); CPU: never
     max_seq_len_to_capture: int = 8192  # decode steps with a longer context run eager (vLLM)
@@ -63,6 +65,11 @@ class EngineConfig:
                 "drop --speculative-method, or use another policy"
             )
         check_kv_cache_dtype(self.kv_cache_dtype, self.torch_device)
+        if self.paged_kernel and (self.torch_device.type != "cpu" or self.kv_cache_dtype != "auto"):
+            raise ValueError(
+                f"paged_kernel: a CPU op over an unquantized KV pool; here device "
+                f"{self.torch_device}, kv_cache_dtype {self.kv_cache_dtype!r}: drop --paged-kernel"
+            )
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
         if type(self.max_seq_len_to_capture) is not int or self.max_seq_len_to_capture < 1:

@@ -7,7 +7,11 @@ One row per lever (EngineConfig's speed flags, plus torch's thread count), each 
 against "all off" in the same process: the runs go round-robin over the rows, `repeats`
 times, so a noisy neighbour slows every row alike; the median and the range are reported.
 Concurrency c: 2c requests (4 at c = 1) of random 16-token prompts, `max_num_seqs` = c,
-`output_len` greedy tokens each.
+greedy, each with its own output length drawn around `output_len` (± `output_spread`, the same
+draws for every row): requests finish at different steps and the next ones join a running
+batch, so the decodes of one step sit at many context lengths, as on a server. A row whose
+lever cannot run on this machine (the paged op without a C++ compiler) is left out, and the
+results say why.
 
 Writes runs/week2/engine-levers/results.json.
 """
@@ -24,6 +28,7 @@ import torch
 from common.cli import parse
 from common.results import get_logger, runs_root, save_results
 from common.timing import environment
+from week2_serving.engine import paged_cpu
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.profile import LEVERS_OFF as OFF
 from week2_serving.engine.sequence import SamplingParams
@@ -36,6 +41,7 @@ ROWS = {
     "(d) batched_sampling": ({**OFF, "batched_sampling": True}, None),
     "all on (defaults)": ({}, None),
     "(b') defaults + all decodes in one attention group": ({"one_decode_group": True}, None),
+    "(c) defaults + paged attention op (K/V read in place)": ({"paged_kernel": True}, None),
 }
 # which rows are the engine's defaults (kept) and which were measured and left off
 KEPT = {
@@ -44,6 +50,7 @@ KEPT = {
     "(d) batched_sampling": "kept (on)",
     "all on (defaults)": "the defaults",
     "(b') defaults + all decodes in one attention group": "not kept (off)",
+    "(c) defaults + paged attention op (K/V read in place)": "PENDING",
     "(f) all on + one more torch thread": "not kept (--threads)",
 }
 # opt-in (--thread-row): on a machine whose cores are busy, a second torch thread spin-waits
@@ -57,7 +64,8 @@ class LeversConfig:
 
     model: str = field(default_factory=lambda: str(runs_root() / "week1" / "hf-model"))
     concurrency: tuple[int, ...] = (1, 8, 32)  # max_num_seqs of each column
-    output_len: int = 64  # greedy tokens per request
+    output_len: int = 64  # greedy tokens per request, on average
+    output_spread: float = 0.5  # each request's output length uniform in output_len x (1 ± this)
     input_len: int = 16  # random prompt tokens
     repeats: int = 3  # runs per (row, concurrency); the median is reported
     threads: int = 1  # torch threads (the server's default on 2 cores)
@@ -70,15 +78,17 @@ class LeversConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
                 raise ValueError(f"{name}={value!r}: use an integer in 1..4096")
+        if not 0 <= self.output_spread < 1:  # NaN fails this too
+            raise ValueError(f"output_spread={self.output_spread!r}: use a share in [0, 1)")
         bad = [c for c in self.concurrency if isinstance(c, bool) or not 1 <= c <= 1024]
         if not self.concurrency or bad:
             raise ValueError(f"concurrency={self.concurrency!r}: use integers in 1..1024")
 
 
-def timed_run(eng: LLMEngine, prompts, cfg: LeversConfig, threads: int) -> float:
+def timed_run(eng: LLMEngine, prompts, lengths: list[int], threads: int) -> float:
     """Output tokens per second of one offline run."""
     torch.set_num_threads(threads)
-    params = SamplingParams(max_tokens=cfg.output_len, ignore_eos=True)
+    params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in lengths]
     start = time.perf_counter()
     outs = eng.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - start
@@ -93,10 +103,29 @@ def main(cfg: LeversConfig) -> dict:
         torch.set_num_threads(threads_before)
 
 
+def unavailable(rows: dict) -> dict[str, str]:
+    """The rows whose lever cannot run here, and why."""
+    out = {}
+    for row, (overrides, _) in rows.items():
+        if overrides.get("paged_kernel") and (why := paged_cpu.unavailable_reason()):
+            out[row] = why
+    return out
+
+
+def output_lengths(cfg: LeversConfig, n: int, rng: random.Random) -> list[int]:
+    lo = max(1, round(cfg.output_len * (1 - cfg.output_spread)))
+    hi = max(lo, round(cfg.output_len * (1 + cfg.output_spread)))
+    return [rng.randint(lo, hi) for _ in range(n)]
+
+
 def measure(cfg: LeversConfig) -> dict:
     rows = {**ROWS, **(THREAD_ROW if cfg.thread_row else {})}
+    skipped = unavailable(rows)
+    for row, why in skipped.items():
+        log.info("left out: %s (%s)", row, why)
+        del rows[row]
     rng = random.Random(cfg.seed)
-    engines, prompts = {}, {}
+    engines, prompts, lengths = {}, {}, {}
     for c in cfg.concurrency:
         n = 4 if c == 1 else 2 * c
         for row, (overrides, _) in rows.items():
@@ -106,6 +135,7 @@ def measure(cfg: LeversConfig) -> dict:
             engines[row, c] = eng = LLMEngine(ecfg)
         vocab = eng.runner.cfg.vocab_size
         prompts[c] = [[rng.randrange(1, vocab) for _ in range(cfg.input_len)] for _ in range(n)]
+        lengths[c] = output_lengths(cfg, n, rng)
     for (_, c), eng in engines.items():  # warm-up: first-call costs out of the timings
         eng.generate(prompts[c][:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
@@ -113,7 +143,8 @@ def measure(cfg: LeversConfig) -> dict:
         for c in cfg.concurrency:
             for row, (_, threads) in rows.items():
                 n_threads = cfg.threads + 1 if threads == "more" else cfg.threads
-                runs[row, c].append(timed_run(engines[row, c], prompts[c], cfg, n_threads))
+                run = timed_run(engines[row, c], prompts[c], lengths[c], n_threads)
+                runs[row, c].append(run)
     table = {}
     for row in rows:
         table[row] = {}
@@ -126,7 +157,13 @@ def measure(cfg: LeversConfig) -> dict:
                 "vs_all_off": med / ref,
             }
     kept = {row: KEPT.get(row, "") for row in rows}
-    results = {"config": vars(cfg), "levers": table, "kept": kept, "environment": environment()}
+    results = {
+        "config": vars(cfg),
+        "levers": table,
+        "kept": kept,
+        "left_out": skipped,
+        "environment": environment(),
+    }
     save_results("week2", "engine-levers", results)
     for row, cols in table.items():
         parts = "  ".join(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from common.hub import is_offline, resolve_model
 from common.results import get_logger
+from week2_serving.engine import paged_cpu
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.cuda_graphs import make_decode_graphs
 from week2_serving.engine.engine_config import EngineConfig, RequestOutput, StepOutput
@@ -74,6 +75,10 @@ class LLMEngine:
         self.sampler = Sampler()
         self.runner.fast_prepare, self.sampler.batched = cfg.fast_prepare, cfg.batched_sampling
         self.runner.bucket_decodes = not cfg.one_decode_group
+        if cfg.paged_kernel:  # built here, once, so that a missing compiler is said at start
+            if (why := paged_cpu.unavailable_reason()) is not None:
+                raise RuntimeError(f"--paged-kernel: the op could not be built ({why})")
+            self.runner.paged_kernel = True
         self.requests: dict[str, Sequence] = {}
         self.eos_token_ids, self.sampling_defaults = info.eos_token_ids, info.sampling_defaults
         self.num_generated = 0

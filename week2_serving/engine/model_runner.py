@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from week2_serving.engine import paged_cpu
 from week2_serving.engine.attention import AttnGroup, attend, plan_groups
 from week2_serving.engine.kv_cache import kv_bytes_per_block, make_kv_cache
 from week2_serving.engine.lora.manager import LoRAManager, LoRAStep
@@ -39,6 +40,16 @@ class StepInputs:
     sample_rows: torch.Tensor  # (S,) the rows whose logits are sampled (last of a sequence,
     #                            the last 1 + k of a speculating one)
     lora: LoRAStep | None = None  # which rows use which LoRA adapter (lora/); None: none does
+    # for the in-place paged attention op (paged_cpu.py): every sequence's block table and
+    # which sequence each row belongs to; None where a path does not build them
+    tables: torch.Tensor | None = None  # (B, M) block ids, padded with block 0
+    seq_of_row: torch.Tensor | None = None  # (N,)
+
+
+def padded_tables(seqs) -> list[list[int]]:
+    """Every sequence's block table, padded with block 0 to the longest: (B, M)."""
+    M = max(len(s.block_table) for s in seqs)
+    return [s.block_table + [0] * (M - len(s.block_table)) for s in seqs]
 
 
 class ModelRunner:
@@ -103,6 +114,9 @@ class ModelRunner:
     # --- 1. inputs ------------------------------------------------------------------------------
     fast_prepare = True  # build inputs with tensor ops (step_plan.py); False: the loop below
     bucket_decodes = True  # fast path only: False puts every decode in one attention group
+    # attention by the in-place paged op (paged_cpu.py, CPU, unquantized KV): one call per
+    # layer for the whole step; the SDPA groups are then not built on the fast path
+    paged_kernel = False
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """The step's flat token batch, where each token's K/V goes, and the attention groups."""
@@ -110,9 +124,10 @@ class ModelRunner:
             return self.prepare_reference(batch)
         if getattr(self, "planner", None) is None:
             args = (self.block_size, self.device, self.dtype, self.bucket_decodes)
-            self.planner = StepPlanner(*args)
+            self.planner = StepPlanner(*args, groups=not self.paged_kernel)
         lora = self.lora.plan(batch.seqs, batch.num_tokens) if self.lora else None
-        return StepInputs(*self.planner.plan(batch), lora=lora)
+        ids, positions, slots, groups, sample_rows, tables, seq_of_row = self.planner.plan(batch)
+        return StepInputs(ids, positions, slots, groups, sample_rows, lora, tables, seq_of_row)
 
     def prepare_reference(self, batch: ScheduledBatch) -> StepInputs:
         """`prepare` as a Python loop over every token: the plain reference the fast path is
@@ -120,7 +135,9 @@ class ModelRunner:
         bs, dev = self.block_size, self.device
         ids, positions, slot_mapping, sample_rows = [], [], [], []
         decode, prefill = [], []  # (block_table, ctx_len, q_len, row_start)
-        for seq, n, want in zip(batch.seqs, batch.num_tokens, batch.sample):
+        seq_of_row: list[int] = []
+        for i, (seq, n, want) in enumerate(zip(batch.seqs, batch.num_tokens, batch.sample)):
+            seq_of_row += [i] * n
             start, c = len(ids), seq.num_computed
             ids += (seq.tokens[c : c + n] + seq.spec_tokens)[:n]  # + proposed tokens (spec/)
             positions += range(c, c + n)
@@ -136,11 +153,18 @@ class ModelRunner:
             groups=plan_groups(decode, prefill, bs, dev, self.dtype),
             sample_rows=torch.tensor(sample_rows, dtype=torch.long, device=dev),
             lora=self.lora.plan(batch.seqs, batch.num_tokens) if self.lora else None,
+            tables=torch.tensor(padded_tables(batch.seqs), dtype=torch.long, device=dev),
+            seq_of_row=torch.tensor(seq_of_row, dtype=torch.long, device=dev),
         )
 
     # --- 2. attention ---------------------------------------------------------------------------
-    def attention(self, layer: int, q: torch.Tensor, groups: list[AttnGroup]) -> torch.Tensor:
+    def attention(self, layer: int, q: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         """Every row's attention over its own sequence's keys in the pool: (N, H, D) -> (N, H, D)."""
+        if self.paged_kernel and inputs.tables is not None:  # one op, K/V read in place
+            k, v = self.kv.layer(layer)
+            args = (inputs.tables, inputs.seq_of_row, inputs.positions, self.block_size)
+            return paged_cpu.paged_attention(q, k, v, *args)
+        groups = inputs.groups
         if self.kv.quantized:  # int8/fp8: attention reads dequantized K/V through the cache
             return attend(q, None, None, groups, partial(self.kv.gather, layer))
         return attend(q, *self.kv.layer(layer), groups)
@@ -190,7 +214,7 @@ class ModelRunner:
             qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
         q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
         self.kv.write(layer, inputs.slot_mapping, k, v)  # this step's K/V -> pool
-        attn = self.attention(layer, q, inputs.groups)  # (N, H, D)
+        attn = self.attention(layer, q, inputs)  # (N, H, D)
         x = x + self.proj(layer, "o", attn.reshape(N, H * D), lw.o_w, lw.o_b)
         h = norm(c.norm, x, lw.norm2, c.norm_eps)
         up = self.proj(layer, "gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)

@@ -120,6 +120,9 @@ class ServerConfig:
     max_model_len: int | None = None  # context length; None: the model's
     enable_prefix_caching: bool = engine_default("enable_prefix_caching")  # reuse shared prefixes
     enforce_eager: bool = engine_default("enforce_eager")  # no CUDA graphs (off on CPU anyway)
+    # CPU: attention by one C++ op per layer reading K/V in place (engine/paged_cpu.py; built
+    # with the machine's compiler at the first start, about a minute)
+    paged_kernel: bool = engine_default("paged_kernel")
     # continuous (requests join and leave every step), static (a batch at a time), sequential
     scheduling: PolicyName = engine_default("scheduling")
     # torch threads for the forward pass; default: all cores but one, which the event loop and,
@@ -256,6 +259,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             max_model_len=a.max_model_len,
             enable_prefix_caching=a.enable_prefix_caching,
             enforce_eager=a.enforce_eager,
+            paged_kernel=a.paged_kernel,
             scheduling=a.scheduling,
             max_num_waiting=a.max_num_waiting or 0,  # the engine's bound: 0 means none
             served_model_name=a.served_model_name or str(a.model),
@@ -269,6 +273,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
     except ValueError as e:
         where = (
             f"--device {a.device!r} / --dtype {a.dtype!r} / --kv-cache-dtype {a.kv_cache_dtype!r}"
+            + (" / --paged-kernel" if a.paged_kernel else "")
         )
         raise SystemExit(f"{where}: {e}") from None
 

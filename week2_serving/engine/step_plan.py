@@ -30,12 +30,17 @@ class StepPlanner:
     """Builds the flat inputs; keeps an `arange` large enough for any step (reused, not remade)."""
 
     def __init__(
-        self, block_size: int, device: torch.device, dtype: torch.dtype, bucket: bool = True
+        self,
+        block_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        bucket: bool = True,
+        groups: bool = True,  # False: no SDPA groups (attention by the paged op: paged_cpu.py)
     ):
         self.bs, self.device, self.dtype = block_size, device, dtype
         # decodes bucketed by context length (the reference), or all in one padded group: one
         # SDPA call per layer instead of one per bucket, for more masked-out keys
-        self.bucket = bucket
+        self.bucket, self.build_groups = bucket, groups
         self.arange = torch.arange(1024, device=device)
 
     def iota(self, n: int) -> torch.Tensor:
@@ -45,7 +50,8 @@ class StepPlanner:
         return self.arange[:n]
 
     def plan(self, batch: ScheduledBatch):
-        """(ids, positions, slot_mapping, groups, sample_rows) for `batch`, as the reference."""
+        """(ids, positions, slot_mapping, groups, sample_rows, tables, seq_of_row) for `batch`,
+        as the reference."""
         seqs, ns, dev = batch.seqs, batch.num_tokens, self.device
         cs = [s.num_computed for s in seqs]
         ids = list(  # a speculating sequence's rows end with its proposed tokens (spec/)
@@ -75,9 +81,12 @@ class StepPlanner:
             sample_rows = torch.tensor(rows, dtype=torch.long, device=dev)  # (S,)
         else:
             sample_rows = (row_start + n - 1)[want]  # (S,)
-        spec = [bool(s.spec_tokens) for s in seqs]
-        groups = self.groups(tables, computed + n, n, row_start, cs, ns, spec)
-        return torch.tensor(ids, device=dev), positions, slot_mapping, groups, sample_rows
+        groups = []
+        if self.build_groups:
+            spec = [bool(s.spec_tokens) for s in seqs]
+            groups = self.groups(tables, computed + n, n, row_start, cs, ns, spec)
+        ids_t = torch.tensor(ids, device=dev)
+        return ids_t, positions, slot_mapping, groups, sample_rows, tables, seq_of_row
 
     def groups(
         self,

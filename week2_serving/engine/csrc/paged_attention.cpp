@@ -1,0 +1,144 @@
+// Paged attention on the CPU that reads K/V where they lie in the pool: no gathered copy, no
+// padding, no mask. One call per layer serves every row of a step (decodes, prefill chunks,
+// a speculating sequence's 1 + k rows): row r belongs to sequence seq_of_row[r], sits at
+// absolute position positions[r], and sees that sequence's keys 0..positions[r] (causal),
+// found through its block table: key j lives in slot table[j / bs] * bs + j % bs.
+//
+// Work is split over (row, K/V head) pairs with at::parallel_for (torch's thread count). For
+// one pair the query heads that share the K/V head (GQA) are done together, so each key and
+// value vector is read once for all of them. Two passes over the keys: scores (and their
+// maximum), then exp-weights and the weighted sum of values; accumulation in float32 whatever
+// the storage type (float32, bfloat16, float16).
+//
+// Shapes: N rows, H query heads, Hkv K/V heads, D head dim, S pool slots, B sequences,
+// M blocks per table.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int kLanes = 16;  // partial sums per dot product: the compiler keeps them in vectors
+
+template <typename T>
+inline float dot(const float* q, const T* k, int64_t d) {
+  float acc[kLanes] = {0.f};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes)
+    for (int u = 0; u < kLanes; ++u) acc[u] += q[i + u] * static_cast<float>(k[i + u]);
+  float s = 0.f;
+  for (; i < d; ++i) s += q[i] * static_cast<float>(k[i]);
+  for (int u = 0; u < kLanes; ++u) s += acc[u];
+  return s;
+}
+
+template <typename T>
+inline void axpy(float w, const T* v, float* out, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) out[i] += w * static_cast<float>(v[i]);
+}
+
+template <typename T>
+void attend_rows(const T* q, const T* k, const T* v, const int64_t* tables,
+                 const int64_t* seq_of_row, const int64_t* positions, T* out, int64_t N,
+                 int64_t H, int64_t Hkv, int64_t D, int64_t M, int64_t bs, float scale) {
+  const int64_t G = H / Hkv;  // query heads per K/V head
+  at::parallel_for(0, N * Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(G * D), acc(G * D), scores, maxes(G), sums(G);
+    std::vector<int64_t> slots;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / Hkv, g = task % Hkv;
+      const int64_t* table = tables + seq_of_row[r] * M;
+      const int64_t L = positions[r] + 1;  // keys this row sees
+      slots.resize(L);
+      for (int64_t j = 0; j < L; ++j) slots[j] = table[j / bs] * bs + j % bs;
+      for (int64_t h = 0; h < G; ++h) {  // this row's query heads of K/V head g, scaled
+        const T* qh = q + (r * H + g * G + h) * D;
+        for (int64_t i = 0; i < D; ++i) qf[h * D + i] = static_cast<float>(qh[i]) * scale;
+      }
+      scores.resize(G * L);
+      std::fill(maxes.begin(), maxes.end(), -std::numeric_limits<float>::infinity());
+      for (int64_t j = 0; j < L; ++j) {  // pass 1: q . k for every key, in place in the pool
+        const T* kj = k + (slots[j] * Hkv + g) * D;
+        for (int64_t h = 0; h < G; ++h) {
+          const float s = dot(qf.data() + h * D, kj, D);
+          scores[h * L + j] = s;
+          maxes[h] = std::max(maxes[h], s);
+        }
+      }
+      for (int64_t h = 0; h < G; ++h) {  // softmax weights, unnormalised
+        float sum = 0.f;
+        float* sh = scores.data() + h * L;
+        for (int64_t j = 0; j < L; ++j) {
+          sh[j] = std::exp(sh[j] - maxes[h]);
+          sum += sh[j];
+        }
+        sums[h] = sum;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = 0; j < L; ++j) {  // pass 2: the weighted sum of the values
+        const T* vj = v + (slots[j] * Hkv + g) * D;
+        for (int64_t h = 0; h < G; ++h) axpy(scores[h * L + j], vj, acc.data() + h * D, D);
+      }
+      for (int64_t h = 0; h < G; ++h) {
+        T* oh = out + (r * H + g * G + h) * D;
+        const float inv = 1.f / sums[h];
+        for (int64_t i = 0; i < D; ++i) oh[i] = static_cast<T>(acc[h * D + i] * inv);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor paged_attention(torch::Tensor q,           // (N, H, D)
+                              torch::Tensor k_pool,      // (S, Hkv, D)
+                              torch::Tensor v_pool,      // (S, Hkv, D)
+                              torch::Tensor tables,      // (B, M) int64
+                              torch::Tensor seq_of_row,  // (N,) int64
+                              torch::Tensor positions,   // (N,) int64
+                              int64_t block_size, double scale) {
+  TORCH_CHECK(q.device().is_cpu(), "paged_attention: CPU tensors only");
+  TORCH_CHECK(q.dim() == 3 && k_pool.dim() == 3 && v_pool.dim() == 3, "q and pools are 3-d");
+  TORCH_CHECK(q.scalar_type() == k_pool.scalar_type() && k_pool.scalar_type() == v_pool.scalar_type(),
+              "q, k_pool and v_pool share one dtype");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && seq_of_row.scalar_type() == at::kLong &&
+                  positions.scalar_type() == at::kLong,
+              "tables, seq_of_row and positions are int64");
+  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_pool.size(1);
+  TORCH_CHECK(H % Hkv == 0 && k_pool.size(2) == D, "heads: H a multiple of Hkv, same D");
+  TORCH_CHECK(seq_of_row.numel() == N && positions.numel() == N, "one seq and position per row");
+  const int64_t S = k_pool.size(0), B = tables.size(0), M = tables.size(1);
+  TORCH_CHECK(v_pool.size(0) == S, "k_pool and v_pool hold the same slots");
+  {  // the step's metadata is the engine's own; checked anyway: a bad index would read wild
+    auto t = tables.contiguous(), so = seq_of_row.contiguous(), po = positions.contiguous();
+    const int64_t *tp = t.data_ptr<int64_t>(), *sp = so.data_ptr<int64_t>(), *pp = po.data_ptr<int64_t>();
+    for (int64_t i = 0; i < B * M; ++i)
+      TORCH_CHECK(tp[i] >= 0 && (tp[i] + 1) * block_size <= S, "block id ", tp[i], " outside the pool");
+    for (int64_t r = 0; r < N; ++r)
+      TORCH_CHECK(sp[r] >= 0 && sp[r] < B && pp[r] >= 0 && pp[r] < M * block_size,
+                  "row ", r, ": sequence ", sp[r], " position ", pp[r], " outside the tables");
+  }
+  q = q.contiguous();
+  k_pool = k_pool.contiguous();
+  v_pool = v_pool.contiguous();
+  tables = tables.contiguous();
+  seq_of_row = seq_of_row.contiguous();
+  positions = positions.contiguous();
+  auto out = torch::empty_like(q);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+    attend_rows<scalar_t>(q.data_ptr<scalar_t>(), k_pool.data_ptr<scalar_t>(),
+                          v_pool.data_ptr<scalar_t>(), tables.data_ptr<int64_t>(),
+                          seq_of_row.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+                          out.data_ptr<scalar_t>(), N, H, Hkv, D, tables.size(1), block_size,
+                          static_cast<float>(scale));
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_attention", &paged_attention, "paged attention reading K/V in place (CPU)");
+}
