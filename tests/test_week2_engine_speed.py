@@ -251,3 +251,59 @@ def test_the_op_build_is_named_for_this_source_torch_and_cpu(monkeypatch):
         paged_cpu.load()
     paged_cpu.load.cache_clear()
     assert len(set(names)) == 2 and all(n.startswith("ie_paged_attention_") for n in names)
+
+
+# --- prepacked linears (ModelRunner.prepack_linears) -------------------------------------------
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prepacked_linears_multiply_as_the_plain_weights_do(tiny_gpt, dtype):
+    """Every packed projection and the LM head give F.linear's product for any number of
+    rows, not only the hint's."""
+    import torch.nn.functional as F
+
+    eng = engine(tiny_gpt, prepacked_linears=True, max_num_seqs=4, dtype=dtype)
+    runner, w = eng.runner, eng.runner.weights
+    names = ("qkv", "o", "gate_up", "down")
+    pairs = [(getattr(lw, f"{n}_w"), getattr(lw, f"{n}_b")) for lw in w.layers for n in names]
+    pairs.append((w.lm_head, None))
+    assert len(runner.packed) == len({id(t) for t, _ in pairs})  # every one packed
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    for rows in (1, 4, 7, 40):
+        for weight, bias in pairs:
+            x = torch.randn(rows, weight.shape[1], dtype=weight.dtype)
+            got, want = runner.linear(x, weight, bias).float(), F.linear(x, weight, bias).float()
+            assert torch.allclose(got, want, atol=tol, rtol=tol)
+
+
+@needs_onednn
+def test_prepacked_linears_keep_the_greedy_tokens(tiny_gpt):
+    """Chunked prefills, prefix hits and preemption (TIGHT), greedy: the tokens of plain
+    linears, with and without the paged op."""
+    params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+    ref = engine(tiny_gpt, **TIGHT).generate(PROMPTS, params, use_tqdm=False)
+    out = engine(tiny_gpt, **TIGHT, prepacked_linears=True).generate(
+        PROMPTS, params, use_tqdm=False
+    )
+    assert [o.token_ids for o in out] == [r.token_ids for r in ref]
+
+
+def test_prepacked_linears_without_onednn_leave_the_plain_weights(tiny_gpt, monkeypatch):
+    """No oneDNN in the build: nothing is packed and every projection is a plain F.linear."""
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    eng = engine(tiny_gpt, prepacked_linears=True)
+    assert eng.runner.packed == {} and eng.runner.prepack_linears(hint=8) == 0
+
+
+def test_a_weight_onednn_refuses_stays_plain(tiny_gpt, monkeypatch):
+    eng = engine(tiny_gpt)
+
+    def refuse(t, hint):
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    assert eng.runner.prepack_linears(hint=8) == 0 and eng.runner.packed == {}

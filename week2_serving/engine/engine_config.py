@@ -47,6 +47,9 @@ class EngineConfig:
     one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
     # speed lever (CPU): attention by one C++ op per layer reading K/V in place (paged_cpu.py)
     paged_kernel: bool = False
+    # speed lever (CPU): projection and LM-head weights laid out once in oneDNN's blocked
+    # format, as vLLM's CPU build packs its linears (ModelRunner.prepack_linears)
+    prepacked_linears: bool = False
     speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
     enforce_eager: bool = False  # no CUDA graphs for decode steps (cuda_graphs.py); CPU: never
     max_seq_len_to_capture: int = 8192  # decode steps with a longer context run eager (vLLM)

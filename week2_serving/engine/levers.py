@@ -42,6 +42,8 @@ ROWS = {
     "all on (defaults)": ({}, None),
     "(b') defaults + all decodes in one attention group": ({"one_decode_group": True}, None),
     "(c) defaults + paged attention op (K/V read in place)": ({"paged_kernel": True}, None),
+    "(e) defaults + prepacked linears (oneDNN)": ({"prepacked_linears": True}, None),
+    "(c) + (e)": ({"paged_kernel": True, "prepacked_linears": True}, None),
 }
 # which rows are the engine's defaults (kept) and which were measured and left off
 KEPT = {
@@ -50,7 +52,9 @@ KEPT = {
     "(d) batched_sampling": "kept (on)",
     "all on (defaults)": "the defaults",
     "(b') defaults + all decodes in one attention group": "not kept (off)",
-    "(c) defaults + paged attention op (K/V read in place)": "PENDING",
+    "(c) defaults + paged attention op (K/V read in place)": "opt-in (--paged-kernel)",
+    "(e) defaults + prepacked linears (oneDNN)": "opt-in (--prepacked-linears)",
+    "(c) + (e)": "both opt-in flags",
     "(f) all on + one more torch thread": "not kept (--threads)",
 }
 # opt-in (--thread-row): on a machine whose cores are busy, a second torch thread spin-waits
@@ -109,6 +113,8 @@ def unavailable(rows: dict) -> dict[str, str]:
     for row, (overrides, _) in rows.items():
         if overrides.get("paged_kernel") and (why := paged_cpu.unavailable_reason()):
             out[row] = why
+        elif overrides.get("prepacked_linears") and not torch.backends.mkldnn.is_available():
+            out[row] = "this PyTorch build has no oneDNN"
     return out
 
 

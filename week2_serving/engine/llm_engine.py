@@ -79,6 +79,8 @@ class LLMEngine:
             if (why := paged_cpu.unavailable_reason()) is not None:
                 raise RuntimeError(f"--paged-kernel: the op could not be built ({why})")
             self.runner.paged_kernel = True
+        if cfg.prepacked_linears:
+            self.runner.prepack_linears(hint=min(cfg.max_num_seqs, 32))
         self.requests: dict[str, Sequence] = {}
         self.eos_token_ids, self.sampling_defaults = info.eos_token_ids, info.sampling_defaults
         self.num_generated = 0

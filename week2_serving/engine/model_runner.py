@@ -91,6 +91,37 @@ class ModelRunner:
         self.rope_sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(self.device, dtype)
         self.lora: LoRAManager | None = None  # set by the engine when it serves adapters
         self.lora_step: LoRAStep | None = None  # this step's, for `proj`
+        self.packed: dict[int, torch.Tensor] = {}  # id(weight) -> its oneDNN-packed copy
+        self.packed_min_rows = 1  # fewer rows than this: the plain weights (prepack_linears)
+
+    def prepack_linears(self, hint: int) -> int:
+        """Reorder every projection weight and the LM head once into oneDNN's blocked layout
+        (as vLLM's CPU build and torch.compile's CPU backend do for linears): `linear` then
+        multiplies by the packed copy and skips re-laying out the weight at every call. The
+        plain weights stay (LoRA, the reference paths and CUDA read them), so the weights take
+        twice the memory. `hint`: the batch rows to lay the weights out for (any number of rows
+        works). A weight oneDNN will not take stays plain. Returns how many were packed."""
+        if self.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+            return 0
+        # float32 with fewer rows than this goes the plain way: a matrix-vector product is
+        # slower through oneDNN's packed kernel than through the plain one (levers.py shows it
+        # at c1); bf16 has no such case
+        self.packed_min_rows = 4 if self.dtype == torch.float32 else 1
+        w = self.weights
+        names = ("qkv_w", "o_w", "gate_up_w", "down_w")
+        for t in [*(getattr(lw, n) for lw in w.layers for n in names), w.lm_head]:
+            try:
+                self.packed[id(t)] = torch.ops.mkldnn._reorder_linear_weight(t.contiguous(), hint)
+            except RuntimeError:  # a layout or dtype this oneDNN build has no kernel for
+                continue
+        return len(self.packed)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """x W^T + b, by the packed copy of W when `prepack_linears` made one."""
+        packed = self.packed.get(id(w))
+        if packed is None or x.shape[0] < self.packed_min_rows:
+            return F.linear(x, w, b)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
     @staticmethod
     def bytes_per_block(
@@ -188,7 +219,7 @@ class ModelRunner:
         if inputs.sample_rows.numel() == 0:
             return x.new_empty(0, c.vocab_size)
         last = norm(c.norm, x[inputs.sample_rows], w.norm_f, c.norm_eps)  # (S, C)
-        return F.linear(last, w.lm_head)  # (S, V)
+        return self.linear(last, w.lm_head, None)  # (S, V)
 
     def layer(
         self,
@@ -231,7 +262,7 @@ class ModelRunner:
         """Every projection of a layer goes through here: "qkv", "o", "gate_up" or "down"
         (GPT-2's c_fc is "gate_up", its mlp c_proj "down"): x W^T + b, plus each row's own
         LoRA delta s (x A) B when this step has rows with an adapter (lora/)."""
-        y = F.linear(x, w, b)
+        y = self.linear(x, w, b)
         if self.lora_step is not None:
             self.lora.add_delta(layer, name, x, y, self.lora_step)  # in place
         return y

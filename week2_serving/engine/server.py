@@ -123,6 +123,8 @@ class ServerConfig:
     # CPU: attention by one C++ op per layer reading K/V in place (engine/paged_cpu.py; built
     # with the machine's compiler at the first start, about a minute)
     paged_kernel: bool = engine_default("paged_kernel")
+    # CPU: projection weights laid out once for oneDNN (twice the weights' memory)
+    prepacked_linears: bool = engine_default("prepacked_linears")
     # continuous (requests join and leave every step), static (a batch at a time), sequential
     scheduling: PolicyName = engine_default("scheduling")
     # torch threads for the forward pass; default: all cores but one, which the event loop and,
@@ -260,6 +262,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             enable_prefix_caching=a.enable_prefix_caching,
             enforce_eager=a.enforce_eager,
             paged_kernel=a.paged_kernel,
+            prepacked_linears=a.prepacked_linears,
             scheduling=a.scheduling,
             max_num_waiting=a.max_num_waiting or 0,  # the engine's bound: 0 means none
             served_model_name=a.served_model_name or str(a.model),
