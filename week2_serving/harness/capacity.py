@@ -91,7 +91,7 @@ class CapacityConfig:
     tolerance: float = 0.05  # stop when the bracket's width is under this share of its bottom
     max_probes: int = 6  # measured rates per search, at most (the two ends included)
     # the capacity reported: the fitted boundary less this share. A shared 2-core machine's
-    # speed moves by a few percent from one search to the next; 10% keeps the check at the
+    # speed moves by a few percent from one search to the next; a tenth keeps the check at the
     # capacity on the meeting side of that noise
     headroom: float = 0.10
     searches: int = 1  # repeated searches: the capacity's spread
