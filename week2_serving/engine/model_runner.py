@@ -26,7 +26,7 @@ from week2_serving.engine.lora.manager import LoRAManager, LoRAStep
 from week2_serving.engine.models import LayerWeights, ModelConfig, load_config, load_weights
 from week2_serving.engine.models.layers import ACTIVATIONS, norm, rms_norm
 from week2_serving.engine.scheduler import ScheduledBatch
-from week2_serving.engine.step_plan import StepPlanner
+from week2_serving.engine.step_plan import StepPlanner, padded_tables
 
 
 @dataclass
@@ -44,12 +44,6 @@ class StepInputs:
     # which sequence each row belongs to; None where a path does not build them
     tables: torch.Tensor | None = None  # (B, M) block ids, padded with block 0
     seq_of_row: torch.Tensor | None = None  # (N,)
-
-
-def padded_tables(seqs) -> list[list[int]]:
-    """Every sequence's block table, padded with block 0 to the longest: (B, M)."""
-    M = max(len(s.block_table) for s in seqs)
-    return [s.block_table + [0] * (M - len(s.block_table)) for s in seqs]
 
 
 class ModelRunner:

@@ -12,7 +12,8 @@ vLLM's CPU backend and PagedAttention's kernels do; here it is small enough to r
 The op is compiled on first use with the machine's C++ compiler (torch.utils.cpp_extension,
 about a minute, cached under torch's extensions folder; the build is named after the source,
 torch's version and the CPU's instruction set, since it is compiled for this CPU). Where no
-compiler or header is there, `load()` says why and the engine keeps the SDPA path.
+compiler or header is there, `unavailable_reason()` says why and the engine refuses
+--paged-kernel with it (the SDPA path needs nothing built).
 """
 
 from __future__ import annotations
@@ -24,18 +25,15 @@ from pathlib import Path
 
 import torch
 
+from common.cpu import cpu_caps
+
 SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
 
 
 def cpu_features() -> str:
-    """The CPU's instruction-set flags (Linux), else the platform's processor name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model and instruction-set flags (common.cpu), as one string."""
+    caps = cpu_caps()
+    return " ".join([caps.model, platform.machine(), *sorted(caps.flags)])
 
 
 @cache

@@ -26,6 +26,12 @@ from week2_serving.engine.attention import AttnGroup, group_of
 from week2_serving.engine.scheduler import ScheduledBatch
 
 
+def padded_tables(seqs) -> list[list[int]]:
+    """Every sequence's block table, padded with block 0 to the longest: (B, M)."""
+    M = max(len(s.block_table) for s in seqs)
+    return [s.block_table + [0] * (M - len(s.block_table)) for s in seqs]
+
+
 class StepPlanner:
     """Builds the flat inputs; keeps an `arange` large enough for any step (reused, not remade)."""
 
@@ -59,8 +65,7 @@ class StepPlanner:
                 (s.tokens[c : c + n] + s.spec_tokens)[:n] for s, c, n in zip(seqs, cs, ns)
             )
         )
-        M = max(len(s.block_table) for s in seqs)
-        tables = torch.tensor([s.block_table + [0] * (M - len(s.block_table)) for s in seqs])
+        tables = torch.tensor(padded_tables(seqs))
         per_seq = torch.tensor([cs, ns, batch.sample])  # (3, B) one host -> device copy
         tables, per_seq = tables.to(dev), per_seq.to(dev)
         computed, n, want = per_seq[0], per_seq[1], per_seq[2].bool()
