@@ -111,6 +111,13 @@ def cpu_steps(caps: CpuCaps | None = None) -> list[Step]:
         _s("week2/report", "week2_serving.report runs/week2/sweep-cpu", ("week2/sweep",)),
         _s("week2/validate", "week2_serving.harness.validate", ("week1/export",)),
         _s("week2/engine-bench", "week2_serving.engine.bench", ("week1/export",), "week2-engine"),
+        # where a step's time goes, the speed levers off and on (the README's breakdown plot)
+        _s(
+            "week2/engine-profile",
+            "week2_serving.engine.profile",
+            ("week1/export",),
+            "week2-engine",
+        ),
         _s(
             "week2/spec-bench",
             "week2_serving.engine.spec_bench",

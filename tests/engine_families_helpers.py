@@ -83,6 +83,27 @@ def hf_greedy(folder: Path, prompts: list[list[int]], max_tokens: list[int], dty
     return out
 
 
+def teacher_forced(folder: Path, prompts: list[list[int]], refs: list[list[int]], dtype):
+    """Along each reference output (HF float32's greedy tokens): every context prompt +
+    ref[:i], the token ref[i], HF float32's top-2 logit gap there, and the token HF in `dtype`
+    picks there. Returns (contexts, tokens, gaps, HF picks), flat over all prompts."""
+    from transformers import AutoModelForCausalLM
+
+    fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    other = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    contexts, tokens, gaps, picks = [], [], [], []
+    for p, r in zip(prompts, refs):
+        ids = torch.tensor([p + r])
+        with torch.no_grad():  # the logits that chose r[0], ..., r[-1]
+            logits = fp32(ids).logits[0, len(p) - 1 : -1]
+            picks += other(ids).logits[0, len(p) - 1 : -1].argmax(-1).tolist()
+        top2 = logits.topk(2).values
+        gaps += (top2[:, 0] - top2[:, 1]).tolist()
+        contexts += [p + r[:i] for i in range(len(r))]
+        tokens += r
+    return contexts, tokens, gaps, picks
+
+
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     """Greedy agreement of two runs: the common prefix of each pair of outputs, as a share of
     all tokens (after the first difference the contexts differ, so later tokens say nothing)."""

@@ -2,9 +2,10 @@
 
 For each family (Llama 3.2-style, Mistral, Qwen2 sharded, Qwen3, GPT-2): greedy tokens equal
 HF `generate` in float32 for a batch of mixed prompt lengths, with prefix caching hitting and
-preemption forced; last-token logits `allclose`; and in bf16 the engine's greedy agreement
-with HF float32 is no worse than HF's own bf16 run's, less a margin (the rule is stated at the
-test). Also: an unknown architecture is refused by name, `--dtype auto` on both kinds of CPU,
+preemption forced; last-token logits `allclose`; and in bf16, teacher-forced along HF's
+float32 outputs, the engine picks float32's token wherever it is not a near-tie, with
+free-running greedy agreement reported beside HF's own bf16 run's (the rule is stated at the
+test). Each on the engine's default path and on the plain one (SDPA, unpacked weights). Also: an unknown architecture is refused by name, `--dtype auto` on both kinds of CPU,
 EOS lists and generation_config defaults, and one family through the OpenAI client.
 """
 
@@ -23,6 +24,7 @@ from tests.engine_families_helpers import (
     build,
     family_configs,
     hf_greedy,
+    teacher_forced,
 )
 from week2_serving.engine.llm_engine import EngineConfig, LLMEngine
 from week2_serving.engine.models import FAMILIES, load_config
@@ -38,8 +40,11 @@ PROMPTS = [
     [300],
 ]
 MAX_TOKENS = [9, 12, 6, 10, 8, 11]
-BF16_MARGIN = 0.25  # ours may agree with HF-fp32 this much less than HF-bf16 does
-BF16_FLOOR = 0.75  # and must agree with HF-bf16 on at least this share of tokens
+# the engine's paths: its defaults (on this CPU: the paged op and oneDNN-packed linears where
+# they build) and the plain ones every machine has (SDPA over gathered K/V, plain weights)
+PATHS = {"defaults": {}, "sdpa-plain": {"paged_kernel": False, "prepacked_linears": False}}
+NEAR_TIE = 0.05  # a float32 top-2 logit gap below this may flip in bf16 (the bf16 test)
+BF16_FLOOR = 0.9  # and ours-bf16 picks float32's token at this share of positions at least
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +69,12 @@ def greedy(eng: LLMEngine) -> list[list[int]]:
     return [o.token_ids for o in eng.generate(PROMPTS, params, use_tqdm=False)]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_greedy_equals_hf_with_prefix_caching_and_preemption(models, name):
+def test_greedy_equals_hf_with_prefix_caching_and_preemption(models, name, path):
     folder, refs = models[name]
     # 14 blocks of 4 tokens for 6 sequences of up to 40: they cannot all run at once
-    eng = engine(folder, num_blocks=14, max_num_batched_tokens=24)
+    eng = engine(folder, num_blocks=14, max_num_batched_tokens=24, **PATHS[path])
     assert greedy(eng) == refs
     stats = eng.stats()
     assert stats["preemptions"] > 0, stats
@@ -76,12 +82,13 @@ def test_greedy_equals_hf_with_prefix_caching_and_preemption(models, name):
     assert stats["kv_blocks_used"] == 0
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_last_token_logits_allclose_in_float32(models, name):
+def test_last_token_logits_allclose_in_float32(models, name, path):
     from transformers import AutoModelForCausalLM
 
     folder, _ = models[name]
-    eng = engine(folder)
+    eng = engine(folder, **PATHS[path])
     for p in PROMPTS[:2]:  # one step prefills both: a mixed batch of two lengths
         eng.add_request(p, SamplingParams(max_tokens=1))
     logits = eng.runner.execute(eng.scheduler.schedule())  # (2, V)
@@ -91,27 +98,37 @@ def test_last_token_logits_allclose_in_float32(models, name):
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_bf16_agrees_with_hf_fp32_as_well_as_hf_bf16_does(models, name):
-    """Rule: both bf16 runs approximate the same float32 model; ours (fused QKV, paged SDPA)
-    rounds differently from HF's, so a near-tie may break the other way. Our greedy agreement
-    with HF float32 must be at least HF-bf16's own agreement with HF float32 minus BF16_MARGIN,
-    and our agreement with HF bf16 at least BF16_FLOOR (agreement: the share of tokens before
-    each output's first difference)."""
+def test_bf16_picks_hf_fp32s_token_wherever_it_is_not_a_near_tie(models, name, path):
+    """Rule: teacher-forced along HF float32's greedy outputs, ours in bf16 picks float32's
+    token at every position where float32's top-2 logit gap is at least NEAR_TIE (bf16 keeps 8
+    bits, about 0.4% of each value, and the rounding adds up over the layers; below that gap
+    either token is a fair bf16 answer, and HF's own bf16 run flips some too), and at least
+    BF16_FLOOR of all positions. Free-running greedy agreement (the share of tokens before
+    each output's first difference) is reported beside HF bf16's: one early near-tie moves
+    a whole output, so it is printed, not asserted."""
     folder, refs = models[name]
-    eng = engine(folder, dtype="bfloat16")
+    eng = engine(folder, dtype="bfloat16", num_blocks=512, **PATHS[path])
     assert eng.runner.kv.k.dtype == torch.bfloat16
     assert eng.runner.weights.layers[0].qkv_w.dtype == torch.bfloat16
-    ours = greedy(eng)
-    hf16 = hf_greedy(folder, PROMPTS, MAX_TOKENS, torch.bfloat16)
-    a_ours, a_hf, a_same = agreement(ours, refs), agreement(hf16, refs), agreement(ours, hf16)
+    contexts, tokens, gaps, hf_picks = teacher_forced(folder, PROMPTS, refs, torch.bfloat16)
+    one = SamplingParams(max_tokens=1, min_tokens=1)
+    picks = [o.token_ids[0] for o in eng.generate(contexts, one, use_tqdm=False)]
+    missed = [round(g, 4) for g, t, p in zip(gaps, tokens, picks) if p != t]
+    hf_missed = [round(g, 4) for g, t, p in zip(gaps, tokens, hf_picks) if p != t]
+    ours, hf16 = (
+        greedy(engine(folder, dtype="bfloat16", **PATHS[path])),
+        hf_greedy(folder, PROMPTS, MAX_TOKENS, torch.bfloat16),
+    )
     report = (
-        f"{name}: ours-bf16 vs HF-fp32 {a_ours:.2f}, HF-bf16 vs HF-fp32 {a_hf:.2f}, "
-        f"ours-bf16 vs HF-bf16 {a_same:.2f}"
+        f"{name} ({path}): teacher-forced, {len(tokens)} positions: ours-bf16 differs from "
+        f"HF-fp32 at gaps {missed}, HF-bf16 at gaps {hf_missed}; free-running greedy agreement "
+        f"with HF-fp32: ours-bf16 {agreement(ours, refs):.2f}, HF-bf16 {agreement(hf16, refs):.2f}"
     )
     print(report)
-    assert a_ours >= a_hf - BF16_MARGIN, report
-    assert a_same >= BF16_FLOOR, report
+    assert all(g < NEAR_TIE for g in missed), report
+    assert 1 - len(missed) / len(tokens) >= BF16_FLOOR, report
 
 
 def test_loaded_configs_carry_each_familys_switches(models):

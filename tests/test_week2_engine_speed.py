@@ -26,7 +26,8 @@ PROMPTS = [
 MAX_TOKENS = [5, 30, 17, 22, 9, 25]
 # a small pool and token budget: prefills are chunked and the youngest request is preempted
 TIGHT = dict(num_blocks=20, block_size=4, max_num_batched_tokens=16, max_num_seqs=4)
-OFF = dict(fast_prepare=False, batched_sampling=False)
+OFF = dict(fast_prepare=False, batched_sampling=False, paged_kernel=False, prepacked_linears=False)
+SDPA = dict(paged_kernel=False, prepacked_linears=False)  # the two CPU levers off
 
 
 def engine(tiny_gpt, **overrides) -> LLMEngine:
@@ -36,9 +37,12 @@ def engine(tiny_gpt, **overrides) -> LLMEngine:
     return LLMEngine(EngineConfig(model=tiny_gpt["hf_dir"], **overrides), tokenizer=tok)
 
 
-def same_inputs(a, b) -> None:
+def same_inputs(a, b, groups: bool = True) -> None:
     for name in ("ids", "positions", "slot_mapping", "sample_rows", "tables", "seq_of_row"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+    if not groups:  # the paged op's steps: the planner builds no SDPA groups
+        assert a.groups == []
+        return
     assert len(a.groups) == len(b.groups)
     for ga, gb in zip(a.groups, b.groups):
         assert (ga.B, ga.T, ga.padded) == (gb.B, gb.T, gb.padded)
@@ -46,16 +50,17 @@ def same_inputs(a, b) -> None:
             assert torch.equal(getattr(ga, name), getattr(gb, name)), name
 
 
-def test_fast_prepare_builds_the_reference_inputs_at_every_step(tiny_gpt):
+@pytest.mark.parametrize("paged", [False, None])  # SDPA groups; auto: the op where it builds
+def test_fast_prepare_builds_the_reference_inputs_at_every_step(tiny_gpt, paged):
     """Chunked prefills, decodes, prefix-cache hits and a preemption: every step's inputs from
     the tensor-op planner equal the per-token loop's, field by field."""
-    eng = engine(tiny_gpt, **TIGHT)
+    eng = engine(tiny_gpt, **TIGHT, paged_kernel=paged)
     runner, steps = eng.runner, []
     fast = runner.prepare
 
     def both(batch):
         ref, out = runner.prepare_reference(batch), fast(batch)
-        same_inputs(out, ref)
+        same_inputs(out, ref, groups=not runner.paged_kernel)
         steps.append(len(batch))
         return out
 
@@ -211,9 +216,11 @@ def test_paged_op_keeps_the_tokens_of_sdpa_attention(tiny_gpt, overrides, fast):
     fast and the reference input path: the tokens of the SDPA path."""
     params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
     params[2] = SamplingParams(max_tokens=17, temperature=0.9, seed=7, ignore_eos=True)
-    ref = engine(tiny_gpt, **overrides).generate(PROMPTS, params, use_tqdm=False)
-    eng = engine(tiny_gpt, **overrides, paged_kernel=True, fast_prepare=fast)
-    assert eng.runner.paged_kernel
+    ref = engine(tiny_gpt, **overrides, **SDPA).generate(PROMPTS, params, use_tqdm=False)
+    eng = engine(
+        tiny_gpt, **overrides, paged_kernel=True, prepacked_linears=False, fast_prepare=fast
+    )
+    assert eng.runner.paged_kernel and not eng.runner.packed
     out = eng.generate(PROMPTS, params, use_tqdm=False)
     assert [o.token_ids for o in out] == [r.token_ids for r in ref]
     if fast:  # the SDPA groups are not built when the op does the attention
@@ -227,6 +234,40 @@ def test_paged_op_that_cannot_be_built_is_an_error_at_start(tiny_gpt, monkeypatc
     monkeypatch.setattr(paged_cpu, "unavailable_reason", lambda: "CalledProcessError: no c++")
     with pytest.raises(RuntimeError, match="could not be built.*no c\\+\\+"):
         engine(tiny_gpt, paged_kernel=True)
+
+
+@needs_op
+def test_by_default_the_cpu_engine_uses_the_op_and_packed_linears(tiny_gpt):
+    eng = engine(tiny_gpt)
+    assert eng.runner.paged_kernel
+    assert bool(eng.runner.packed) == torch.backends.mkldnn.is_available()
+    off = engine(tiny_gpt, **SDPA)  # each lever can be turned off
+    assert not off.runner.paged_kernel and off.runner.packed == {}
+
+
+def test_by_default_an_op_that_cannot_be_built_falls_back_to_sdpa(tiny_gpt, monkeypatch, caplog):
+    """Auto (the default) on a machine without a compiler: the SDPA groups, the reason logged,
+    and the tokens of the SDPA path."""
+    from week2_serving.engine import paged_cpu
+
+    monkeypatch.setattr(paged_cpu, "unavailable_reason", lambda: "CalledProcessError: no c++")
+    params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+    with caplog.at_level("WARNING", logger="week2.engine"):
+        eng = engine(tiny_gpt, **TIGHT)
+    assert not eng.runner.paged_kernel
+    assert "could not be built (CalledProcessError: no c++)" in caplog.text
+    ref = engine(tiny_gpt, **TIGHT, **SDPA).generate(PROMPTS, params, use_tqdm=False)
+    out = eng.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.token_ids for o in out] == [r.token_ids for r in ref]
+    assert eng.runner.planner.build_groups is True  # the SDPA groups were built
+
+
+def test_by_default_a_quantized_kv_cache_takes_the_sdpa_path_without_asking(tiny_gpt, monkeypatch):
+    from week2_serving.engine import paged_cpu
+
+    monkeypatch.setattr(paged_cpu, "unavailable_reason", lambda: pytest.fail("op was built"))
+    eng = engine(tiny_gpt, kv_cache_dtype="int8")
+    assert not eng.runner.paged_kernel
 
 
 def test_paged_op_is_refused_where_it_does_not_apply(tiny_gpt):
@@ -251,6 +292,42 @@ def test_the_op_build_is_named_for_this_source_torch_and_cpu(monkeypatch):
         paged_cpu.load()
     paged_cpu.load.cache_clear()
     assert len(set(names)) == 2 and all(n.startswith("ie_paged_attention_") for n in names)
+
+
+# --- torch.compile of each block's dense parts (ModelRunner.compile_layers) --------------------
+@pytest.mark.skipif(
+    not __import__("shutil").which(__import__("os").environ.get("CXX", "c++")),
+    reason="no C++ compiler: torch.compile's CPU backend cannot build its kernels",
+)
+def test_compiled_layers_give_the_eager_logits_and_tokens(tiny_gpt):
+    """Compiled at start (N = 1 and 3), then every step size through the one dynamic graph:
+    chunked prefills, prefix hits and preemption (TIGHT); greedy and seeded tokens of the eager
+    path, and a mixed step's logits allclose (the compiler fuses, so not bit-identical)."""
+    params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+    params[2] = SamplingParams(max_tokens=17, temperature=0.9, seed=7, ignore_eos=True)
+    kw = dict(TIGHT, dtype="float32", prepacked_linears=False)
+    ref = engine(tiny_gpt, **kw)
+    eng = engine(tiny_gpt, **kw, torch_compile=True)
+    assert eng.runner.compiled is not None
+    out = eng.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.token_ids for o in out] == [
+        r.token_ids for r in ref.generate(PROMPTS, params, use_tqdm=False)
+    ]
+    for e in (ref, eng):
+        for p in PROMPTS[:3]:
+            e.add_request(p, SamplingParams(max_tokens=1))
+    logits = [e.runner.execute(e.scheduler.schedule()) for e in (ref, eng)]
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [dict(prepacked_linears=True), dict(lora="lora")])
+def test_torch_compile_is_refused_with_what_it_does_not_compile(tiny_gpt, bad):
+    from week2_serving.engine.lora.config import LoRAConfig
+
+    if "lora" in bad:
+        bad = dict(lora=LoRAConfig())
+    with pytest.raises(ValueError, match="torch_compile"):
+        EngineConfig(model=tiny_gpt["hf_dir"], torch_compile=True, **bad)
 
 
 # --- prepacked linears (ModelRunner.prepack_linears) -------------------------------------------
@@ -283,27 +360,28 @@ def test_prepacked_linears_multiply_as_the_plain_weights_do(tiny_gpt, dtype):
 @needs_onednn
 def test_prepacked_linears_keep_the_greedy_tokens(tiny_gpt):
     """Chunked prefills, prefix hits and preemption (TIGHT), greedy: the tokens of plain
-    linears, with and without the paged op."""
+    linears, with the SDPA groups and with the paged op where it builds."""
     params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
-    ref = engine(tiny_gpt, **TIGHT).generate(PROMPTS, params, use_tqdm=False)
-    out = engine(tiny_gpt, **TIGHT, prepacked_linears=True).generate(
-        PROMPTS, params, use_tqdm=False
-    )
-    assert [o.token_ids for o in out] == [r.token_ids for r in ref]
+    ref = engine(tiny_gpt, **TIGHT, **SDPA).generate(PROMPTS, params, use_tqdm=False)
+    for paged in (False, None):  # None: auto, the op where it builds
+        eng = engine(tiny_gpt, **TIGHT, paged_kernel=paged, prepacked_linears=True)
+        assert eng.runner.packed
+        out = eng.generate(PROMPTS, params, use_tqdm=False)
+        assert [o.token_ids for o in out] == [r.token_ids for r in ref]
 
 
-def test_prepacked_linears_without_onednn_leave_the_plain_weights(tiny_gpt, monkeypatch):
+@pytest.mark.parametrize("asked", [True, None])  # on, and auto (the default)
+def test_prepacked_linears_without_onednn_leave_the_plain_weights(tiny_gpt, monkeypatch, asked):
     """No oneDNN in the build: nothing is packed and every projection is a plain F.linear."""
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    eng = engine(tiny_gpt, prepacked_linears=True)
+    eng = engine(tiny_gpt, prepacked_linears=asked)
     assert eng.runner.packed == {} and eng.runner.prepack_linears(hint=8) == 0
 
 
 def test_a_weight_onednn_refuses_stays_plain(tiny_gpt, monkeypatch):
-    eng = engine(tiny_gpt)
-
     def refuse(t, hint):
         raise RuntimeError("could not create a primitive descriptor")
 
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
-    assert eng.runner.prepack_linears(hint=8) == 0 and eng.runner.packed == {}
+    eng = engine(tiny_gpt)  # auto: tries every weight, keeps the plain ones
+    assert eng.runner.packed == {} and eng.runner.prepack_linears(hint=8) == 0

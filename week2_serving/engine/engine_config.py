@@ -45,11 +45,17 @@ class EngineConfig:
     fast_prepare: bool = True  # speed lever: step inputs by tensor ops (step_plan.py); False: loop
     batched_sampling: bool = True  # speed lever: plain temperature rows in one draw (sampler.py)
     one_decode_group: bool = False  # speed lever: all decodes in one attention call (step_plan)
-    # speed lever (CPU): attention by one C++ op per layer reading K/V in place (paged_cpu.py)
-    paged_kernel: bool = False
+    # speed lever (CPU): attention by one C++ op per layer reading K/V in place (paged_cpu.py).
+    # None (auto): on where it applies (CPU, unquantized KV) and the op builds here, else the
+    # SDPA groups; True: required (an op that cannot be built is an error); False: off
+    paged_kernel: bool | None = None
     # speed lever (CPU): projection and LM-head weights laid out once in oneDNN's blocked
-    # format, as vLLM's CPU build packs its linears (ModelRunner.prepack_linears)
-    prepacked_linears: bool = False
+    # format, as vLLM's CPU build packs its linears (ModelRunner.prepack_linears). None
+    # (auto): on a CPU whose PyTorch has oneDNN; True: the same, said; False: plain weights
+    prepacked_linears: bool | None = None
+    # speed lever: torch.compile of each block's dense parts, N dynamic (ModelRunner.compile_
+    # layers); compiled at start (needs a C++ compiler on the CPU); not with LoRA adapters
+    torch_compile: bool = False
     speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
     enforce_eager: bool = False  # no CUDA graphs for decode steps (cuda_graphs.py); CPU: never
     max_seq_len_to_capture: int = 8192  # decode steps with a longer context run eager (vLLM)
@@ -68,15 +74,25 @@ class EngineConfig:
                 "drop --speculative-method, or use another policy"
             )
         check_kv_cache_dtype(self.kv_cache_dtype, self.torch_device)
-        if self.paged_kernel and (self.torch_device.type != "cpu" or self.kv_cache_dtype != "auto"):
+        if self.paged_kernel and not paged_kernel_applies(self):
             raise ValueError(
                 f"paged_kernel: a CPU op over an unquantized KV pool; here device "
                 f"{self.torch_device}, kv_cache_dtype {self.kv_cache_dtype!r}: drop --paged-kernel"
+            )
+        if self.torch_compile and (self.lora is not None or self.prepacked_linears):
+            raise ValueError(
+                "torch_compile: compiles the plain weights' graph, not with LoRA adapters or "
+                "--prepacked-linears (the compiler lays the weights out itself): drop one"
             )
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
         if type(self.max_seq_len_to_capture) is not int or self.max_seq_len_to_capture < 1:
             raise ValueError(f"max_seq_len_to_capture={self.max_seq_len_to_capture!r}: use >= 1")
+
+
+def paged_kernel_applies(cfg: EngineConfig) -> bool:
+    """The paged op reads an unquantized KV pool on the CPU (the GPU path has its own kernels)."""
+    return cfg.torch_device.type == "cpu" and cfg.kv_cache_dtype == "auto"
 
 
 @dataclass

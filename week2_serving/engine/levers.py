@@ -1,6 +1,6 @@
 """Each speed lever alone, offline: output tokens/s at concurrency 1, 8 and 32.
 
-    python -m week2_serving.engine.levers                    # ~2 min
+    python -m week2_serving.engine.levers                    # ~5 min
     python -m week2_serving.engine.levers --repeats 1 --output-len 16    # a quick look
 
 One row per lever (EngineConfig's speed flags, plus torch's thread count), each measured
@@ -10,15 +10,17 @@ Concurrency c: 2c requests (4 at c = 1) of random 16-token prompts, `max_num_seq
 greedy, each with its own output length drawn around `output_len` (± `output_spread`, the same
 draws for every row): requests finish at different steps and the next ones join a running
 batch, so the decodes of one step sit at many context lengths, as on a server. A row whose
-lever cannot run on this machine (the paged op without a C++ compiler) is left out, and the
-results say why.
+lever cannot run on this machine (the paged op or torch.compile without a C++ compiler) is
+left out, and the results say why.
 
 Writes runs/week2/engine-levers/results.json.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -35,26 +37,36 @@ from week2_serving.engine.sequence import SamplingParams
 
 log = get_logger("week2.engine.levers")
 # row -> (EngineConfig overrides, torch threads or None for the run's --threads)
+SDPA = {"paged_kernel": False, "prepacked_linears": False}  # the two CPU levers off
+COMPILE = {"torch_compile": True, "prepacked_linears": False}  # the compiler lays weights out
 ROWS = {
     "all off (reference paths)": (OFF, None),
     "(a) fast_prepare: inputs by tensor ops": ({**OFF, "fast_prepare": True}, None),
     "(d) batched_sampling": ({**OFF, "batched_sampling": True}, None),
-    "all on (defaults)": ({}, None),
-    "(b') defaults + all decodes in one attention group": ({"one_decode_group": True}, None),
-    "(c) defaults + paged attention op (K/V read in place)": ({"paged_kernel": True}, None),
-    "(e) defaults + prepacked linears (oneDNN)": ({"prepacked_linears": True}, None),
-    "(c) + (e)": ({"paged_kernel": True, "prepacked_linears": True}, None),
+    "(a) + (d): SDPA groups, plain weights": (SDPA, None),
+    "(b') (a) + (d) + all decodes in one attention group": (
+        {**SDPA, "one_decode_group": True},
+        None,
+    ),
+    "(c) (a) + (d) + paged attention op (K/V read in place)": (
+        {**SDPA, "paged_kernel": True},
+        None,
+    ),
+    "(e) (a) + (d) + prepacked linears (oneDNN)": ({**SDPA, "prepacked_linears": True}, None),
+    "all on (defaults): (a) + (c) + (d) + (e)": ({}, None),
+    "(g) (a) + (c) + (d) + torch.compile of each block's dense parts": (COMPILE, None),
 }
 # which rows are the engine's defaults (kept) and which were measured and left off
 KEPT = {
     "all off (reference paths)": "reference",
     "(a) fast_prepare: inputs by tensor ops": "kept (on)",
     "(d) batched_sampling": "kept (on)",
-    "all on (defaults)": "the defaults",
-    "(b') defaults + all decodes in one attention group": "not kept (off)",
-    "(c) defaults + paged attention op (K/V read in place)": "opt-in (--paged-kernel)",
-    "(e) defaults + prepacked linears (oneDNN)": "opt-in (--prepacked-linears)",
-    "(c) + (e)": "both opt-in flags",
+    "(a) + (d): SDPA groups, plain weights": "the path without a compiler or oneDNN",
+    "(b') (a) + (d) + all decodes in one attention group": "not kept (off)",
+    "(c) (a) + (d) + paged attention op (K/V read in place)": "kept (on where it builds)",
+    "(e) (a) + (d) + prepacked linears (oneDNN)": "kept (on with oneDNN)",
+    "all on (defaults): (a) + (c) + (d) + (e)": "the defaults",
+    "(g) (a) + (c) + (d) + torch.compile of each block's dense parts": "not kept (--torch-compile)",
     "(f) all on + one more torch thread": "not kept (--threads)",
 }
 # opt-in (--thread-row): on a machine whose cores are busy, a second torch thread spin-waits
@@ -74,6 +86,7 @@ class LeversConfig:
     repeats: int = 3  # runs per (row, concurrency); the median is reported
     threads: int = 1  # torch threads (the server's default on 2 cores)
     thread_row: bool = False  # also measure one more torch thread than --threads
+    compile_row: bool = True  # measure row (g), torch.compile (compiled at start, ~30 s each)
     dtype: str = "float32"  # the engine's --dtype (float32: as the comparison with vLLM)
     seed: int = 0
 
@@ -111,9 +124,14 @@ def unavailable(rows: dict) -> dict[str, str]:
     """The rows whose lever cannot run here, and why."""
     out = {}
     for row, (overrides, _) in rows.items():
-        if overrides.get("paged_kernel") and (why := paged_cpu.unavailable_reason()):
+        if overrides.get("paged_kernel") is not False and (why := paged_cpu.unavailable_reason()):
             out[row] = why
-        elif overrides.get("prepacked_linears") and not torch.backends.mkldnn.is_available():
+        elif overrides.get("torch_compile") and not shutil.which(os.environ.get("CXX", "c++")):
+            out[row] = "no C++ compiler: torch.compile's CPU backend writes C++"
+        elif (
+            overrides.get("prepacked_linears") is not False
+            and not torch.backends.mkldnn.is_available()
+        ):
             out[row] = "this PyTorch build has no oneDNN"
     return out
 
@@ -126,6 +144,8 @@ def output_lengths(cfg: LeversConfig, n: int, rng: random.Random) -> list[int]:
 
 def measure(cfg: LeversConfig) -> dict:
     rows = {**ROWS, **(THREAD_ROW if cfg.thread_row else {})}
+    if not cfg.compile_row:
+        rows = {row: v for row, v in rows.items() if not v[0].get("torch_compile")}
     skipped = unavailable(rows)
     for row, why in skipped.items():
         log.info("left out: %s (%s)", row, why)

@@ -29,7 +29,12 @@ from common.results import get_logger
 from week2_serving.engine import paged_cpu
 from week2_serving.engine.block_manager import BlockManager
 from week2_serving.engine.cuda_graphs import make_decode_graphs
-from week2_serving.engine.engine_config import EngineConfig, RequestOutput, StepOutput
+from week2_serving.engine.engine_config import (
+    EngineConfig,
+    RequestOutput,
+    StepOutput,
+    paged_kernel_applies,
+)
 from week2_serving.engine.errors import EngineFull
 from week2_serving.engine.lora.manager import attach_lora, bind_lora
 from week2_serving.engine.metrics import EngineMetrics
@@ -41,6 +46,21 @@ from week2_serving.engine.sequence import SamplingParams, Sequence
 from week2_serving.engine.spec.decoder import make_spec_decoder
 
 log = get_logger("week2.engine")
+
+
+def use_paged_kernel(cfg: EngineConfig) -> bool:
+    """Whether attention runs as the paged op (paged_cpu.py). It is built here, once, so that
+    a missing compiler is said at start: an error when --paged-kernel asked for it, a warning
+    and the SDPA path when it was left to auto."""
+    if cfg.paged_kernel is False or not paged_kernel_applies(cfg):
+        return False  # (True where it does not apply was refused by EngineConfig)
+    why = paged_cpu.unavailable_reason()
+    if why is None:
+        return True
+    if cfg.paged_kernel:
+        raise RuntimeError(f"--paged-kernel: the op could not be built ({why})")
+    log.warning("the paged attention op could not be built (%s): attention by SDPA groups", why)
+    return False
 
 
 class LLMEngine:
@@ -75,12 +95,11 @@ class LLMEngine:
         self.sampler = Sampler()
         self.runner.fast_prepare, self.sampler.batched = cfg.fast_prepare, cfg.batched_sampling
         self.runner.bucket_decodes = not cfg.one_decode_group
-        if cfg.paged_kernel:  # built here, once, so that a missing compiler is said at start
-            if (why := paged_cpu.unavailable_reason()) is not None:
-                raise RuntimeError(f"--paged-kernel: the op could not be built ({why})")
-            self.runner.paged_kernel = True
-        if cfg.prepacked_linears:
-            self.runner.prepack_linears(hint=min(cfg.max_num_seqs, 32))
+        self.runner.paged_kernel = use_paged_kernel(cfg)  # the op is built here, at start
+        if cfg.prepacked_linears is not False and not cfg.torch_compile:  # auto or on
+            self.runner.prepack_linears(hint=min(cfg.max_num_seqs, 32))  # where oneDNN is
+        if cfg.torch_compile:
+            self.runner.compile_layers()
         self.requests: dict[str, Sequence] = {}
         self.eos_token_ids, self.sampling_defaults = info.eos_token_ids, info.sampling_defaults
         self.num_generated = 0
@@ -95,7 +114,7 @@ class LLMEngine:
         self.spec = make_spec_decoder(self) if cfg.speculative else None  # spec/decoder.py
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB, kv dtype %s), "
-            "scheduling=%s, prefix caching=%s",
+            "scheduling=%s, prefix caching=%s, attention by %s, %d linears packed",
             model_dir,
             device,
             str(dtype).removeprefix("torch."),
@@ -105,6 +124,8 @@ class LLMEngine:
             str(dtype).removeprefix("torch.") if kv == "auto" else kv,
             cfg.scheduling,
             cfg.enable_prefix_caching,
+            "the paged op" if self.runner.paged_kernel else "SDPA groups",
+            len(self.runner.packed),
         )
 
     # --- requests -------------------------------------------------------------------------------

@@ -112,10 +112,39 @@ class ModelRunner:
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """x W^T + b, by the packed copy of W when `prepack_linears` made one."""
+        if not self.packed:  # (also what torch.compile traces: it never packs)
+            return F.linear(x, w, b)
         packed = self.packed.get(id(w))
         if packed is None or x.shape[0] < self.packed_min_rows:
             return F.linear(x, w, b)
         return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+
+    compiled = None  # (attn_in, attn_out) through torch.compile: `compile_layers`
+
+    def compile_layers(self) -> None:
+        """torch.compile the dense parts of a block, everything but the KV write and attention
+        (`attn_in`: norm, QKV, RoPE; `attn_out`: output projection, MLP, residuals): one graph
+        each, shared by every layer (the weights are its inputs), with the row count N
+        symbolic (dynamic=True) so that any batch runs the same compiled code instead of one
+        graph per bucket of sizes. Compiled here, on dummy rows (N = 1 and 3: a symbolic size
+        is never 1), so a first request does not wait for it and a missing compiler is said at
+        start. Steps with LoRA rows run the plain methods (their deltas are per row)."""
+        compiled = (
+            torch.compile(self.attn_in, dynamic=True),
+            torch.compile(self.attn_out, dynamic=True),
+        )
+        c, lw = self.cfg, self.weights.layers[0]
+        for n in (1, 3):
+            x = torch.zeros(n, c.hidden_size, device=self.device, dtype=self.dtype)
+            rope = None
+            if self.weights.pos_embed is None:
+                pos = torch.zeros(n, dtype=torch.long, device=self.device)
+                cos, sin = self.weights.rope_cos[pos][:, None], self.weights.rope_sin[pos][:, None]
+                rope = (cos, sin * self.rope_sign)
+            with torch.inference_mode():
+                q, _, _ = compiled[0](lw, x, rope)
+                compiled[1](lw, x, q.reshape(n, -1))
+        self.compiled = compiled
 
     @staticmethod
     def bytes_per_block(
@@ -225,10 +254,23 @@ class ModelRunner:
     ) -> torch.Tensor:  # (N, C)
         """One transformer block: fused QKV, (q/k norm), RoPE, K/V into the pool, paged
         attention, then the MLP (SwiGLU with gate and up fused, or GPT-2's fc -> GELU)."""
+        self.current_layer = layer  # for the LoRA deltas in `proj`
+        attn_in, attn_out = self.attn_in, self.attn_out
+        if self.compiled is not None and self.lora_step is None:
+            attn_in, attn_out = self.compiled
+        q, k, v = attn_in(lw, x, rope)
+        self.kv.write(layer, inputs.slot_mapping, k, v)  # this step's K/V -> pool
+        attn = self.attention(layer, q, inputs)  # (N, H, D)
+        return attn_out(lw, x, attn.reshape(x.shape[0], -1))
+
+    def attn_in(
+        self, lw: LayerWeights, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # q (N, H, D), k and v (N, Hkv, D)
+        """A block up to attention: norm, fused QKV, (q/k norm), RoPE."""
         c = self.cfg
         N, H, Hkv, D = x.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
         h = norm(c.norm, x, lw.norm1, c.norm_eps)
-        qkv = self.proj(layer, "qkv", h, lw.qkv_w, lw.qkv_b)  # (N, (H + 2 Hkv) D)
+        qkv = self.proj("qkv", h, lw.qkv_w, lw.qkv_b)  # (N, (H + 2 Hkv) D)
         qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
         v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
         if lw.q_norm is not None:  # Qwen3: RMSNorm over each head's D dims, before RoPE
@@ -237,26 +279,29 @@ class ModelRunner:
             qk = torch.cat([q, k], dim=1)  # (N, H + Hkv, D)
         if rope is not None:  # rotate Q and K heads in one go; (N, 1, D) tables broadcast
             qk = qk * rope[0] + qk.roll(D // 2, dims=-1) * rope[1]
-        q, k = qk[:, :H], qk[:, H:]  # (N, H, D), (N, Hkv, D)
-        self.kv.write(layer, inputs.slot_mapping, k, v)  # this step's K/V -> pool
-        attn = self.attention(layer, q, inputs)  # (N, H, D)
-        x = x + self.proj(layer, "o", attn.reshape(N, H * D), lw.o_w, lw.o_b)
+        return qk[:, :H], qk[:, H:], v
+
+    def attn_out(self, lw: LayerWeights, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The rest of a block after attention (N, H D): output projection, residual, norm,
+        MLP, residual."""
+        c = self.cfg
+        x = x + self.proj("o", attn, lw.o_w, lw.o_b)
         h = norm(c.norm, x, lw.norm2, c.norm_eps)
-        up = self.proj(layer, "gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)
+        up = self.proj("gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)
         if c.gated_mlp:  # SwiGLU: down(act(gate) * up)
             gate, up = up.chunk(2, dim=-1)
             up = self.act(gate) * up
         else:  # GPT-2: proj(act(fc(h)))
             up = self.act(up)
-        return x + self.proj(layer, "down", up, lw.down_w, lw.down_b)
+        return x + self.proj("down", up, lw.down_w, lw.down_b)
 
     def proj(
-        self, layer: int, name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+        self, name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
     ) -> torch.Tensor:  # (N, in) -> (N, out)
         """Every projection of a layer goes through here: "qkv", "o", "gate_up" or "down"
         (GPT-2's c_fc is "gate_up", its mlp c_proj "down"): x W^T + b, plus each row's own
         LoRA delta s (x A) B when this step has rows with an adapter (lora/)."""
         y = self.linear(x, w, b)
         if self.lora_step is not None:
-            self.lora.add_delta(layer, name, x, y, self.lora_step)  # in place
+            self.lora.add_delta(self.current_layer, name, x, y, self.lora_step)  # in place
         return y

@@ -26,7 +26,7 @@ PHASES = (
     ("schedule", "scheduler", "schedule"),
     ("prepare inputs", "runner", "prepare"),
     ("forward (matmuls, norms, RoPE, KV write)", "runner", "forward"),
-    ("attention (SDPA)", "runner", "attention"),
+    ("attention (SDPA, or the paged op)", "runner", "attention"),
     ("sampling", "", "_sample"),
 )
 GATHER = "attention (K/V gather)"

@@ -9,8 +9,9 @@ levers off (EngineConfig's speed flags False), then on (the defaults). Each step
 timed with `time.perf_counter` by wrappers set on that engine instance (phases.py: nothing is
 timed, nothing costs, when this script does not run):
 
-    schedule | prepare inputs | forward (the rest) | attention (K/V gather) | attention (SDPA) |
-    sampling | bookkeeping | detokenize (the server's incremental detokenizer, per new token)
+    schedule | prepare inputs | forward (the rest) | attention (K/V gather) |
+    attention (SDPA, or the paged op) | sampling | bookkeeping |
+    detokenize (the server's incremental detokenizer, per new token)
 
 The server's own cost (the async bridge: engine thread -> asyncio queues -> one coroutine per
 request, which detokenizes) is measured as the difference in wall time per output token between
@@ -38,7 +39,12 @@ from week2_serving.engine.phases import GATHER, PHASES, REST, PhaseTimer, gather
 from week2_serving.engine.sequence import SamplingParams
 
 log = get_logger("week2.engine.profile")
-LEVERS_OFF = {"fast_prepare": False, "batched_sampling": False}
+LEVERS_OFF = {
+    "fast_prepare": False,
+    "batched_sampling": False,
+    "paged_kernel": False,
+    "prepacked_linears": False,
+}
 DETOK = "detokenize"
 
 

@@ -121,10 +121,15 @@ class ServerConfig:
     enable_prefix_caching: bool = engine_default("enable_prefix_caching")  # reuse shared prefixes
     enforce_eager: bool = engine_default("enforce_eager")  # no CUDA graphs (off on CPU anyway)
     # CPU: attention by one C++ op per layer reading K/V in place (engine/paged_cpu.py; built
-    # with the machine's compiler at the first start, about a minute)
-    paged_kernel: bool = engine_default("paged_kernel")
-    # CPU: projection weights laid out once for oneDNN (twice the weights' memory)
-    prepacked_linears: bool = engine_default("prepacked_linears")
+    # with the machine's compiler at the first start, about a minute). Default: on where it
+    # applies and builds, else SDPA; --paged-kernel: required; --no-paged-kernel: SDPA
+    paged_kernel: bool | None = engine_default("paged_kernel")
+    # CPU: projection weights laid out once for oneDNN (twice the weights' memory). Default:
+    # on a CPU whose PyTorch has oneDNN; --no-prepacked-linears: the plain weights only
+    prepacked_linears: bool | None = engine_default("prepacked_linears")
+    # torch.compile each block's dense parts, compiled at start (about 30 s; a C++ compiler on
+    # the CPU); not with LoRA adapters or --prepacked-linears. Measured in engine/levers.py
+    torch_compile: bool = engine_default("torch_compile")
     # continuous (requests join and leave every step), static (a batch at a time), sequential
     scheduling: PolicyName = engine_default("scheduling")
     # torch threads for the forward pass; default: all cores but one, which the event loop and,
@@ -263,6 +268,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             enforce_eager=a.enforce_eager,
             paged_kernel=a.paged_kernel,
             prepacked_linears=a.prepacked_linears,
+            torch_compile=a.torch_compile,
             scheduling=a.scheduling,
             max_num_waiting=a.max_num_waiting or 0,  # the engine's bound: 0 means none
             served_model_name=a.served_model_name or str(a.model),
