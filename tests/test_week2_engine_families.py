@@ -42,7 +42,8 @@ PROMPTS = [
 MAX_TOKENS = [9, 12, 6, 10, 8, 11]
 # the engine's paths: its defaults (on this CPU: the paged op and oneDNN-packed linears where
 # they build) and the plain ones every machine has (SDPA over gathered K/V, plain weights)
-PATHS = {"defaults": {}, "sdpa-plain": {"paged_kernel": False, "prepacked_linears": False}}
+PLAIN = {"paged_kernel": False, "prepacked_linears": False, "fused_norms": False}
+PATHS = {"defaults": {}, "sdpa-plain": PLAIN}
 NEAR_TIE = 0.05  # a float32 top-2 logit gap below this may flip in bf16 (the bf16 test)
 BF16_FLOOR = 0.9  # and ours-bf16 picks float32's token at this share of positions at least
 

@@ -26,8 +26,8 @@ PROMPTS = [
 MAX_TOKENS = [5, 30, 17, 22, 9, 25]
 # a small pool and token budget: prefills are chunked and the youngest request is preempted
 TIGHT = dict(num_blocks=20, block_size=4, max_num_batched_tokens=16, max_num_seqs=4)
-OFF = dict(fast_prepare=False, batched_sampling=False, paged_kernel=False, prepacked_linears=False)
-SDPA = dict(paged_kernel=False, prepacked_linears=False)  # the two CPU levers off
+SDPA = dict(paged_kernel=False, prepacked_linears=False, fused_norms=False)  # CPU levers off
+OFF = dict(fast_prepare=False, batched_sampling=False, **SDPA)
 
 
 def engine(tiny_gpt, **overrides) -> LLMEngine:
@@ -266,7 +266,7 @@ def test_by_default_a_quantized_kv_cache_takes_the_sdpa_path_without_asking(tiny
     from week2_serving.engine import paged_cpu
 
     monkeypatch.setattr(paged_cpu, "unavailable_reason", lambda: pytest.fail("op was built"))
-    eng = engine(tiny_gpt, kv_cache_dtype="int8")
+    eng = engine(tiny_gpt, kv_cache_dtype="int8", fused_norms=False)  # (those would build it)
     assert not eng.runner.paged_kernel
 
 
@@ -292,6 +292,49 @@ def test_the_op_build_is_named_for_this_source_torch_and_cpu(monkeypatch):
         paged_cpu.load()
     paged_cpu.load.cache_clear()
     assert len(set(names)) == 2 and all(n.startswith("ie_paged_attention_") for n in names)
+
+
+# --- fused RMSNorm (paged_cpu.rms_norm / add_rms_norm) ----------------------------------------
+@needs_op
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_norms_equal_the_plain_ops(dtype):
+    """The fused ops round as the plain path does (norm in float32, rounded, then scaled):
+    bit-equal in the 16-bit types, within float32 rounding in float32; the add is exact."""
+    from week2_serving.engine import paged_cpu
+    from week2_serving.engine.models.layers import Norm, rms_norm
+
+    g = torch.Generator().manual_seed(0)
+    x, d = (torch.randn(7, 96, generator=g).to(dtype) * 3 for _ in range(2))
+    w = Norm(torch.randn(96, generator=g).to(dtype), None)
+    ref = rms_norm(x, w, 1e-5)
+    s, y = paged_cpu.add_rms_norm(x, d, w.weight, 1e-5)
+    assert torch.equal(s, x + d)
+    got = [paged_cpu.rms_norm(x, w.weight, 1e-5), y]
+    for out, want in zip(got, [ref, rms_norm(x + d, w, 1e-5)]):
+        if dtype == torch.float32:
+            torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        else:
+            assert torch.equal(out, want)
+
+
+@needs_op
+def test_fused_norms_are_on_by_default_for_rmsnorm_and_keep_the_tokens(tiny_gpt):
+    params = [SamplingParams(max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+    ref = engine(tiny_gpt, **TIGHT, **SDPA)
+    eng = engine(tiny_gpt, **TIGHT, paged_kernel=False, prepacked_linears=False)
+    assert eng.runner.fused_norms and not ref.runner.fused_norms
+    out = eng.generate(PROMPTS, params, use_tqdm=False)
+    want = ref.generate(PROMPTS, params, use_tqdm=False)
+    assert [o.token_ids for o in out] == [r.token_ids for r in want]
+
+
+def test_fused_norms_asked_for_where_they_cannot_build_is_an_error(tiny_gpt, monkeypatch):
+    from week2_serving.engine import paged_cpu
+
+    monkeypatch.setattr(paged_cpu, "unavailable_reason", lambda: "CalledProcessError: no c++")
+    with pytest.raises(RuntimeError, match="--fused-norms: not here.*no c\\+\\+"):
+        engine(tiny_gpt, fused_norms=True, paged_kernel=False)
+    assert not engine(tiny_gpt).runner.fused_norms  # auto: the plain ops
 
 
 # --- torch.compile of each block's dense parts (ModelRunner.compile_layers) --------------------
@@ -320,7 +363,9 @@ def test_compiled_layers_give_the_eager_logits_and_tokens(tiny_gpt):
     torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("bad", [dict(prepacked_linears=True), dict(lora="lora")])
+@pytest.mark.parametrize(
+    "bad", [dict(prepacked_linears=True), dict(fused_norms=True), dict(lora="lora")]
+)
 def test_torch_compile_is_refused_with_what_it_does_not_compile(tiny_gpt, bad):
     from week2_serving.engine.lora.config import LoRAConfig
 

@@ -53,6 +53,10 @@ class EngineConfig:
     # format, as vLLM's CPU build packs its linears (ModelRunner.prepack_linears). None
     # (auto): on a CPU whose PyTorch has oneDNN; True: the same, said; False: plain weights
     prepacked_linears: bool | None = None
+    # speed lever (CPU): RMSNorm and the residual add before it as one C++ call each, built
+    # with the paged op (paged_cpu.py). None (auto): on where the op builds and the model's
+    # norm is RMSNorm; True: required; False: off
+    fused_norms: bool | None = None
     # speed lever: torch.compile of each block's dense parts, N dynamic (ModelRunner.compile_
     # layers); compiled at start (needs a C++ compiler on the CPU); not with LoRA adapters
     torch_compile: bool = False
@@ -79,11 +83,16 @@ class EngineConfig:
                 f"paged_kernel: a CPU op over an unquantized KV pool; here device "
                 f"{self.torch_device}, kv_cache_dtype {self.kv_cache_dtype!r}: drop --paged-kernel"
             )
-        if self.torch_compile and (self.lora is not None or self.prepacked_linears):
+        if self.torch_compile and (
+            self.lora is not None or self.prepacked_linears or self.fused_norms
+        ):
             raise ValueError(
-                "torch_compile: compiles the plain weights' graph, not with LoRA adapters or "
-                "--prepacked-linears (the compiler lays the weights out itself): drop one"
+                "torch_compile: compiles the plain weights' graph, not with LoRA adapters, "
+                "--prepacked-linears (the compiler lays the weights out itself) or --fused-norms "
+                "(a C++ call the compiler cannot trace): drop one"
             )
+        if self.fused_norms and self.torch_device.type != "cpu":
+            raise ValueError(f"fused_norms: CPU ops; here device {self.torch_device}: drop it")
         if not isinstance(self.max_num_waiting, int) or self.max_num_waiting < 0:
             raise ValueError(f"max_num_waiting={self.max_num_waiting!r}: use an integer >= 0")
         if type(self.max_seq_len_to_capture) is not int or self.max_seq_len_to_capture < 1:

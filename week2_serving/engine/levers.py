@@ -37,7 +37,7 @@ from week2_serving.engine.sequence import SamplingParams
 
 log = get_logger("week2.engine.levers")
 # row -> (EngineConfig overrides, torch threads or None for the run's --threads)
-SDPA = {"paged_kernel": False, "prepacked_linears": False}  # the two CPU levers off
+SDPA = {"paged_kernel": False, "prepacked_linears": False, "fused_norms": False}  # CPU levers off
 COMPILE = {"torch_compile": True, "prepacked_linears": False}  # the compiler lays weights out
 ROWS = {
     "all off (reference paths)": (OFF, None),
@@ -53,7 +53,8 @@ ROWS = {
         None,
     ),
     "(e) (a) + (d) + prepacked linears (oneDNN)": ({**SDPA, "prepacked_linears": True}, None),
-    "all on (defaults): (a) + (c) + (d) + (e)": ({}, None),
+    "(h) (a) + (d) + fused RMSNorm (C++)": ({**SDPA, "fused_norms": True}, None),
+    "all on (defaults): (a) + (c) + (d) + (e) + (h)": ({}, None),
     "(g) (a) + (c) + (d) + torch.compile of each block's dense parts": (COMPILE, None),
 }
 # which rows are the engine's defaults (kept) and which were measured and left off
@@ -65,7 +66,8 @@ KEPT = {
     "(b') (a) + (d) + all decodes in one attention group": "not kept (off)",
     "(c) (a) + (d) + paged attention op (K/V read in place)": "kept (on where it builds)",
     "(e) (a) + (d) + prepacked linears (oneDNN)": "kept (on with oneDNN)",
-    "all on (defaults): (a) + (c) + (d) + (e)": "the defaults",
+    "(h) (a) + (d) + fused RMSNorm (C++)": "kept (on where it builds)",
+    "all on (defaults): (a) + (c) + (d) + (e) + (h)": "the defaults",
     "(g) (a) + (c) + (d) + torch.compile of each block's dense parts": "not kept (--torch-compile)",
     "(f) all on + one more torch thread": "not kept (--threads)",
 }
@@ -124,7 +126,8 @@ def unavailable(rows: dict) -> dict[str, str]:
     """The rows whose lever cannot run here, and why."""
     out = {}
     for row, (overrides, _) in rows.items():
-        if overrides.get("paged_kernel") is not False and (why := paged_cpu.unavailable_reason()):
+        op = overrides.get("paged_kernel") is not False or overrides.get("fused_norms")
+        if op and (why := paged_cpu.unavailable_reason()):
             out[row] = why
         elif overrides.get("torch_compile") and not shutil.which(os.environ.get("CXX", "c++")):
             out[row] = "no C++ compiler: torch.compile's CPU backend writes C++"

@@ -63,6 +63,20 @@ def use_paged_kernel(cfg: EngineConfig) -> bool:
     return False
 
 
+def use_fused_norms(cfg: EngineConfig, norm: str) -> bool:
+    """Whether RMSNorm runs as the C++ ops built with the paged op: auto where they build, on
+    the CPU, for an RMSNorm model without torch.compile; --fused-norms where they cannot is an
+    error said at start."""
+    if cfg.fused_norms is False or cfg.torch_compile or cfg.torch_device.type != "cpu":
+        return False
+    why = "the model's norm is LayerNorm" if norm != "rms" else paged_cpu.unavailable_reason()
+    if why is None:
+        return True
+    if cfg.fused_norms:
+        raise RuntimeError(f"--fused-norms: not here ({why})")
+    return False
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig | None = None, tokenizer=None):
         self.config = cfg = config or EngineConfig()
@@ -98,6 +112,7 @@ class LLMEngine:
         self.runner.paged_kernel = use_paged_kernel(cfg)  # the op is built here, at start
         if cfg.prepacked_linears is not False and not cfg.torch_compile:  # auto or on
             self.runner.prepack_linears(hint=min(cfg.max_num_seqs, 32))  # where oneDNN is
+        self.runner.fused_norms = use_fused_norms(cfg, info.config.norm)
         if cfg.torch_compile:
             self.runner.compile_layers()
         self.requests: dict[str, Sequence] = {}
@@ -114,7 +129,7 @@ class LLMEngine:
         self.spec = make_spec_decoder(self) if cfg.speculative else None  # spec/decoder.py
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB, kv dtype %s), "
-            "scheduling=%s, prefix caching=%s, attention by %s, %d linears packed",
+            "scheduling=%s, prefix caching=%s, attention by %s, %d linears packed, fused norms %s",
             model_dir,
             device,
             str(dtype).removeprefix("torch."),
@@ -126,6 +141,7 @@ class LLMEngine:
             cfg.enable_prefix_caching,
             "the paged op" if self.runner.paged_kernel else "SDPA groups",
             len(self.runner.packed),
+            self.runner.fused_norms,
         )
 
     # --- requests -------------------------------------------------------------------------------

@@ -241,7 +241,7 @@ class ModelRunner:
             x = self.layer(layer, lw, x, inputs, rope)
         if inputs.sample_rows.numel() == 0:
             return x.new_empty(0, c.vocab_size)
-        last = norm(c.norm, x[inputs.sample_rows], w.norm_f, c.norm_eps)  # (S, C)
+        last = self.block_norm(x[inputs.sample_rows], w.norm_f)  # (S, C)
         return self.linear(last, w.lm_head, None)  # (S, V)
 
     def layer(
@@ -269,7 +269,7 @@ class ModelRunner:
         """A block up to attention: norm, fused QKV, (q/k norm), RoPE."""
         c = self.cfg
         N, H, Hkv, D = x.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
-        h = norm(c.norm, x, lw.norm1, c.norm_eps)
+        h = self.block_norm(x, lw.norm1)
         qkv = self.proj("qkv", h, lw.qkv_w, lw.qkv_b)  # (N, (H + 2 Hkv) D)
         qk = qkv[:, : (H + Hkv) * D].view(N, H + Hkv, D)
         v = qkv[:, (H + Hkv) * D :].view(N, Hkv, D)
@@ -285,8 +285,12 @@ class ModelRunner:
         """The rest of a block after attention (N, H D): output projection, residual, norm,
         MLP, residual."""
         c = self.cfg
-        x = x + self.proj("o", attn, lw.o_w, lw.o_b)
-        h = norm(c.norm, x, lw.norm2, c.norm_eps)
+        o = self.proj("o", attn, lw.o_w, lw.o_b)
+        if self.fused_norms:  # the residual add and the norm in one call
+            x, h = paged_cpu.add_rms_norm(x, o, lw.norm2.weight, c.norm_eps)
+        else:
+            x = x + o
+            h = norm(c.norm, x, lw.norm2, c.norm_eps)
         up = self.proj("gate_up", h, lw.gate_up_w, lw.gate_up_b)  # (N, 2 I) or (N, I)
         if c.gated_mlp:  # SwiGLU: down(act(gate) * up)
             gate, up = up.chunk(2, dim=-1)
@@ -294,6 +298,17 @@ class ModelRunner:
         else:  # GPT-2: proj(act(fc(h)))
             up = self.act(up)
         return x + self.proj("down", up, lw.down_w, lw.down_b)
+
+    # RMSNorm (and the residual add before the second) by the C++ ops built with the paged op
+    # (paged_cpu.py): one call where the plain path makes four or five (float32 casts, norm,
+    # scale, add). Set by the engine on the CPU for RMSNorm models
+    fused_norms = False
+
+    def block_norm(self, x: torch.Tensor, w) -> torch.Tensor:
+        c = self.cfg
+        if self.fused_norms:
+            return paged_cpu.rms_norm(x, w.weight, c.norm_eps)
+        return norm(c.norm, x, w, c.norm_eps)
 
     def proj(
         self, name: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None

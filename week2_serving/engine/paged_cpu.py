@@ -1,4 +1,5 @@
-"""Paged attention as one C++ op on the CPU, reading K/V in place (`csrc/paged_attention.cpp`).
+"""Paged attention as one C++ op on the CPU, reading K/V in place (`csrc/paged_attention.cpp`),
+and the fused RMSNorm ops built with it.
 
 The default attention (attention.py) copies each group's keys and values out of the pool into
 a padded tensor (`index_select`), builds a mask, and calls SDPA once per group: decodes of
@@ -69,3 +70,13 @@ def paged_attention(
     return load().paged_attention(
         q, k_pool, v_pool, tables, seq_of_row, positions, block_size, scale
     )
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of (N, C) rows in one call (float32 inside, rounded as models.layers.rms_norm)."""
+    return load().rms_norm(x, w, eps)
+
+
+def add_rms_norm(x: torch.Tensor, d: torch.Tensor, w: torch.Tensor, eps: float):
+    """The residual add and the next RMSNorm in one call: (x + d, rms_norm(x + d))."""
+    return load().add_rms_norm(x, d, w, eps)

@@ -44,6 +44,7 @@ LEVERS_OFF = {
     "batched_sampling": False,
     "paged_kernel": False,
     "prepacked_linears": False,
+    "fused_norms": False,
 }
 DETOK = "detokenize"
 

@@ -127,6 +127,9 @@ class ServerConfig:
     # CPU: projection weights laid out once for oneDNN (twice the weights' memory). Default:
     # on a CPU whose PyTorch has oneDNN; --no-prepacked-linears: the plain weights only
     prepacked_linears: bool | None = engine_default("prepacked_linears")
+    # CPU: RMSNorm (and the residual add before it) as one C++ call, built with the paged op.
+    # Default: on where it builds for an RMSNorm model; --no-fused-norms: the plain ops
+    fused_norms: bool | None = engine_default("fused_norms")
     # torch.compile each block's dense parts, compiled at start (about 30 s; a C++ compiler on
     # the CPU); not with LoRA adapters or --prepacked-linears. Measured in engine/levers.py
     torch_compile: bool = engine_default("torch_compile")
@@ -269,6 +272,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             paged_kernel=a.paged_kernel,
             prepacked_linears=a.prepacked_linears,
             torch_compile=a.torch_compile,
+            fused_norms=a.fused_norms,
             scheduling=a.scheduling,
             max_num_waiting=a.max_num_waiting or 0,  # the engine's bound: 0 means none
             served_model_name=a.served_model_name or str(a.model),

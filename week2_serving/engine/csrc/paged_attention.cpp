@@ -17,10 +17,34 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace {
+
+// exp for float32 by range reduction and a polynomial (the Cephes library's expf
+// coefficients): no branches and no library call, so the loops that use it vectorise
+// (std::exp is a scalar call per element). Clamped to [-87.3, 88]: exp underflows to about
+// 1e-38 instead of 0 below that, and the callers never pass more (silu: its result is ~0 there).
+inline float exp_poly(float x) {
+  x = std::min(std::max(x, -87.33654f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);  // x = n ln2 + r, |r| <= ln2 / 2
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
 
 constexpr int kLanes = 16;  // partial sums per dot product: the compiler keeps them in vectors
 
@@ -73,7 +97,7 @@ void attend_rows(const T* q, const T* k, const T* v, const int64_t* tables,
         float sum = 0.f;
         float* sh = scores.data() + h * L;
         for (int64_t j = 0; j < L; ++j) {
-          sh[j] = std::exp(sh[j] - maxes[h]);
+          sh[j] = exp_poly(sh[j] - maxes[h]);
           sum += sh[j];
         }
         sums[h] = sum;
@@ -92,7 +116,93 @@ void attend_rows(const T* q, const T* k, const T* v, const int64_t* tables,
   });
 }
 
+// Fused elementwise ops for a block (as vLLM's CPU build has its own): each replaces three to
+// five PyTorch ops, and on a small model a step is mostly the cost of calling ops. Rounding
+// follows the unfused path: the norm in float32, its result rounded to the storage type and
+// then scaled by the weight; SiLU rounded before the product with `up`.
+template <typename T>
+void rms_norm_rows(const T* x, const T* w, T* y, int64_t N, int64_t C, float eps) {
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * C;
+      T* yr = y + r * C;
+      float ss = 0.f;
+      for (int64_t i = 0; i < C; ++i) {
+        const float f = static_cast<float>(xr[i]);
+        ss += f * f;
+      }
+      const float inv = 1.f / std::sqrt(ss / static_cast<float>(C) + eps);
+      for (int64_t i = 0; i < C; ++i)
+        yr[i] = static_cast<T>(static_cast<float>(w[i]) *
+                               static_cast<float>(static_cast<T>(static_cast<float>(xr[i]) * inv)));
+    }
+  });
+}
+
+template <typename T>
+void add_rows(const T* a, const T* b, T* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+template <typename T>
+void silu_mul_rows(const T* gate_up, T* out, int64_t N, int64_t I) {
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* g = gate_up + r * 2 * I;
+      const T* u = g + I;
+      T* o = out + r * I;
+      for (int64_t i = 0; i < I; ++i) {
+        const float x = static_cast<float>(g[i]);
+        const T s = static_cast<T>(x / (1.f + exp_poly(-x)));
+        o[i] = static_cast<T>(static_cast<float>(s) * static_cast<float>(u[i]));
+      }
+    }
+  });
+}
+
 }  // namespace
+
+// RMSNorm over the last dim of a (N, C) tensor, as HF's Llama/Qwen compute it.
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 1 && w.size(0) == x.size(1), "rms_norm: (N, C), (C,)");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "rms_norm: x and w share one dtype");
+  x = x.contiguous();
+  w = w.contiguous();
+  auto y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
+    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                            x.size(0), x.size(1), static_cast<float>(eps));
+  });
+  return y;
+}
+
+// The residual add and the next norm in one call: s = x + d, then (s, rms_norm(s)).
+std::vector<torch::Tensor> add_rms_norm(torch::Tensor x, torch::Tensor d, torch::Tensor w,
+                                        double eps) {
+  TORCH_CHECK(x.sizes() == d.sizes() && x.scalar_type() == d.scalar_type(),
+              "add_rms_norm: x and d share shape and dtype");
+  x = x.contiguous();
+  d = d.contiguous();
+  auto s = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add", [&] {
+    add_rows<scalar_t>(x.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+                       x.numel());
+  });
+  return {s, rms_norm(s, w, eps)};
+}
+
+// SwiGLU's middle: (N, 2 I) [gate | up] -> silu(gate) * up, (N, I).
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, "silu_mul: (N, 2 I)");
+  gate_up = gate_up.contiguous();
+  const int64_t N = gate_up.size(0), I = gate_up.size(1) / 2;
+  auto out = torch::empty({N, I}, gate_up.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate_up.scalar_type(), "silu_mul", [&] {
+    silu_mul_rows<scalar_t>(gate_up.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, I);
+  });
+  return out;
+}
 
 torch::Tensor paged_attention(torch::Tensor q,           // (N, H, D)
                               torch::Tensor k_pool,      // (S, Hkv, D)
@@ -141,4 +251,7 @@ torch::Tensor paged_attention(torch::Tensor q,           // (N, H, D)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention", &paged_attention, "paged attention reading K/V in place (CPU)");
+  m.def("rms_norm", &rms_norm, "RMSNorm of (N, C) rows, float32 inside");
+  m.def("add_rms_norm", &add_rms_norm, "residual add, then RMSNorm: (sum, normed)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of (N, 2 I) [gate | up]");
 }
