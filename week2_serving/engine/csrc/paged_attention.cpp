@@ -26,8 +26,8 @@ namespace {
 
 // exp for float32 by range reduction and a polynomial (the Cephes library's expf
 // coefficients): no branches and no library call, so the loops that use it vectorise
-// (std::exp is a scalar call per element). Clamped to [-87.3, 88]: exp underflows to about
-// 1e-38 instead of 0 below that, and the callers never pass more (silu: its result is ~0 there).
+// (std::exp is a scalar call per element). Clamped to [-87.3, 88]: below, about 1e-38 instead
+// of 0; the softmax only passes values <= 0.
 inline float exp_poly(float x) {
   x = std::min(std::max(x, -87.33654f), 88.0f);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);  // x = n ln2 + r, |r| <= ln2 / 2
@@ -119,7 +119,7 @@ void attend_rows(const T* q, const T* k, const T* v, const int64_t* tables,
 // Fused elementwise ops for a block (as vLLM's CPU build has its own): each replaces three to
 // five PyTorch ops, and on a small model a step is mostly the cost of calling ops. Rounding
 // follows the unfused path: the norm in float32, its result rounded to the storage type and
-// then scaled by the weight; SiLU rounded before the product with `up`.
+// then scaled by the weight.
 template <typename T>
 void rms_norm_rows(const T* x, const T* w, T* y, int64_t N, int64_t C, float eps) {
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
@@ -143,22 +143,6 @@ template <typename T>
 void add_rows(const T* a, const T* b, T* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     out[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
-}
-
-template <typename T>
-void silu_mul_rows(const T* gate_up, T* out, int64_t N, int64_t I) {
-  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* g = gate_up + r * 2 * I;
-      const T* u = g + I;
-      T* o = out + r * I;
-      for (int64_t i = 0; i < I; ++i) {
-        const float x = static_cast<float>(g[i]);
-        const T s = static_cast<T>(x / (1.f + exp_poly(-x)));
-        o[i] = static_cast<T>(static_cast<float>(s) * static_cast<float>(u[i]));
-      }
-    }
-  });
 }
 
 }  // namespace
@@ -190,18 +174,6 @@ std::vector<torch::Tensor> add_rms_norm(torch::Tensor x, torch::Tensor d, torch:
                        x.numel());
   });
   return {s, rms_norm(s, w, eps)};
-}
-
-// SwiGLU's middle: (N, 2 I) [gate | up] -> silu(gate) * up, (N, I).
-torch::Tensor silu_mul(torch::Tensor gate_up) {
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, "silu_mul: (N, 2 I)");
-  gate_up = gate_up.contiguous();
-  const int64_t N = gate_up.size(0), I = gate_up.size(1) / 2;
-  auto out = torch::empty({N, I}, gate_up.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate_up.scalar_type(), "silu_mul", [&] {
-    silu_mul_rows<scalar_t>(gate_up.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, I);
-  });
-  return out;
 }
 
 torch::Tensor paged_attention(torch::Tensor q,           // (N, H, D)
@@ -253,5 +225,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention", &paged_attention, "paged attention reading K/V in place (CPU)");
   m.def("rms_norm", &rms_norm, "RMSNorm of (N, C) rows, float32 inside");
   m.def("add_rms_norm", &add_rms_norm, "residual add, then RMSNorm: (sum, normed)");
-  m.def("silu_mul", &silu_mul, "silu(gate) * up of (N, 2 I) [gate | up]");
 }
