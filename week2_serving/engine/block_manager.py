@@ -196,6 +196,18 @@ class BlockManager:
         return copies
         # LAB:block-manager end
 
+    def reserve_next_slot(self, seq: Sequence) -> bool:
+        """Overlap scheduling (overlap.py): while a decode's token is computed, the slot of the
+        token after it, one step early. False, with nothing allocated, when that would need a
+        copy-on-write or more blocks than are free (the next step is then scheduled as usual).
+        A reserved block is one the next step would allocate anyway, and it is freed with the
+        sequence if the sequence finishes instead."""
+        shared, need = self._slots_plan(seq, 2)  # the slot being written now and the next
+        if shared or need > len(self.free):
+            return False
+        self.allocate_slots(seq, 2)
+        return True
+
     def register_full_blocks(self, seq: Sequence) -> None:
         """After a step: name every block that is now full of computed tokens by its key."""
         if not self.enable_prefix_caching:

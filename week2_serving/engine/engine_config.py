@@ -60,6 +60,9 @@ class EngineConfig:
     # speed lever: torch.compile of each block's dense parts, N dynamic (ModelRunner.compile_
     # layers); compiled at start (needs a C++ compiler on the CPU); not with LoRA adapters
     torch_compile: bool = False
+    # ablation (CPU): plan a steady decode step's successor in a helper thread while its
+    # forward pass runs (mini-sglang's overlap scheduling; overlap.py)
+    overlap_scheduling: bool = False
     speculative: SpecConfig | None = None  # speculative decoding (engine/spec/); None: off
     enforce_eager: bool = False  # no CUDA graphs for decode steps (cuda_graphs.py); CPU: never
     max_seq_len_to_capture: int = 8192  # decode steps with a longer context run eager (vLLM)
@@ -90,6 +93,14 @@ class EngineConfig:
                 "torch_compile: compiles the plain weights' graph, not with LoRA adapters, "
                 "--prepacked-linears (the compiler lays the weights out itself) or --fused-norms "
                 "(a C++ call the compiler cannot trace): drop one"
+            )
+        if self.overlap_scheduling and (
+            self.torch_device.type != "cpu" or self.speculative or self.scheduling != "continuous"
+        ):
+            raise ValueError(
+                f"overlap_scheduling: CPU, continuous scheduling, no speculative decoding; here "
+                f"device {self.torch_device}, scheduling {self.scheduling!r}, speculative "
+                f"{'on' if self.speculative else 'off'}: drop --overlap-scheduling"
             )
         if self.fused_norms and self.torch_device.type != "cpu":
             raise ValueError(f"fused_norms: CPU ops; here device {self.torch_device}: drop it")

@@ -56,6 +56,10 @@ ROWS = {
     "(h) (a) + (d) + fused RMSNorm (C++)": ({**SDPA, "fused_norms": True}, None),
     "all on (defaults): (a) + (c) + (d) + (e) + (h)": ({}, None),
     "(g) (a) + (c) + (d) + torch.compile of each block's dense parts": (COMPILE, None),
+    "(i) defaults + overlap scheduling (next step planned during the forward)": (
+        {"overlap_scheduling": True},
+        None,
+    ),
 }
 # which rows are the engine's defaults (kept) and which were measured and left off
 KEPT = {
@@ -69,6 +73,9 @@ KEPT = {
     "(h) (a) + (d) + fused RMSNorm (C++)": "kept (on where it builds)",
     "all on (defaults): (a) + (c) + (d) + (e) + (h)": "the defaults",
     "(g) (a) + (c) + (d) + torch.compile of each block's dense parts": "not kept (--torch-compile)",
+    "(i) defaults + overlap scheduling (next step planned during the forward)": (
+        "ablation (--overlap-scheduling)"
+    ),
     "(f) all on + one more torch thread": "not kept (--threads)",
 }
 # opt-in (--thread-row): on a machine whose cores are busy, a second torch thread spin-waits

@@ -40,6 +40,7 @@ from week2_serving.engine.lora.manager import attach_lora, bind_lora
 from week2_serving.engine.metrics import EngineMetrics
 from week2_serving.engine.model_runner import ModelRunner
 from week2_serving.engine.models import load_tokenizer, model_info
+from week2_serving.engine.overlap import Overlap
 from week2_serving.engine.sampler import Sampler
 from week2_serving.engine.scheduler import Scheduler, SchedulerConfig, fail
 from week2_serving.engine.sequence import SamplingParams, Sequence
@@ -127,6 +128,7 @@ class LLMEngine:
         # Prometheus metrics (vLLM's names): the engine thread records, /metrics renders
         self.metrics = EngineMetrics(cfg.served_model_name or str(cfg.model))
         self.spec = make_spec_decoder(self) if cfg.speculative else None  # spec/decoder.py
+        self.overlap = Overlap(self) if cfg.overlap_scheduling else None  # overlap.py
         log.info(
             "engine: %s on %s (%s), %d KV blocks x %d tokens (%.1f MiB, kv dtype %s), "
             "scheduling=%s, prefix caching=%s, attention by %s, %d linears packed, fused norms %s",
@@ -242,13 +244,17 @@ class LLMEngine:
         request's sampling or stop check fails that request only (finish_reason "error").
         """
         start = time.monotonic()
-        batch = self.scheduler.schedule()
+        planned = self.overlap.take() if self.overlap is not None else None
+        batch, inputs = planned if planned is not None else (self.scheduler.schedule(), None)
         if not batch.seqs:
             self.metrics.record_state(self.scheduler, self.block_manager)
             return []
         if self.spec is not None:  # guesses into the lookahead slots (spec/decoder.py)
             self.spec.propose(batch, self.scheduler.running)
-        logits = self.runner.execute(batch)
+        if self.overlap is None:
+            logits = self.runner.execute(batch)
+        else:
+            logits = self._overlapped_forward(batch, inputs)
         to_sample = batch.sampled_seqs
         lens = [len(s) for s in to_sample]  # a speculating sequence may get several tokens
         if self.spec is None:
@@ -263,6 +269,16 @@ class LLMEngine:
         self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
         self.metrics.record_state(self.scheduler, self.block_manager)
         return outs
+
+    def _overlapped_forward(self, batch, inputs) -> torch.Tensor:
+        """The forward pass while the helper thread plans the next step (overlap.py)."""
+        self.runner.kv.copy_blocks(batch.copies)
+        inputs = inputs if inputs is not None else self.runner.prepare(batch)
+        future = self.overlap.start(batch)  # after the inputs: the helper grows block tables
+        try:
+            return self.runner.forward(inputs)
+        finally:
+            self.overlap.finish(future)
 
     def _sample_and_advance(self, logits: torch.Tensor, seqs: list[Sequence]) -> dict[int, int]:
         """`_sample`, then each sampled sequence's grammar (structured output) moves on."""

@@ -130,6 +130,9 @@ class ServerConfig:
     # CPU: RMSNorm (and the residual add before it) as one C++ call, built with the paged op.
     # Default: on where it builds for an RMSNorm model; --no-fused-norms: the plain ops
     fused_norms: bool | None = engine_default("fused_norms")
+    # ablation (CPU): plan the next decode step in a helper thread while this one's forward
+    # runs (mini-sglang's overlap scheduling; engine/overlap.py). Measured in engine/levers.py
+    overlap_scheduling: bool = engine_default("overlap_scheduling")
     # torch.compile each block's dense parts, compiled at start (about 30 s; a C++ compiler on
     # the CPU); not with LoRA adapters or --prepacked-linears. Measured in engine/levers.py
     torch_compile: bool = engine_default("torch_compile")
@@ -273,6 +276,7 @@ def engine_config(a: ServerConfig) -> EngineConfig:
             prepacked_linears=a.prepacked_linears,
             torch_compile=a.torch_compile,
             fused_norms=a.fused_norms,
+            overlap_scheduling=a.overlap_scheduling,
             scheduling=a.scheduling,
             max_num_waiting=a.max_num_waiting or 0,  # the engine's bound: 0 means none
             served_model_name=a.served_model_name or str(a.model),

@@ -55,14 +55,20 @@ class StepPlanner:
             self.arange = torch.arange(2 * n, device=self.device)
         return self.arange[:n]
 
-    def plan(self, batch: ScheduledBatch):
+    def plan(self, batch: ScheduledBatch, ahead: bool = False):
         """(ids, positions, slot_mapping, groups, sample_rows, tables, seq_of_row) for `batch`,
-        as the reference."""
+        as the reference. `ahead` (overlap.py): the decode step after the one running now,
+        planned before its tokens exist: every position one further, the ids left 0 (the
+        caller fills them in once they are sampled)."""
         seqs, ns, dev = batch.seqs, batch.num_tokens, self.device
-        cs = [s.num_computed for s in seqs]
-        ids = list(  # a speculating sequence's rows end with its proposed tokens (spec/)
-            chain.from_iterable(
-                (s.tokens[c : c + n] + s.spec_tokens)[:n] for s, c, n in zip(seqs, cs, ns)
+        cs = [s.num_computed + ahead for s in seqs]
+        ids = (
+            [0] * sum(ns)
+            if ahead
+            else list(  # a speculating sequence's rows end with its
+                chain.from_iterable(  # proposed tokens (spec/)
+                    (s.tokens[c : c + n] + s.spec_tokens)[:n] for s, c, n in zip(seqs, cs, ns)
+                )
             )
         )
         tables = torch.tensor(padded_tables(seqs))
