@@ -76,7 +76,10 @@ class Sampler:
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         """logits (S, V), one row per sequence -> one token id per sequence."""
-        out = logits.argmax(-1).tolist()  # greedy for everyone; the other rows overwritten
+        # greedy for everyone (the other rows are overwritten); in float32, where the CPU's
+        # argmax is vectorised (the 16-bit types' is not), and the values, so the winner, are
+        # the same
+        out = logits.float().argmax(-1).tolist()
         plain = [i for i, s in enumerate(seqs) if self.is_plain(s)] if self.batched else []
         for i, t in zip(plain, self.draw(logits, plain, seqs) if plain else []):
             out[i] = t
