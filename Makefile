@@ -20,7 +20,7 @@ help:
 	@echo "make week0   - MNIST by hand, int8 quantization, micrograd (~7 min on 2 cores)"
 	@echo "make week1   - corpus, tokenizer, train the GPT (llama preset), export runs/week1/hf-model, KV-cache bench (~8 min)"
 	@echo "make week2   - quantize (INT8, INT4 AWQ), vLLM CPU sweep (concurrency, batch size, prefix caching, quantization), quality, capacity and prefix studies, report, harness validation (~20 min)"
-	@echo "make week2-engine - our own engine (paged KV, continuous batching, speculative decoding) vs itself and vLLM CPU, fp32 and bf16 (~23 min)"
+	@echo "make week2-engine - our own engine (paged KV, continuous batching, speculative decoding) vs itself and vLLM CPU, fp32 and bf16, step profile (~16 min)"
 	@echo "make week3   - LoRA per task, QLoRA, DPO, multi-LoRA serving on vLLM CPU, evals (~15 min)"
 	@echo "make setup-vllm - .venvs/vllm: vLLM (its CPU build without CUDA), used by the tests and weeks 1-3"
 	@echo "make setup-awq   - autoawq in .venvs/vllm (INT4 AWQ quantization), nothing else moves"
