@@ -138,9 +138,7 @@ class ModelRunner:
             x = torch.zeros(n, c.hidden_size, device=self.device, dtype=self.dtype)
             rope = None
             if self.weights.pos_embed is None:
-                pos = torch.zeros(n, dtype=torch.long, device=self.device)
-                cos, sin = self.weights.rope_cos[pos][:, None], self.weights.rope_sin[pos][:, None]
-                rope = (cos, sin * self.rope_sign)
+                rope = self.rope_tables(torch.zeros(n, dtype=torch.long, device=self.device))
             with torch.inference_mode():
                 q, _, _ = compiled[0](lw, x, rope)
                 compiled[1](lw, x, q.reshape(n, -1))
@@ -234,15 +232,18 @@ class ModelRunner:
         if w.pos_embed is not None:  # GPT-2: learned positions, added once
             x = x + F.embedding(inputs.positions, w.pos_embed)
         else:  # RoPE tables for this step's positions, shared by all layers
-            pos = inputs.positions
-            cos, sin = w.rope_cos[pos][:, None], w.rope_sin[pos][:, None]  # (N, 1, D)
-            rope = (cos, sin * self.rope_sign)
+            rope = self.rope_tables(inputs.positions)
         for layer, lw in enumerate(w.layers):
             x = self.layer(layer, lw, x, inputs, rope)
         if inputs.sample_rows.numel() == 0:
             return x.new_empty(0, c.vocab_size)
         last = self.block_norm(x[inputs.sample_rows], w.norm_f)  # (S, C)
         return self.linear(last, w.lm_head, None)  # (S, V)
+
+    def rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) of each row's position, each (N, 1, D): what `attn_in` rotates by."""
+        w = self.weights
+        return w.rope_cos[positions][:, None], w.rope_sin[positions][:, None] * self.rope_sign
 
     def layer(
         self,

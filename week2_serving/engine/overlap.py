@@ -63,12 +63,16 @@ class Overlap:
             and not sch.waiting
             and not batch.preempted
             and not batch.copies
-            and len(batch.seqs) == len(sch.running)
-            and all(a is b for a, b in zip(batch.seqs, sch.running))
+            and self.all_running(batch.seqs)
             and all(n == 1 for n in batch.num_tokens)
             and all(batch.sample)
             and not any(s.spec_tokens or s.padding for s in batch.seqs)
         )
+
+    def all_running(self, seqs) -> bool:
+        """Are `seqs` exactly the scheduler's running sequences, in its order?"""
+        running = self.engine.scheduler.running
+        return len(seqs) == len(running) and all(a is b for a, b in zip(seqs, running))
 
     def start(self, batch: ScheduledBatch) -> Future | None:
         """Plan the step after `batch` in the helper thread (call after `batch`'s inputs are
@@ -108,8 +112,7 @@ class Overlap:
         seqs = plan.batch.seqs
         if (
             sch.waiting
-            or len(sch.running) != len(seqs)
-            or not all(a is b for a, b in zip(sch.running, seqs))
+            or not self.all_running(seqs)
             or any(s.num_computed != c or len(s) != c + 1 for s, c in zip(seqs, plan.computed))
         ):
             self.dropped += 1
